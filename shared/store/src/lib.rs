@@ -1,0 +1,213 @@
+//! Persistence helpers shared by every service: one connection type for SQLite and PostgreSQL.
+//!
+//! # Layout
+//! - [`Db`]: a pool over either backend, chosen by the URL scheme (`sqlite://` or `postgres://`).
+//!   SQLite connections run in WAL mode with `synchronous=FULL`, so every commit is durable.
+//! - [`Migrations`]: a pair of embedded migrators, one per dialect; [`Db::migrate`] runs the right one.
+//! - [`testing`]: fresh databases for tests, one scenario run against both backends.
+//!
+//! SQL in this workspace is written once, with `$1`-style placeholders that both drivers accept.
+//! Where the dialects differ (row locks, identity columns), code asks [`Db::backend`].
+
+pub mod testing;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+/// The database dialect behind a [`Db`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, one file per service; the default for `dev` and tests.
+    Sqlite,
+    /// Shared server; what production and the real-infrastructure suites use.
+    Postgres,
+}
+
+/// Errors at the persistence boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres:`.
+    #[error("database url has unsupported scheme (expected sqlite:// or postgres://): {0}")]
+    UnsupportedUrl(String),
+    /// The database could not be reached or refused the work.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// True when trying again later may succeed (the database is down, busy or a connection broke).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlx(e) => is_transient(e),
+            StoreError::UnsupportedUrl(_) | StoreError::Migrate(_) => false,
+        }
+    }
+}
+
+/// Classifies a sqlx error: connection loss, pool timeouts, lock contention and serialization
+/// failures are transient; constraint violations and malformed SQL are not.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes).
+            // PostgreSQL: 40001 serialization failure, 40P01 deadlock, 08* connection, 57P0* shutdown.
+            matches!(code.as_ref(), "5" | "6" | "261" | "517" | "262" | "40001" | "40P01")
+                || code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+        }
+        _ => false,
+    }
+}
+
+/// A pair of embedded migrators, one per dialect, for the same logical schema.
+pub struct Migrations {
+    /// Migrations for SQLite.
+    pub sqlite: &'static Migrator,
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+/// A connection pool over SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path` creates the file when missing; `postgres://...`).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the single writer; FULL makes each commit
+                        // durable; busy_timeout turns writer contention into waiting, not errors.
+                        conn.execute(
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                             PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Runs the dialect's migrations. Several migrators may share one database: each ignores the
+    /// versions it does not own, so give every migrator its own version range.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        let mut migrator = Migrator {
+            migrations: migrator.migrations.clone(),
+            ..Migrator::DEFAULT
+        };
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool, for queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which dialect this database speaks.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; waits for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// Hides the password of a database URL, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, the one timestamp format stored in every table.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_only() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn rejects_unknown_scheme() {
+        assert!(matches!(backend_of("mysql://x"), Err(StoreError::UnsupportedUrl(_))));
+    }
+}

@@ -1,0 +1,89 @@
+//! Fresh databases for tests: write a scenario once, run it on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL tests read `SAGA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! create a database with a random name there and drop it afterwards. When the server cannot be
+//! reached they fail with a message that says how to start it; they never pass silently.
+
+use crate::{Db, StoreError};
+
+/// The server the PostgreSQL test runs use.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SAGA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A database that lives as long as the test.
+pub struct TestDb {
+    /// The database under test.
+    pub db: Db,
+    /// Its URL, for code under test that connects by itself.
+    pub url: String,
+    // Keeps the SQLite file alive; dropped with the test.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// A new SQLite database in a temporary directory.
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("create temp dir for test database");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let db = Db::connect(&url, 4).await.expect("open sqlite test database");
+        TestDb { db, url, _dir: Some(dir) }
+    }
+
+    /// A new, empty PostgreSQL database on the test server.
+    pub async fn postgres() -> TestDb {
+        let url = create_postgres_database().await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {} ({e}). Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 or point SAGA_TEST_POSTGRES_URL at a server",
+                crate::redact_url(&postgres_admin_url())
+            )
+        });
+        let db = Db::connect(&url, 4).await.expect("open postgres test database");
+        TestDb { db, url, _dir: None }
+    }
+}
+
+/// Creates a database with a random name on the test server and returns its URL.
+pub async fn create_postgres_database() -> Result<String, StoreError> {
+    let admin_url = postgres_admin_url();
+    let admin = Db::connect(&admin_url, 1).await?;
+    let name = format!("saga_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await?;
+    admin.close().await;
+    let base = match admin_url.rfind('/') {
+        Some(i) if i > "postgres://".len() => &admin_url[..i],
+        _ => admin_url.as_str(),
+    };
+    Ok(format!("{base}/{name}"))
+}
+
+/// Runs each named `async fn(TestDb)` scenario twice: on SQLite, and on PostgreSQL.
+///
+/// The PostgreSQL variants are `#[ignore]`d so that `cargo test` passes on a machine with only the
+/// Rust toolchain; `.ci/run` runs them with `-- --ignored` against a live server, where an
+/// unreachable server fails the test with instructions.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::testing::TestDb::sqlite().await).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL (SAGA_TEST_POSTGRES_URL); .ci/run runs it with --ignored"]
+                async fn $name() {
+                    super::$name($crate::testing::TestDb::postgres().await).await
+                }
+            )*
+        }
+    };
+}
