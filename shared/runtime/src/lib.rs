@@ -1,1 +1,33 @@
+//! The messaging runtime every service is built on: consume, dedupe, apply, outbox, relay.
+//!
+//! # Layout
+//! - [`config`]: layered settings (file, then `SAGA_*` environment variables).
+//! - [`kafka`]: client configuration, topic creation, the logging consumer context.
+//! - [`codec`]: the Confluent wire format through a schema registry; poison vs retryable.
+//! - [`consumer`]: the batch consume loop and the [`Handler`] trait a service implements.
+//! - [`outbox`]: the inbox and outbox tables.
+//! - [`relay`]: publishes the outbox.
+//! - [`dlt`]: dead-letter topics and their headers.
+//! - [`service`]: assembles a runnable [`Service`] from a handler.
+//!
+//! # Delivery guarantee
+//! At least once on the wire, exactly once in effect: a message's inbox row, its state change and
+//! the messages it causes commit in one transaction, and its offset is stored only after that
+//! commit. Redelivered messages are recognised by their message id and have no effect. Outgoing
+//! messages are published by the relay after commit, at least once and in order per key.
 
+pub mod backoff;
+pub mod codec;
+pub mod config;
+pub mod consumer;
+pub mod dlt;
+pub mod kafka;
+pub mod outbox;
+pub mod relay;
+pub mod service;
+pub mod telemetry;
+
+pub use config::ServiceSettings;
+pub use consumer::{HandleError, Handler, Incoming};
+pub use service::{Service, ServiceError};
+pub use tokio_util::sync::CancellationToken;

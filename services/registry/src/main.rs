@@ -1,0 +1,66 @@
+//! `saga-registry`: the development schema registry as a process.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use saga_registry::{Registry, RegistrySettings};
+
+/// A Confluent-compatible Avro schema registry for development and tests.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "SAGA_REGISTRY_BIND", default_value_t = RegistrySettings::default().bind)]
+    bind: SocketAddr,
+    /// Database URL: sqlite://path or postgres://user@host/db.
+    #[arg(long, env = "SAGA_REGISTRY_DATABASE_URL", default_value_t = RegistrySettings::default().database_url)]
+    database_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Logs go to stderr; stdout carries only the line announcing the URL.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let settings = RegistrySettings { bind: args.bind, database_url: args.database_url };
+    let registry = Registry::build(&settings)
+        .await
+        .with_context(|| format!("start schema registry on {}", settings.bind))?;
+    println!("schema registry listening on {}", registry.url());
+    registry.run_until_stopped(shutdown_signal()).await.context("run schema registry")
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down schema registry");
+}

@@ -1,0 +1,175 @@
+//! The Confluent wire format: magic byte 0, a 4-byte big-endian schema id, the Avro body.
+//!
+//! Encoding registers each message type's schema under its record name (RecordNameStrategy) and
+//! caches the id. Decoding classifies every failure: a record that can never be read is
+//! [`DecodeError::Poison`]; a registry that cannot be reached is [`DecodeError::Retryable`].
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::Schema;
+use saga_contracts::{schemas, Message, TopicKind};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+
+/// Largest allocation the Avro decoder may make for one value: a hostile length prefix cannot
+/// make it allocate more than this.
+pub const MAX_AVRO_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The record can never be processed; it belongs in the dead-letter topic.
+    #[error("{class}: {message}")]
+    Poison {
+        /// Short machine-readable class, e.g. `not-wire-format`.
+        class: &'static str,
+        /// What exactly is wrong.
+        message: String,
+    },
+    /// The registry could not answer; try again later.
+    #[error("schema registry unavailable: {0}")]
+    Retryable(String),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("encoding {message_type} failed: {source}")]
+pub struct EncodeError {
+    /// The message type.
+    pub message_type: &'static str,
+    /// The registry's or encoder's error.
+    #[source]
+    pub source: SRCError,
+}
+
+impl EncodeError {
+    /// True when the registry may answer later.
+    pub fn is_retryable(&self) -> bool {
+        self.source.retriable || self.source.error.contains("error sending request") || self.source.cause.as_deref().is_some_and(|c| c.contains("error sending request"))
+    }
+}
+
+/// Encodes and decodes [`Message`]s through a schema registry.
+pub struct Codec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    /// Reader schemas, derived from the Rust types: every record is resolved against these, so a
+    /// record written with an older or newer compatible schema still decodes.
+    readers: HashMap<&'static str, Schema>,
+}
+
+impl Codec {
+    /// A codec for the registry at `url`.
+    pub fn new(registry_url: &str) -> Result<Codec, SRCError> {
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
+        let settings = SrSettings::new_builder(registry_url.to_string())
+            .set_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let readers = Message::FULL_NAMES
+            .iter()
+            .map(|n| (*n, Message::schema_of(n).expect("every message type has a schema")))
+            .collect();
+        Ok(Codec { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), readers })
+    }
+
+    fn strategy(full_name: &'static str) -> SubjectNameStrategy {
+        let text = schemas::schema_file(full_name).expect("every message type has a schema file");
+        SubjectNameStrategy::RecordNameStrategyWithSchema(SuppliedSchema::new(
+            Some(full_name.to_string()),
+            SchemaType::Avro,
+            text.to_string(),
+        ))
+    }
+
+    /// Registers the schemas of `types` (or finds them registered) so the first encode is fast and
+    /// a registry problem shows at startup.
+    pub async fn register(&self, types: &[&'static str]) -> Result<(), EncodeError> {
+        for t in types {
+            self.encoder
+                .get_schema_and_id(t, Self::strategy(t))
+                .await
+                .map_err(|source| EncodeError { message_type: t, source })?;
+        }
+        Ok(())
+    }
+
+    /// Encodes a message in the Confluent wire format with its registered schema id.
+    pub async fn encode(&self, message: &Message) -> Result<Vec<u8>, EncodeError> {
+        let full_name = message.full_name();
+        let strategy = Self::strategy(full_name);
+        let value = message.to_avro_value().map_err(|e| EncodeError {
+            message_type: full_name,
+            source: SRCError::non_retryable_with_cause(e, "could not convert to an Avro value"),
+        })?;
+        self.encoder.encode_value(value, &strategy).await.map_err(|source| {
+            if source.retriable || source.cached {
+                self.encoder.remove_errors_from_cache();
+            }
+            EncodeError { message_type: full_name, source }
+        })
+    }
+
+    /// Decodes a record read from a topic of kind `topic`, checking that its type belongs there.
+    pub async fn decode(&self, topic: TopicKind, payload: Option<&[u8]>) -> Result<Message, DecodeError> {
+        let bytes = payload.ok_or_else(|| poison("not-wire-format", "record has no value".into()))?;
+        if bytes.len() < 5 || bytes[0] != 0 {
+            return Err(poison(
+                "not-wire-format",
+                format!("value of {} bytes does not start with magic byte 0 and a schema id", bytes.len()),
+            ));
+        }
+        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let writer = match self.decoder.get_schema(id).await {
+            Ok(s) => s,
+            Err(e) if is_not_found(&e) => {
+                return Err(poison("unknown-schema-id", format!("schema id {id} is not in the registry")))
+            }
+            Err(e) => {
+                // Never let a transient failure stick in the decoder's error cache.
+                self.decoder.remove_errors_from_cache();
+                return Err(DecodeError::Retryable(format!("looking up schema id {id}: {e}")));
+            }
+        };
+        let name = writer.parsed.name().map(|n| n.fullname(None)).unwrap_or_default();
+        let Some((full_name, reader)) = self.readers.get_key_value(name.as_str()) else {
+            return Err(poison("unexpected-type", format!("schema id {id} is {name:?}, which is not a message of this system")));
+        };
+        if Message::topic_kind_of(full_name) != Some(topic) {
+            return Err(poison(
+                "unexpected-type",
+                format!("{full_name} (schema id {id}) does not belong on the {} topic", topic.suffix()),
+            ));
+        }
+        let value = GenericDatumReader::builder(&writer.parsed)
+            .reader_schema(reader)
+            .build()
+            .and_then(|r| {
+                let mut cursor = Cursor::new(&bytes[5..]);
+                let v = r.read_value(&mut cursor)?;
+                Ok((v, cursor.position() as usize))
+            })
+            .map_err(|e| poison("malformed-avro", format!("{full_name} (schema id {id}): {e}")))
+            .and_then(|(v, read)| {
+                if read == bytes.len() - 5 {
+                    Ok(v)
+                } else {
+                    Err(poison("malformed-avro", format!("{full_name} (schema id {id}): {} trailing bytes", bytes.len() - 5 - read)))
+                }
+            })?;
+        Message::from_avro_value(full_name, &value).map_err(|e| poison("malformed-avro", format!("{full_name}: {e}")))
+    }
+}
+
+fn poison(class: &'static str, message: String) -> DecodeError {
+    DecodeError::Poison { class, message }
+}
+
+/// The registry answered, and the answer is "no such schema": retrying cannot help.
+fn is_not_found(e: &SRCError) -> bool {
+    let says_404 = |s: &str| s.contains("status 404") || s.contains("40403");
+    says_404(&e.error) || e.cause.as_deref().is_some_and(says_404)
+}

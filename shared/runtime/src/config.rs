@@ -1,0 +1,297 @@
+//! Layered, typed configuration: defaults, then a TOML file, then `SAGA_*` environment variables.
+//!
+//! Environment variables name a key by its path with `__` between levels:
+//! `SAGA_KAFKA__BOOTSTRAP_SERVERS` sets `kafka.bootstrap_servers`. librdkafka settings pass through
+//! `kafka.client` in the file, or `SAGA_KAFKA_CLIENT_<NAME>` with `_` for `.`
+//! (`SAGA_KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`).
+//! An unknown key in the file, or a value of the wrong type, stops startup with an error naming it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Settings every service reads.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Broker connection and consumer group.
+    pub kafka: KafkaSettings,
+    /// Where schemas are registered and looked up.
+    pub registry: RegistrySettings,
+    /// The service's own database.
+    pub database: DatabaseSettings,
+    /// Topic names.
+    pub topics: TopicSettings,
+    /// How records are taken from Kafka.
+    pub consumer: ConsumerSettings,
+    /// How the outbox is published.
+    pub relay: RelaySettings,
+}
+
+/// Broker settings.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port]` of the brokers.
+    pub bootstrap_servers: String,
+    /// Consumer group; instances of one service share it and split the partitions.
+    pub group_id: String,
+    /// Partitions per topic when this service creates topics.
+    pub partitions: i32,
+    /// Replication factor when this service creates topics.
+    pub replication_factor: i32,
+    /// Create missing topics at startup (with `partitions` and `replication_factor`).
+    pub create_topics: bool,
+    /// Passed to librdkafka as is, for settings this file does not name (TLS, SASL, tuning).
+    pub client: BTreeMap<String, String>,
+}
+
+/// Schema registry settings.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// Base URL of a Confluent-compatible registry.
+    pub url: String,
+}
+
+/// Database settings.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://file.db` or `postgres://user@host/db`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// Topic naming.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Every topic is `{prefix}.{name}`, e.g. `saga.order.commands`.
+    pub prefix: String,
+}
+
+/// Consumer tuning.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Most records handled in one database transaction.
+    pub batch_size: usize,
+}
+
+/// Outbox relay tuning.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Most outbox rows published in one burst.
+    pub batch_size: usize,
+    /// How often the relay looks for rows when nothing wakes it, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl ServiceSettings {
+    /// Defaults for the named service (`order`, `inventory`, `payment`, `orchestrator`).
+    pub fn defaults_for(service: &str) -> ServiceSettings {
+        ServiceSettings {
+            kafka: KafkaSettings {
+                bootstrap_servers: "127.0.0.1:9092".into(),
+                group_id: format!("saga-{service}"),
+                partitions: 6,
+                replication_factor: 1,
+                create_topics: false,
+                client: BTreeMap::new(),
+            },
+            registry: RegistrySettings { url: "http://127.0.0.1:8081".into() },
+            database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
+            topics: TopicSettings { prefix: "saga".into() },
+            consumer: ConsumerSettings { batch_size: 500 },
+            relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100 },
+        }
+    }
+
+    /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables.
+    pub fn load(service: &str, file: Option<&Path>) -> Result<ServiceSettings, ConfigError> {
+        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay"];
+        let mut settings: ServiceSettings = layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections)
+            .extract()
+            .map_err(ConfigError::from_figment)?;
+        settings.kafka.client.extend(kafka_client_from_env());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid { key: key.into(), reason: why.into() });
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return invalid("kafka.bootstrap_servers", "must not be empty");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        if self.kafka.partitions < 1 {
+            return invalid("kafka.partitions", "must be at least 1");
+        }
+        if self.kafka.replication_factor < 1 {
+            return invalid("kafka.replication_factor", "must be at least 1");
+        }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
+            return invalid("registry.url", "must start with http:// or https://");
+        }
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
+            return invalid("database.url", "must start with sqlite: or postgres://");
+        }
+        if self.database.max_connections < 1 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.consumer.batch_size < 1 {
+            return invalid("consumer.batch_size", "must be at least 1");
+        }
+        if self.relay.batch_size < 1 {
+            return invalid("relay.batch_size", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The figment every settings type of this workspace is read from: `base`, then the file, then
+/// the environment. Environment keys outside `sections` (the top-level tables of the settings) are
+/// ignored, so unrelated `SAGA_*` variables do not break startup.
+pub fn layered(base: impl figment::Provider, file: Option<&Path>, sections: &[&str]) -> Figment {
+    let sections: Vec<String> = sections.iter().map(|s| format!("{s}__")).collect();
+    let mut figment = Figment::from(base);
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(
+            Env::prefixed("SAGA_")
+                .filter(move |k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    !k.starts_with("kafka_client_") && sections.iter().any(|s| k.starts_with(s.as_str()))
+                })
+                .split("__"),
+        )
+}
+
+/// librdkafka settings from `SAGA_KAFKA_CLIENT_<NAME>` variables: `_` in the name becomes `.`.
+fn kafka_client_from_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("SAGA_KAFKA_CLIENT_").map(|name| (name.to_ascii_lowercase().replace('_', "."), v)))
+        .collect()
+}
+
+/// A setting that stops startup.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The value could not be read, or a key is unknown.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// The value was read but cannot work.
+    #[error("invalid configuration: {key} {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `kafka.partitions`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn from_figment(e: figment::Error) -> ConfigError {
+        // figment's message names the key and where its value came from (file or variable).
+        ConfigError::Parse(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    }
+}
+
+const SECRET_MARKERS: [&str; 4] = ["password", "secret", "key", "token"];
+
+/// Redacts the values of keys that look like credentials.
+pub fn redact(key: &str, value: &str) -> String {
+    if SECRET_MARKERS.iter().any(|m| key.to_ascii_lowercase().contains(m)) && !key.ends_with(".location") {
+        "***".into()
+    } else {
+        value.into()
+    }
+}
+
+impl fmt::Debug for ServiceSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let client: BTreeMap<_, _> = self.kafka.client.iter().map(|(k, v)| (k.clone(), redact(k, v))).collect();
+        f.debug_struct("ServiceSettings")
+            .field("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)
+            .field("kafka.group_id", &self.kafka.group_id)
+            .field("kafka.partitions", &self.kafka.partitions)
+            .field("kafka.client", &client)
+            .field("registry.url", &saga_store::redact_url(&self.registry.url))
+            .field("database.url", &saga_store::redact_url(&self.database.url))
+            .field("topics.prefix", &self.topics.prefix)
+            .field("consumer.batch_size", &self.consumer.batch_size)
+            .field("relay.batch_size", &self.relay.batch_size)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `text` as the config file inside a figment jail, which serializes the tests that
+    /// touch the environment.
+    fn load(text: &str) -> Result<ServiceSettings, ConfigError> {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", text)?;
+            out = Some(ServiceSettings::load("order", Some(Path::new("c.toml"))));
+            Ok(())
+        });
+        out.unwrap()
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let s = load("[kafka]\nbootstrap_servers = \"b:1\"\npartitions = 12\n[kafka.client]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "b:1");
+        assert_eq!(s.kafka.partitions, 12);
+        assert_eq!(s.kafka.group_id, "saga-order");
+        assert_eq!(s.kafka.client["sasl.password"], "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"), "secrets must not appear in Debug output");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = load("[kafka]\npartitions = \"many\"\n").unwrap_err().to_string();
+        assert!(e.contains("partitions"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let e = load("[kafka]\nbootstrap_server = \"typo:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("bootstrap_server"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let e = load("[kafka]\npartitions = 0\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.partitions"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[database]\nurl = \"sqlite://a.db\"\n")?;
+            jail.set_env("SAGA_DATABASE__URL", "postgres://u@h/db");
+            jail.set_env("SAGA_KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL");
+            jail.set_env("SAGA_UNRELATED", "x");
+            let s = ServiceSettings::load("order", Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(s.database.url, "postgres://u@h/db");
+            assert_eq!(s.kafka.client["security.protocol"], "SASL_SSL");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! Kafka clients: configuration, topic creation, and the consumer context that routes librdkafka's
+//! events into `tracing`.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::ClientContext;
+
+use crate::config::KafkaSettings;
+
+/// Errors at the broker boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// librdkafka refused the configuration or the request.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A topic could not be created.
+    #[error("creating topic {topic} failed: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+}
+
+fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        // Match the Java client's partitioner, so every client puts a key on the same partition.
+        .set_log_level(RDKafkaLogLevel::Info);
+    for (k, v) in &settings.client {
+        config.set(k, v);
+    }
+    config
+}
+
+/// An idempotent producer: retries never duplicate or reorder records of a partition.
+pub fn producer(settings: &KafkaSettings, client_id: &str) -> KafkaResult<FutureProducer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in base_config(settings).config_map() {
+        config.set(k, v);
+    }
+    config.create()
+}
+
+/// Consumer configuration: offsets are stored by the application only after its work is durable,
+/// and committed in the background from there.
+pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("client.id", client_id)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false");
+    for (k, v) in base_config(settings).config_map() {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Creates the topics that are missing, with the given partition count. Topics that exist are
+/// left as they are.
+pub async fn create_topics(settings: &KafkaSettings, topics: &[String]) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(settings).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await?;
+    for r in results {
+        if let Err((topic, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(KafkaSetupError::CreateTopic { topic, reason: code.to_string() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The consumer context: logs rebalances and librdkafka errors through `tracing`.
+pub struct LoggingContext {
+    /// Which service this consumer belongs to, for log lines.
+    pub service: &'static str,
+}
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", service = self.service, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", service = self.service, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", service = self.service, facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", service = self.service, facility = fac, "{log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", service = self.service, %error, "kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for LoggingContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(service = self.service, partitions = %describe(tpl), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(service = self.service, partitions = %describe(tpl), "partitions assigned"),
+            Rebalance::Error(e) => tracing::warn!(service = self.service, error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(service = self.service, error = %e, "offset commit failed");
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,132 @@
+//! A participant service assembled from its handler: database, codec, consumer, relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use saga_contracts::Topics;
+use saga_store::{Db, Migrations};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::codec::Codec;
+use crate::config::ServiceSettings;
+use crate::consumer::{ConsumeLoop, Handler};
+use crate::dlt::DeadLetters;
+use crate::kafka::{self, LoggingContext};
+use crate::relay::Relay;
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The database could not be opened or migrated.
+    #[error("database {url}: {source}")]
+    Database {
+        /// The URL, password hidden.
+        url: String,
+        /// What failed.
+        source: saga_store::StoreError,
+    },
+    /// The Kafka client could not be created.
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSetupError),
+    /// The registry client could not be created.
+    #[error("schema registry client: {0}")]
+    Registry(String),
+}
+
+/// A built service, ready to run.
+pub struct Service<H: Handler> {
+    handler: Arc<H>,
+    settings: ServiceSettings,
+    db: Db,
+    codec: Arc<Codec>,
+    producer: FutureProducer,
+    consumer: StreamConsumer<LoggingContext>,
+    topics: Topics,
+}
+
+impl<H: Handler> Service<H> {
+    /// Opens and migrates the database (inbox, outbox and `migrations`), creates the Kafka clients
+    /// and subscribes. Nothing is consumed until [`Service::run_until_stopped`].
+    pub async fn build(settings: ServiceSettings, handler: H, migrations: &Migrations) -> Result<Service<H>, ServiceError> {
+        let db_error = |source| ServiceError::Database { url: saga_store::redact_url(&settings.database.url), source };
+        let db = Db::connect(&settings.database.url, settings.database.max_connections).await.map_err(db_error)?;
+        db.migrate(&crate::outbox::MIGRATIONS).await.map_err(db_error)?;
+        db.migrate(migrations).await.map_err(db_error)?;
+        Self::build_with_db(settings, handler, db).await
+    }
+
+    /// Like [`Service::build`], with a database the caller opened and migrated.
+    pub async fn build_with_db(settings: ServiceSettings, handler: H, db: Db) -> Result<Service<H>, ServiceError> {
+        let topics = Topics::new(settings.topics.prefix.clone());
+        let codec = Arc::new(Codec::new(&settings.registry.url).map_err(|e| ServiceError::Registry(e.to_string()))?);
+        let client_id = format!("saga-{}", H::SERVICE);
+        let producer = kafka::producer(&settings.kafka, &client_id).map_err(kafka::KafkaSetupError::from)?;
+        if settings.kafka.create_topics {
+            kafka::create_topics(&settings.kafka, &topics.all_with_dlts()).await?;
+        }
+        let consumer: StreamConsumer<LoggingContext> = kafka::consumer_config(&settings.kafka, &client_id)
+            .create_with_context(LoggingContext { service: H::SERVICE })
+            .map_err(kafka::KafkaSetupError::from)?;
+        let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
+        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics })
+    }
+
+    /// The service's database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs until `shutdown` is cancelled: registers schemas (waiting for the registry), then
+    /// consumes and relays. On shutdown it finishes the batch in hand, commits offsets, drains the
+    /// outbox and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.codec.register(self.handler.produces()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service = H::SERVICE, error = %e, retry_in_ms = delay.as_millis() as u64, "schema registration failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+        let wakeup = Arc::new(Notify::new());
+        let relay = Relay {
+            db: self.db.clone(),
+            producer: self.producer.clone(),
+            wakeup: wakeup.clone(),
+            batch_size: self.settings.relay.batch_size,
+            poll_interval: Duration::from_millis(self.settings.relay.poll_interval_ms),
+            service: H::SERVICE,
+        };
+        let relay_stop = CancellationToken::new();
+        let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+        let consume = ConsumeLoop {
+            handler: self.handler,
+            consumer: self.consumer,
+            db: self.db.clone(),
+            codec: self.codec,
+            topics: self.topics,
+            dead_letters: DeadLetters { producer: self.producer, group_id: self.settings.kafka.group_id.clone() },
+            relay_wakeup: wakeup,
+            batch_size: self.settings.consumer.batch_size,
+        };
+        tracing::info!(service = H::SERVICE, "consuming");
+        consume.run(shutdown).await;
+        // The consumer stopped and committed; let the relay publish what it committed last.
+        relay_stop.cancel();
+        let _ = relay_task.await;
+        tracing::info!(service = H::SERVICE, "stopped");
+        Ok(())
+    }
+}
