@@ -1,1 +1,231 @@
+//! The inventory service: owns stock. Reserves an order's lines all or nothing, and releases a
+//! reservation as the saga's compensation.
+//!
+//! # Layout
+//! - [`domain`]: reservation rules (pure).
+//! - this file: [`InventoryHandler`], the `stock` and `reservations` tables, seeding.
+//!
+//! Idempotency beyond the inbox: the reservation row is keyed by order, so a repeated
+//! `ReserveStock` (a retry with a new message id) answers from the row instead of reserving
+//! twice, and a `ReleaseStock` that arrives before its `ReserveStock` leaves a RELEASED row that
+//! makes the late reservation a refusal.
 
+pub mod domain;
+
+use std::collections::BTreeMap;
+
+use saga_contracts::{
+    Envelope, Message, ReserveStock, StockLine, StockReleased, StockReservationFailed, StockReserved, TopicKind,
+};
+use saga_runtime::{HandleError, Handler, Incoming};
+use sqlx::{AnyConnection, Row};
+
+use crate::domain::{decide_reservation, merge_lines};
+
+/// Migrations of the inventory tables (versions 2100–2199).
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
+    sqlite: &sqlx::migrate!("./migrations"),
+    postgres: &sqlx::migrate!("./migrations"),
+};
+
+/// Applies inventory commands.
+pub struct InventoryHandler;
+
+impl Handler for InventoryHandler {
+    const SERVICE: &'static str = "inventory";
+
+    fn consumes(&self) -> &'static [TopicKind] {
+        &[TopicKind::InventoryCommands]
+    }
+
+    fn produces(&self) -> &'static [&'static str] {
+        &[StockReserved::FULL_NAME, StockReservationFailed::FULL_NAME, StockReleased::FULL_NAME]
+    }
+
+    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+        match &incoming.message {
+            Message::ReserveStock(m) => reserve(conn, m).await.map(|r| vec![r]),
+            Message::ReleaseStock(m) => release(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),
+            other => Err(HandleError::Reject(format!("{} is not an inventory command", other.short_name()))),
+        }
+    }
+}
+
+fn reserved(cause: &Envelope, order_id: &str) -> Message {
+    StockReserved { envelope: Envelope::reply_to(cause, StockReserved::FULL_NAME), order_id: order_id.into() }.into()
+}
+
+fn failed(cause: &Envelope, order_id: &str, reason: String) -> Message {
+    StockReservationFailed {
+        envelope: Envelope::reply_to(cause, StockReservationFailed::FULL_NAME),
+        order_id: order_id.into(),
+        reason,
+    }
+    .into()
+}
+
+async fn reserve(conn: &mut AnyConnection, m: &ReserveStock) -> Result<Message, HandleError> {
+    if let Some((status, reason)) = load_reservation(conn, &m.order_id).await? {
+        return Ok(match status.as_str() {
+            "RESERVED" => reserved(&m.envelope, &m.order_id),
+            "RELEASED" => failed(&m.envelope, &m.order_id, "reservation was already released by compensation".into()),
+            _ => failed(&m.envelope, &m.order_id, reason.unwrap_or_else(|| "reservation failed".into())),
+        });
+    }
+    let now = saga_store::now_ms();
+    let lines: Vec<(String, i32)> = m.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
+    let decision = match merge_lines(&lines) {
+        Err(reason) => Err(reason),
+        Ok(wanted) => {
+            let on_hand = lock_stock(conn, &wanted).await?;
+            decide_reservation(&wanted, &on_hand).map(|()| wanted)
+        }
+    };
+    let lines_json = serde_json::to_string(&m.lines).expect("lines always serialize");
+    match decision {
+        Ok(wanted) => {
+            for (sku, quantity) in &wanted {
+                let done = sqlx::query(
+                    "UPDATE stock SET on_hand = on_hand - $1, reserved = reserved + $1, updated_at_ms = $2 \
+                     WHERE sku = $3 AND on_hand >= $1",
+                )
+                .bind(quantity)
+                .bind(now)
+                .bind(sku)
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() != 1 {
+                    // Another instance took the units between our read and this write.
+                    return Err(HandleError::Conflict(format!("stock of sku {sku} changed during reservation")));
+                }
+            }
+            save_reservation(conn, &m.order_id, "RESERVED", &lines_json, None, now).await?;
+            Ok(reserved(&m.envelope, &m.order_id))
+        }
+        Err(reason) => {
+            tracing::info!(order_id = %m.order_id, %reason, "stock reservation refused");
+            save_reservation(conn, &m.order_id, "FAILED", &lines_json, Some(&reason), now).await?;
+            Ok(failed(&m.envelope, &m.order_id, reason))
+        }
+    }
+}
+
+async fn release(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
+    let now = saga_store::now_ms();
+    let released = match load_reservation(conn, order_id).await? {
+        Some((status, _)) if status == "RESERVED" => {
+            let row = sqlx::query("SELECT lines FROM reservations WHERE order_id = $1").bind(order_id).fetch_one(&mut *conn).await?;
+            let lines: Vec<StockLine> = serde_json::from_str(&row.get::<String, _>(0))
+                .map_err(|e| HandleError::Reject(format!("reservation of order {order_id} is unreadable: {e}")))?;
+            let pairs: Vec<(String, i32)> = lines.into_iter().map(|l| (l.sku, l.quantity)).collect();
+            let merged = merge_lines(&pairs).map_err(HandleError::Reject)?;
+            for (sku, quantity) in merged {
+                sqlx::query(
+                    "UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $1, updated_at_ms = $2 WHERE sku = $3",
+                )
+                .bind(quantity)
+                .bind(now)
+                .bind(&sku)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query("UPDATE reservations SET status = 'RELEASED', updated_at_ms = $1 WHERE order_id = $2")
+                .bind(now)
+                .bind(order_id)
+                .execute(&mut *conn)
+                .await?;
+            true
+        }
+        Some(_) => false,
+        None => {
+            // Released before it was ever reserved: remember, so a late ReserveStock refuses.
+            save_reservation(conn, order_id, "RELEASED", "[]", Some("released before reservation"), now).await?;
+            false
+        }
+    };
+    Ok(StockReleased { envelope: Envelope::reply_to(cause, StockReleased::FULL_NAME), order_id: order_id.into(), released }
+        .into())
+}
+
+async fn load_reservation(conn: &mut AnyConnection, order_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, reason FROM reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+async fn save_reservation(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    status: &str,
+    lines: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO reservations (order_id, status, lines, reason, updated_at_ms) VALUES ($1, $2, $3, $4, $5)")
+        .bind(order_id)
+        .bind(status)
+        .bind(lines)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads (and on PostgreSQL row-locks, in sku order) the stock of the wanted skus.
+async fn lock_stock(conn: &mut AnyConnection, wanted: &BTreeMap<String, i64>) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") { " FOR UPDATE" } else { "" };
+    let mut on_hand = BTreeMap::new();
+    for sku in wanted.keys() {
+        let sql = format!("SELECT on_hand FROM stock WHERE sku = $1{lock}");
+        if let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sku).fetch_optional(&mut *conn).await? {
+            on_hand.insert(sku.clone(), r.get::<i64, _>(0));
+        }
+    }
+    Ok(on_hand)
+}
+
+/// Sets the units on hand of each sku (creating it when missing). Used by seeding and operators.
+pub async fn set_stock(db: &saga_store::Db, items: &[(String, i64)]) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    let now = saga_store::now_ms();
+    for (sku, on_hand) in items {
+        sqlx::query(
+            "INSERT INTO stock (sku, on_hand, reserved, updated_at_ms) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(sku)
+        .bind(on_hand)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Stock of one sku: (on hand, reserved).
+pub async fn stock_of(db: &saga_store::Db, sku: &str) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT on_hand, reserved FROM stock WHERE sku = $1").bind(sku).fetch_optional(db.pool()).await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Status of an order's reservation (`RESERVED`, `FAILED`, `RELEASED`), if it ever asked.
+pub async fn reservation_status(db: &saga_store::Db, order_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1").bind(order_id).fetch_optional(db.pool()).await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Units reserved for orders whose reservation is RESERVED, per sku, computed from the rows.
+pub async fn reserved_by_reservations(db: &saga_store::Db) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let rows = sqlx::query("SELECT lines FROM reservations WHERE status = 'RESERVED'").fetch_all(db.pool()).await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let lines: Vec<StockLine> = serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default();
+        for l in lines {
+            *out.entry(l.sku).or_insert(0) += i64::from(l.quantity);
+        }
+    }
+    Ok(out)
+}

@@ -1,1 +1,202 @@
+//! The payment service: owns customer credit. Authorizes an order's amount (the saga's pivot)
+//! and voids an authorization as compensation.
+//!
+//! # Layout
+//! - [`domain`]: credit rules (pure).
+//! - this file: [`PaymentHandler`], the `accounts` and `authorizations` tables, seeding.
+//!
+//! Idempotency beyond the inbox: the authorization row is keyed by order, so a repeated
+//! `AuthorizePayment` answers from the row; a void before the authorization leaves a VOIDED row
+//! that makes the late authorization a decline.
 
+pub mod domain;
+
+use saga_contracts::{
+    AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, TopicKind,
+};
+use saga_runtime::{HandleError, Handler, Incoming};
+use sqlx::{AnyConnection, Row};
+
+use crate::domain::{decide_authorization, Account};
+
+/// Migrations of the payment tables (versions 2200–2299).
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
+    sqlite: &sqlx::migrate!("./migrations"),
+    postgres: &sqlx::migrate!("./migrations"),
+};
+
+/// Applies payment commands.
+pub struct PaymentHandler;
+
+impl Handler for PaymentHandler {
+    const SERVICE: &'static str = "payment";
+
+    fn consumes(&self) -> &'static [TopicKind] {
+        &[TopicKind::PaymentCommands]
+    }
+
+    fn produces(&self) -> &'static [&'static str] {
+        &[PaymentAuthorized::FULL_NAME, PaymentDeclined::FULL_NAME, PaymentVoided::FULL_NAME]
+    }
+
+    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+        match &incoming.message {
+            Message::AuthorizePayment(m) => authorize(conn, m).await.map(|r| vec![r]),
+            Message::VoidPayment(m) => void(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),
+            other => Err(HandleError::Reject(format!("{} is not a payment command", other.short_name()))),
+        }
+    }
+}
+
+fn declined(cause: &Envelope, order_id: &str, reason: String) -> Message {
+    PaymentDeclined { envelope: Envelope::reply_to(cause, PaymentDeclined::FULL_NAME), order_id: order_id.into(), reason }.into()
+}
+
+fn authorized(cause: &Envelope, order_id: &str, authorization_id: String, amount_minor: i64, currency: &str) -> Message {
+    PaymentAuthorized {
+        envelope: Envelope::reply_to(cause, PaymentAuthorized::FULL_NAME),
+        order_id: order_id.into(),
+        authorization_id,
+        amount_minor,
+        currency: currency.into(),
+    }
+    .into()
+}
+
+async fn authorize(conn: &mut AnyConnection, m: &AuthorizePayment) -> Result<Message, HandleError> {
+    let existing = sqlx::query("SELECT status, reason, authorization_id, amount_minor, currency FROM authorizations WHERE order_id = $1")
+        .bind(&m.order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(r) = existing {
+        let status: String = r.get(0);
+        return Ok(match status.as_str() {
+            "AUTHORIZED" => authorized(&m.envelope, &m.order_id, r.get(2), r.get(3), &r.get::<String, _>(4)),
+            "VOIDED" => declined(&m.envelope, &m.order_id, "authorization was already voided by compensation".into()),
+            _ => declined(&m.envelope, &m.order_id, r.get::<Option<String>, _>(1).unwrap_or_else(|| "declined".into())),
+        });
+    }
+    let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1{lock}");
+    let account = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&m.customer_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| Account { currency: r.get(0), credit_limit_minor: r.get(1), authorized_minor: r.get(2) });
+    let now = saga_store::now_ms();
+    let authorization_id = format!("auth-{}", m.order_id);
+    match decide_authorization(account.as_ref(), &m.customer_id, m.amount_minor, &m.currency) {
+        Ok(()) => {
+            let done = sqlx::query(
+                "UPDATE accounts SET authorized_minor = authorized_minor + $1, updated_at_ms = $2 \
+                 WHERE customer_id = $3 AND authorized_minor + $1 <= credit_limit_minor",
+            )
+            .bind(m.amount_minor)
+            .bind(now)
+            .bind(&m.customer_id)
+            .execute(&mut *conn)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(HandleError::Conflict(format!("credit of customer {} changed during authorization", m.customer_id)));
+            }
+            save(conn, m, &authorization_id, "AUTHORIZED", None, now).await?;
+            Ok(authorized(&m.envelope, &m.order_id, authorization_id, m.amount_minor, &m.currency))
+        }
+        Err(reason) => {
+            tracing::info!(order_id = %m.order_id, %reason, "payment declined");
+            save(conn, m, &authorization_id, "DECLINED", Some(&reason), now).await?;
+            Ok(declined(&m.envelope, &m.order_id, reason))
+        }
+    }
+}
+
+async fn save(conn: &mut AnyConnection, m: &AuthorizePayment, authorization_id: &str, status: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&m.order_id)
+    .bind(authorization_id)
+    .bind(&m.customer_id)
+    .bind(m.amount_minor)
+    .bind(&m.currency)
+    .bind(status)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn void(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
+    let now = saga_store::now_ms();
+    let row = sqlx::query("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let voided = match row {
+        Some(r) if r.get::<String, _>(0) == "AUTHORIZED" => {
+            let customer: String = r.get(1);
+            let amount: i64 = r.get(2);
+            sqlx::query("UPDATE accounts SET authorized_minor = authorized_minor - $1, updated_at_ms = $2 WHERE customer_id = $3")
+                .bind(amount)
+                .bind(now)
+                .bind(&customer)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("UPDATE authorizations SET status = 'VOIDED', updated_at_ms = $1 WHERE order_id = $2")
+                .bind(now)
+                .bind(order_id)
+                .execute(&mut *conn)
+                .await?;
+            true
+        }
+        Some(_) => false,
+        None => {
+            sqlx::query(
+                "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
+                 VALUES ($1, $2, '', 0, '', 'VOIDED', 'voided before authorization', $3)",
+            )
+            .bind(order_id)
+            .bind(format!("auth-{order_id}"))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            false
+        }
+    };
+    Ok(PaymentVoided { envelope: Envelope::reply_to(cause, PaymentVoided::FULL_NAME), order_id: order_id.into(), voided }.into())
+}
+
+/// Creates or updates customer accounts: (customer id, currency, credit limit in minor units).
+pub async fn set_accounts(db: &saga_store::Db, accounts: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    let now = saga_store::now_ms();
+    for (customer, currency, limit) in accounts {
+        sqlx::query(
+            "INSERT INTO accounts (customer_id, currency, credit_limit_minor, authorized_minor, updated_at_ms) VALUES ($1, $2, $3, 0, $4) \
+             ON CONFLICT (customer_id) DO UPDATE SET currency = excluded.currency, credit_limit_minor = excluded.credit_limit_minor, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(customer)
+        .bind(currency)
+        .bind(limit)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// An order's authorization: (status, amount in minor units), if it ever asked.
+pub async fn authorization_of(db: &saga_store::Db, order_id: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, amount_minor FROM authorizations WHERE order_id = $1").bind(order_id).fetch_optional(db.pool()).await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Sum of AUTHORIZED amounts, and how many authorizations that is.
+pub async fn authorized_total(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
+    let (sum, n): (Option<i64>, i64) = sqlx::query_as("SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM authorizations WHERE status = 'AUTHORIZED'")
+        .fetch_one(db.pool())
+        .await?;
+    Ok((sum.unwrap_or(0), n))
+}

@@ -36,6 +36,16 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// The envelope of the message a participant emits in answer to `cause`. Its id is derived
+    /// from the cause's id and the reply's type, so publishing the answer again after a crash
+    /// yields the same id and the receiver dedupes it.
+    pub fn reply_to(cause: &Envelope, full_name: &str) -> Envelope {
+        let short = full_name.rsplit('.').next().unwrap_or(full_name);
+        Envelope::caused_by(cause, format!("{}/{short}", cause.message_id), full_name, None)
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -46,6 +46,9 @@ pub enum HandleError {
     /// The database failed; transient failures are retried, others replayed one by one.
     #[error("database error: {0}")]
     Store(#[from] sqlx::Error),
+    /// Another instance changed the same rows first; the batch is retried.
+    #[error("concurrent update: {0}")]
+    Conflict(String),
     /// The message can never be applied (it contradicts the stored state in a way no retry can
     /// fix); it goes to the dead-letter topic with this reason.
     #[error("{0}")]
@@ -111,6 +114,7 @@ impl From<HandleError> for BatchError {
     fn from(e: HandleError) -> Self {
         match e {
             HandleError::Store(e) => e.into(),
+            HandleError::Conflict(why) => BatchError::Transient(why),
             HandleError::Reject(reason) => BatchError::Failed(reason),
         }
     }

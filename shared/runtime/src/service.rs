@@ -130,3 +130,31 @@ impl<H: Handler> Service<H> {
         Ok(())
     }
 }
+
+/// Command-line arguments every service binary takes.
+#[derive(Debug, clap::Parser)]
+pub struct ServiceArgs {
+    /// TOML configuration file; `SAGA_*` environment variables override it.
+    #[arg(long, short, env = "SAGA_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// The whole `main` of a service binary: parse arguments, load settings, build, run until
+/// Ctrl-C or SIGTERM. A bad setting stops startup with the key that is wrong.
+pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> Result<(), Box<dyn std::error::Error>> {
+    use clap::Parser;
+    let args = ServiceArgs::parse();
+    crate::telemetry::init_logging();
+    let settings = ServiceSettings::load(H::SERVICE, args.config.as_deref())?;
+    tracing::info!(service = H::SERVICE, ?settings, "starting");
+    let service = Service::build(settings, handler, migrations).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        crate::telemetry::shutdown_signal().await;
+        tracing::info!(service = H::SERVICE, "shutdown requested; finishing in-flight work");
+        trigger.cancel();
+    });
+    service.run_until_stopped(shutdown).await?;
+    Ok(())
+}

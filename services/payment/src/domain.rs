@@ -1,0 +1,71 @@
+//! Credit rules. Pure: no I/O.
+
+/// A customer's account as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// ISO 4217 code of the account.
+    pub currency: String,
+    /// Most that may be authorized at once, in minor units.
+    pub credit_limit_minor: i64,
+    /// Currently authorized, in minor units.
+    pub authorized_minor: i64,
+}
+
+/// Decides an authorization: `Ok(())` to authorize, or why it is declined.
+pub fn decide_authorization(account: Option<&Account>, customer_id: &str, amount_minor: i64, currency: &str) -> Result<(), String> {
+    let Some(account) = account else {
+        return Err(format!("customer {customer_id} has no account"));
+    };
+    if amount_minor <= 0 {
+        return Err(format!("amount {amount_minor} must be positive"));
+    }
+    if account.currency != currency {
+        return Err(format!("account of customer {customer_id} is in {}, payment is in {currency}", account.currency));
+    }
+    let available = account.credit_limit_minor - account.authorized_minor;
+    if amount_minor > available {
+        return Err(format!("insufficient credit: {available} {currency} available, {amount_minor} requested"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(limit: i64, used: i64) -> Account {
+        Account { currency: "EUR".into(), credit_limit_minor: limit, authorized_minor: used }
+    }
+
+    #[test]
+    fn authorizes_within_the_limit_including_exactly_at_it() {
+        assert_eq!(decide_authorization(Some(&account(1000, 400)), "c", 600, "EUR"), Ok(()));
+    }
+
+    #[test]
+    fn declines_over_the_limit() {
+        let e = decide_authorization(Some(&account(1000, 400)), "c", 601, "EUR").unwrap_err();
+        assert_eq!(e, "insufficient credit: 600 EUR available, 601 requested");
+    }
+
+    #[test]
+    fn declines_unknown_customers_wrong_currency_and_non_positive_amounts() {
+        assert!(decide_authorization(None, "c", 1, "EUR").unwrap_err().contains("no account"));
+        assert!(decide_authorization(Some(&account(1000, 0)), "c", 1, "USD").unwrap_err().contains("in EUR"));
+        assert!(decide_authorization(Some(&account(1000, 0)), "c", 0, "EUR").is_err());
+    }
+
+    proptest::proptest! {
+        /// Authorizing only what the rules allow never exceeds the limit.
+        #[test]
+        fn never_over_limit(limit in 0i64..10_000, asks in proptest::collection::vec(1i64..3_000, 0..30)) {
+            let mut a = account(limit, 0);
+            for ask in asks {
+                if decide_authorization(Some(&a), "c", ask, "EUR").is_ok() {
+                    a.authorized_minor += ask;
+                }
+                proptest::prop_assert!(a.authorized_minor <= a.credit_limit_minor);
+            }
+        }
+    }
+}
