@@ -1,1 +1,256 @@
+//! The orchestrator: drives each order's saga from a persisted saga log.
+//!
+//! # Layout
+//! - [`definition`]: saga definitions as data (steps, kinds, compensations).
+//! - [`saga`]: the interpreter, a pure state machine over a definition.
+//! - [`store`]: the `sagas` table, the append-only `saga_log`, and stray replies.
+//! - this file: [`Orchestrator`], the handler that turns events into transitions and commands.
+//!
+//! Every transition (saga row update, log entry, commands in the outbox) commits in the
+//! transaction of the reply that caused it, so a crash can neither lose a step nor send it twice
+//! in effect: commands carry idempotency keys derived from saga id, step, phase and attempt.
 
+pub mod definition;
+pub mod saga;
+pub mod store;
+
+use saga_contracts::{
+    ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine,
+    TopicKind, VoidPayment,
+};
+use saga_runtime::{HandleError, Handler, Incoming};
+use sqlx::AnyConnection;
+
+use crate::definition::{order_saga, Action, Reply, SagaDefinition};
+use crate::saga::{Command, Outcome, Transition};
+use crate::store::{LogEntry, SagaData, SagaRecord};
+
+/// Migrations of the saga tables (versions 2300–2399).
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
+    sqlite: &sqlx::migrate!("./migrations"),
+    postgres: &sqlx::migrate!("./migrations"),
+};
+
+/// Drives order sagas.
+pub struct Orchestrator {
+    definition: SagaDefinition,
+}
+
+impl Default for Orchestrator {
+    fn default() -> Self {
+        let definition = order_saga();
+        definition.validate().expect("the built-in saga definition is well formed");
+        Orchestrator { definition }
+    }
+}
+
+impl Handler for Orchestrator {
+    const SERVICE: &'static str = "orchestrator";
+
+    fn consumes(&self) -> &'static [TopicKind] {
+        &[TopicKind::OrderEvents, TopicKind::InventoryEvents, TopicKind::PaymentEvents]
+    }
+
+    fn produces(&self) -> &'static [&'static str] {
+        &[
+            ReserveStock::FULL_NAME,
+            ReleaseStock::FULL_NAME,
+            AuthorizePayment::FULL_NAME,
+            VoidPayment::FULL_NAME,
+            ApproveOrder::FULL_NAME,
+            RejectOrder::FULL_NAME,
+        ]
+    }
+
+    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+        let message = &incoming.message;
+        if let Message::OrderCreated(created) = message {
+            return self.start(conn, created).await;
+        }
+        let Some((reply, reason)) = reply_of(message) else {
+            return Err(HandleError::Reject(format!("{} is not an event the orchestrator handles", message.short_name())));
+        };
+        self.on_reply(conn, message, reply, reason).await
+    }
+}
+
+impl Orchestrator {
+    async fn start(&self, conn: &mut AnyConnection, created: &OrderCreated) -> Result<Vec<Message>, HandleError> {
+        let saga_id = created.order_id.clone();
+        if store::load(conn, &saga_id).await?.is_some() {
+            let why = "a saga for this order already exists";
+            store::record_stray(conn, &created.envelope.message_id, &saga_id, OrderCreated::FULL_NAME, why).await?;
+            return Ok(vec![]);
+        }
+        let transition = saga::start(&self.definition);
+        let now = saga_store::now_ms();
+        let record = SagaRecord {
+            saga_id: saga_id.clone(),
+            saga_type: self.definition.name.to_string(),
+            definition_version: i64::from(self.definition.version),
+            state: transition.state.clone(),
+            data: SagaData {
+                order_id: created.order_id.clone(),
+                customer_id: created.customer_id.clone(),
+                currency: created.currency.clone(),
+                total_minor: created.total_minor,
+                lines: created.lines.clone(),
+            },
+            correlation_id: created.envelope.correlation_id.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+        };
+        store::insert(conn, &record).await?;
+        let commands = self.commands(&record, &transition, &created.envelope);
+        let entry = log_entry(1, None, &transition, &created.envelope, OrderCreated::FULL_NAME, &commands, None);
+        store::append_log(conn, &saga_id, &entry).await?;
+        tracing::info!(saga_id = %saga_id, order_id = %saga_id, "saga started");
+        Ok(commands)
+    }
+
+    async fn on_reply(
+        &self,
+        conn: &mut AnyConnection,
+        message: &Message,
+        reply: Reply,
+        reason: Option<&str>,
+    ) -> Result<Vec<Message>, HandleError> {
+        let envelope = message.envelope();
+        let saga_id = message.order_id();
+        let Some(saga) = store::load(conn, saga_id).await? else {
+            let why = "no saga with this id";
+            tracing::info!(saga_id, message_type = message.short_name(), "reply for an unknown saga recorded and ignored");
+            store::record_stray(conn, &envelope.message_id, saga_id, message.full_name(), why).await?;
+            return Ok(vec![]);
+        };
+        if i64::from(self.definition.version) != saga.definition_version {
+            return Err(HandleError::Reject(format!(
+                "saga {saga_id} runs definition version {}, this orchestrator has only version {}",
+                saga.definition_version, self.definition.version
+            )));
+        }
+        let seq = saga.version + 1;
+        match saga::on_reply(&self.definition, &saga.state, reply, reason) {
+            Outcome::Applied(transition) => {
+                if !store::update(conn, saga_id, saga.version, &transition.state).await? {
+                    return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
+                }
+                let commands = self.commands(&saga, &transition, envelope);
+                let entry = log_entry(seq, Some(&saga), &transition, envelope, message.full_name(), &commands, reason);
+                store::append_log(conn, saga_id, &entry).await?;
+                tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
+                Ok(commands)
+            }
+            Outcome::Ignored(why) => {
+                // Recorded in the log (the version moves so the entry has its own seq), never applied.
+                if !store::update(conn, saga_id, saga.version, &saga.state).await? {
+                    return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
+                }
+                let entry = LogEntry {
+                    seq,
+                    at_ms: saga_store::now_ms(),
+                    event: "ignored".into(),
+                    step: None,
+                    from_status: Some(saga.state.status.as_str().into()),
+                    to_status: saga.state.status.as_str().into(),
+                    cause_message_id: Some(envelope.message_id.clone()),
+                    cause_message_type: Some(message.full_name().into()),
+                    sent: vec![],
+                    detail: Some(why.clone()),
+                };
+                store::append_log(conn, saga_id, &entry).await?;
+                tracing::info!(saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
+                Ok(vec![])
+            }
+        }
+    }
+
+    fn commands(&self, saga: &SagaRecord, transition: &Transition, cause: &Envelope) -> Vec<Message> {
+        transition
+            .commands
+            .iter()
+            .map(|c| build_command(c, saga, transition.state.failure.as_deref(), cause))
+            .collect()
+    }
+}
+
+fn log_entry(
+    seq: i64,
+    before: Option<&SagaRecord>,
+    transition: &Transition,
+    cause: &Envelope,
+    cause_type: &str,
+    sent: &[Message],
+    reason: Option<&str>,
+) -> LogEntry {
+    LogEntry {
+        seq,
+        at_ms: saga_store::now_ms(),
+        event: transition.event.into(),
+        step: Some(transition.step.into()),
+        from_status: before.map(|s| s.state.status.as_str().to_string()),
+        to_status: transition.state.status.as_str().into(),
+        cause_message_id: Some(cause.message_id.clone()),
+        cause_message_type: Some(cause_type.into()),
+        sent: sent.iter().map(|m| m.envelope().message_id.clone()).collect(),
+        detail: reason.map(str::to_string),
+    }
+}
+
+/// The reply kind of an event, and the failure reason it carries.
+fn reply_of(message: &Message) -> Option<(Reply, Option<&str>)> {
+    Some(match message {
+        Message::StockReserved(_) => (Reply::StockReserved, None),
+        Message::StockReservationFailed(m) => (Reply::StockReservationFailed, Some(m.reason.as_str())),
+        Message::StockReleased(_) => (Reply::StockReleased, None),
+        Message::PaymentAuthorized(_) => (Reply::PaymentAuthorized, None),
+        Message::PaymentDeclined(m) => (Reply::PaymentDeclined, Some(m.reason.as_str())),
+        Message::PaymentVoided(_) => (Reply::PaymentVoided, None),
+        Message::OrderApproved(_) => (Reply::OrderApproved, None),
+        Message::OrderRejected(m) => (Reply::OrderRejected, Some(m.reason.as_str())),
+        _ => return None,
+    })
+}
+
+/// Builds the wire command for a decision. Its message id is the command's idempotency key.
+fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>, cause: &Envelope) -> Message {
+    let full_name = match command.action {
+        Action::ReserveStock => ReserveStock::FULL_NAME,
+        Action::ReleaseStock => ReleaseStock::FULL_NAME,
+        Action::AuthorizePayment => AuthorizePayment::FULL_NAME,
+        Action::VoidPayment => VoidPayment::FULL_NAME,
+        Action::ApproveOrder => ApproveOrder::FULL_NAME,
+        Action::RejectOrder => RejectOrder::FULL_NAME,
+    };
+    let envelope = Envelope {
+        message_id: command.key(&saga.saga_id),
+        message_type: full_name.to_string(),
+        saga_id: Some(saga.saga_id.clone()),
+        correlation_id: saga.correlation_id.clone(),
+        causation_id: Some(cause.message_id.clone()),
+        occurred_at_ms: saga_store::now_ms(),
+    };
+    let order_id = saga.data.order_id.clone();
+    let reason = failure.unwrap_or("saga compensation").to_string();
+    match command.action {
+        Action::ReserveStock => ReserveStock {
+            envelope,
+            order_id,
+            lines: saga.data.lines.iter().map(|l| StockLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+        }
+        .into(),
+        Action::ReleaseStock => ReleaseStock { envelope, order_id, reason }.into(),
+        Action::AuthorizePayment => AuthorizePayment {
+            envelope,
+            order_id,
+            customer_id: saga.data.customer_id.clone(),
+            amount_minor: saga.data.total_minor,
+            currency: saga.data.currency.clone(),
+        }
+        .into(),
+        Action::VoidPayment => VoidPayment { envelope, order_id, reason }.into(),
+        Action::ApproveOrder => ApproveOrder { envelope, order_id }.into(),
+        Action::RejectOrder => RejectOrder { envelope, order_id, reason }.into(),
+    }
+}

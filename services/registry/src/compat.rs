@@ -127,7 +127,11 @@ pub fn versions_to_check<T>(level: CompatibilityLevel, live: &[T]) -> &[T] {
 /// Returns why the candidate is incompatible, one line per failed check; empty means compatible.
 /// Which versions to pass is the caller's choice (see [`versions_to_check`]): this function checks
 /// every one it is given.
-pub fn check(level: CompatibilityLevel, candidate: &Schema, existing: &[(i64, Schema)]) -> Vec<String> {
+pub fn check(
+    level: CompatibilityLevel,
+    candidate: &Schema,
+    existing: &[(i64, Schema)],
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (version, schema) in existing {
         if level.checks_backward() {
@@ -157,7 +161,8 @@ fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
     match SchemaCompatibility::can_read(writer, reader) {
         Ok(Compatibility::Full) => Ok(()),
         Ok(Compatibility::Partial) => Err(
-            "some union branches or enum symbols of the writer have no match in the reader".to_string(),
+            "some union branches or enum symbols of the writer have no match in the reader"
+                .to_string(),
         ),
         Err(e) => Err(error_chain(&e)),
     }
@@ -180,21 +185,28 @@ mod tests {
     use CompatibilityLevel::*;
 
     fn record(fields: &str) -> Schema {
-        Schema::parse_str(&format!(r#"{{"type":"record","name":"Order","fields":[{fields}]}}"#))
-            .expect("test schema parses")
+        Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"Order","fields":[{fields}]}}"#
+        ))
+        .expect("test schema parses")
     }
 
     fn v1() -> Schema {
         record(r#"{"name":"id","type":"string"}"#)
     }
 
-    fn compatible(level: CompatibilityLevel, candidate: &Schema, existing: &[(i64, Schema)]) -> bool {
+    fn compatible(
+        level: CompatibilityLevel,
+        candidate: &Schema,
+        existing: &[(i64, Schema)],
+    ) -> bool {
         check(level, candidate, existing).is_empty()
     }
 
     #[test]
     fn adding_a_field_with_default_is_backward_and_forward_compatible() {
-        let new = record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}"#);
+        let new =
+            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}"#);
         let old = [(1, v1())];
         assert!(compatible(Backward, &new, &old));
         assert!(compatible(Forward, &new, &old));
@@ -208,7 +220,11 @@ mod tests {
         let problems = check(Backward, &new, &old);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("version 1"), "{}", problems[0]);
-        assert!(problems[0].contains("qty"), "names the field: {}", problems[0]);
+        assert!(
+            problems[0].contains("qty"),
+            "names the field: {}",
+            problems[0]
+        );
         // Old readers ignore the extra field, so the change is still forward compatible.
         assert!(compatible(Forward, &new, &old));
         assert!(!compatible(Full, &new, &old));
@@ -216,9 +232,15 @@ mod tests {
 
     #[test]
     fn removing_a_field_without_default_breaks_forward_only() {
-        let old = [(1, record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int"}"#))];
+        let old = [(
+            1,
+            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int"}"#),
+        )];
         let new = v1();
-        assert!(compatible(Backward, &new, &old), "new readers ignore the written field");
+        assert!(
+            compatible(Backward, &new, &old),
+            "new readers ignore the written field"
+        );
         let problems = check(Forward, &new, &old);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("forward"), "{}", problems[0]);
@@ -226,7 +248,10 @@ mod tests {
 
     #[test]
     fn removing_a_field_that_had_a_default_stays_forward_compatible() {
-        let old = [(1, record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":0}"#))];
+        let old = [(
+            1,
+            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":0}"#),
+        )];
         assert!(compatible(Full, &v1(), &old));
     }
 
@@ -235,14 +260,19 @@ mod tests {
         let old = [(1, record(r#"{"name":"n","type":"int"}"#))];
         let new = record(r#"{"name":"n","type":"long"}"#);
         assert!(compatible(Backward, &new, &old));
-        assert!(!compatible(Forward, &new, &old), "an int reader cannot read a long");
+        assert!(
+            !compatible(Forward, &new, &old),
+            "an int reader cannot read a long"
+        );
     }
 
     #[test]
     fn adding_an_enum_symbol_is_backward_but_not_forward_compatible() {
         let enum_of = |symbols: &str| {
-            Schema::parse_str(&format!(r#"{{"type":"enum","name":"Status","symbols":[{symbols}]}}"#))
-                .expect("test enum parses")
+            Schema::parse_str(&format!(
+                r#"{{"type":"enum","name":"Status","symbols":[{symbols}]}}"#
+            ))
+            .expect("test enum parses")
         };
         let old = [(1, enum_of(r#""NEW","PAID""#))];
         let new = enum_of(r#""NEW","PAID","SHIPPED""#);
@@ -265,13 +295,18 @@ mod tests {
     #[test]
     fn transitive_levels_see_every_version_plain_levels_only_the_latest() {
         // v1 {a:int} -> v2 {} -> v3 {a:string=""}: v3 reads v2 data (default) but not v1's int.
-        let live = vec![
-            (1, record(r#"{"name":"a","type":"int"}"#)),
-            (2, record("")),
-        ];
+        let live = vec![(1, record(r#"{"name":"a","type":"int"}"#)), (2, record(""))];
         let new = record(r#"{"name":"a","type":"string","default":""}"#);
-        assert!(compatible(Backward, &new, versions_to_check(Backward, &live)));
-        let problems = check(BackwardTransitive, &new, versions_to_check(BackwardTransitive, &live));
+        assert!(compatible(
+            Backward,
+            &new,
+            versions_to_check(Backward, &live)
+        ));
+        let problems = check(
+            BackwardTransitive,
+            &new,
+            versions_to_check(BackwardTransitive, &live),
+        );
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("version 1"), "{}", problems[0]);
     }
@@ -289,9 +324,15 @@ mod tests {
     fn levels_parse_case_insensitively_and_round_trip() {
         for level in CompatibilityLevel::ALL {
             assert_eq!(level.as_str().parse::<CompatibilityLevel>(), Ok(level));
-            assert_eq!(level.as_str().to_lowercase().parse::<CompatibilityLevel>(), Ok(level));
+            assert_eq!(
+                level.as_str().to_lowercase().parse::<CompatibilityLevel>(),
+                Ok(level)
+            );
         }
-        assert_eq!("SIDEWAYS".parse::<CompatibilityLevel>(), Err(UnknownLevel("SIDEWAYS".into())));
+        assert_eq!(
+            "SIDEWAYS".parse::<CompatibilityLevel>(),
+            Err(UnknownLevel("SIDEWAYS".into()))
+        );
         assert_eq!(CompatibilityLevel::DEFAULT, Backward);
     }
 }

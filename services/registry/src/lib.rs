@@ -40,7 +40,10 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The registry's tables, versions 3000 to 3999; [`Registry::build_with_db`] runs them.
-pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: &SQLITE_MIGRATIONS,
+    postgres: &POSTGRES_MIGRATIONS,
+};
 
 /// Connections the registry opens when it owns its database; a dev registry is lightly used.
 const MAX_CONNECTIONS: u32 = 8;
@@ -88,8 +91,14 @@ impl Registry {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(|source| RegistryError::Bind { addr: bind, source })?;
-        let local_addr = listener.local_addr().map_err(|source| RegistryError::Bind { addr: bind, source })?;
-        Ok(Registry { listener, local_addr, db })
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| RegistryError::Bind { addr: bind, source })?;
+        Ok(Registry {
+            listener,
+            local_addr,
+            db,
+        })
     }
 
     /// The address actually bound.
@@ -109,6 +118,9 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let app = api::router(store::Store::new(self.db));
         tracing::info!(addr = %self.local_addr, "schema registry serving");
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.map_err(RegistryError::Serve)
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(RegistryError::Serve)
     }
 }

@@ -28,12 +28,18 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let settings = RegistrySettings { bind: args.bind, database_url: args.database_url };
+    let settings = RegistrySettings {
+        bind: args.bind,
+        database_url: args.database_url,
+    };
     let registry = Registry::build(&settings)
         .await
         .with_context(|| format!("start schema registry on {}", settings.bind))?;
     println!("schema registry listening on {}", registry.url());
-    registry.run_until_stopped(shutdown_signal()).await.context("run schema registry")
+    registry
+        .run_until_stopped(shutdown_signal())
+        .await
+        .context("run schema registry")
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -67,7 +67,10 @@ impl Store {
 
     /// Answers when the database does.
     pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(self.db.pool()).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(self.db.pool())
+            .await
+            .map(|_| ())
     }
 
     /// Every version of `subject`, oldest first, soft-deleted ones included.
@@ -106,7 +109,11 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(subject, version, deleted_at)| Usage { subject, version, deleted: deleted_at.is_some() })
+            .map(|(subject, version, deleted_at)| Usage {
+                subject,
+                version,
+                deleted: deleted_at.is_some(),
+            })
             .collect())
     }
 
@@ -145,10 +152,16 @@ impl Store {
             Backend::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.db.pool().begin().await?,
         };
-        let live: Vec<VersionRow> =
-            load_versions(&mut *tx, subject).await?.into_iter().filter(|v| !v.deleted).collect();
+        let live: Vec<VersionRow> = load_versions(&mut *tx, subject)
+            .await?
+            .into_iter()
+            .filter(|v| !v.deleted)
+            .collect();
         if let Some(found) = live.iter().find(|v| v.fingerprint == schema.fingerprint) {
-            return Ok(Registration::Existing { id: found.schema_id, version: found.version });
+            return Ok(Registration::Existing {
+                id: found.schema_id,
+                version: found.version,
+            });
         }
         let problems = check(&live);
         if !problems.is_empty() {
@@ -160,10 +173,10 @@ impl Store {
                 .bind(&schema.fingerprint)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let id = match existing_id {
-            Some(id) => id,
-            None => {
-                sqlx::query_scalar(
+        let id =
+            match existing_id {
+                Some(id) => id,
+                None => sqlx::query_scalar(
                     "INSERT INTO registry_schemas (id, fingerprint, schema_text, created_at_ms) \
                      VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM registry_schemas), $1, $2, $3) \
                      RETURNING id",
@@ -172,9 +185,8 @@ impl Store {
                 .bind(&schema.text)
                 .bind(now)
                 .fetch_one(&mut *tx)
-                .await?
-            }
-        };
+                .await?,
+            };
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO registry_versions (subject, version, schema_id, created_at_ms) \
              VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM registry_versions WHERE subject = $1), $2, $3) \
@@ -190,7 +202,11 @@ impl Store {
     }
 
     /// Soft-deletes the live versions of `subject` (all, or just `version`); returns those it hid.
-    pub(crate) async fn soft_delete(&self, subject: &str, version: Option<i64>) -> Result<Vec<i64>, sqlx::Error> {
+    pub(crate) async fn soft_delete(
+        &self,
+        subject: &str,
+        version: Option<i64>,
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let mut versions: Vec<i64> = sqlx::query_scalar(
             "UPDATE registry_versions SET deleted_at_ms = $1 \
              WHERE subject = $2 AND deleted_at_ms IS NULL AND ($3 OR version = $4) RETURNING version",
@@ -207,7 +223,11 @@ impl Store {
 
     /// Removes soft-deleted versions of `subject` for good (all, or just `version`); returns them.
     /// The schemas stay, so their ids keep resolving.
-    pub(crate) async fn hard_delete(&self, subject: &str, version: Option<i64>) -> Result<Vec<i64>, sqlx::Error> {
+    pub(crate) async fn hard_delete(
+        &self,
+        subject: &str,
+        version: Option<i64>,
+    ) -> Result<Vec<i64>, sqlx::Error> {
         let mut versions: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM registry_versions \
              WHERE subject = $1 AND deleted_at_ms IS NOT NULL AND ($2 OR version = $3) RETURNING version",
@@ -222,7 +242,10 @@ impl Store {
     }
 
     /// The level configured for `subject`, or the global one when `subject` is `None`.
-    pub(crate) async fn config(&self, subject: Option<&str>) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
+    pub(crate) async fn config(
+        &self,
+        subject: Option<&str>,
+    ) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
         let level: Option<String> =
             sqlx::query_scalar("SELECT compatibility FROM registry_config WHERE subject = $1")
                 .bind(subject.unwrap_or(GLOBAL))
@@ -232,15 +255,25 @@ impl Store {
     }
 
     /// The level that applies to `subject`: its own, else the global one, else the default.
-    pub(crate) async fn effective_level(&self, subject: &str) -> Result<CompatibilityLevel, sqlx::Error> {
+    pub(crate) async fn effective_level(
+        &self,
+        subject: &str,
+    ) -> Result<CompatibilityLevel, sqlx::Error> {
         match self.config(Some(subject)).await? {
             Some(level) => Ok(level),
-            None => Ok(self.config(None).await?.unwrap_or(CompatibilityLevel::DEFAULT)),
+            None => Ok(self
+                .config(None)
+                .await?
+                .unwrap_or(CompatibilityLevel::DEFAULT)),
         }
     }
 
     /// Sets the level of `subject`, or the global one when `subject` is `None`.
-    pub(crate) async fn set_config(&self, subject: Option<&str>, level: CompatibilityLevel) -> Result<(), sqlx::Error> {
+    pub(crate) async fn set_config(
+        &self,
+        subject: Option<&str>,
+        level: CompatibilityLevel,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO registry_config (subject, compatibility, updated_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (subject) DO UPDATE \
@@ -255,12 +288,16 @@ impl Store {
     }
 
     /// Removes the subject's own level; returns it, if there was one.
-    pub(crate) async fn delete_config(&self, subject: &str) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
-        let level: Option<String> =
-            sqlx::query_scalar("DELETE FROM registry_config WHERE subject = $1 RETURNING compatibility")
-                .bind(subject)
-                .fetch_optional(self.db.pool())
-                .await?;
+    pub(crate) async fn delete_config(
+        &self,
+        subject: &str,
+    ) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
+        let level: Option<String> = sqlx::query_scalar(
+            "DELETE FROM registry_config WHERE subject = $1 RETURNING compatibility",
+        )
+        .bind(subject)
+        .fetch_optional(self.db.pool())
+        .await?;
         level.map(|l| parse_stored_level(&l)).transpose()
     }
 }
@@ -279,13 +316,15 @@ where
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(version, schema_id, schema, fingerprint, deleted_at)| VersionRow {
-            version,
-            schema_id,
-            schema,
-            fingerprint,
-            deleted: deleted_at.is_some(),
-        })
+        .map(
+            |(version, schema_id, schema, fingerprint, deleted_at)| VersionRow {
+                version,
+                schema_id,
+                schema,
+                fingerprint,
+                deleted: deleted_at.is_some(),
+            },
+        )
         .collect())
 }
 

@@ -6,7 +6,9 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{incompatibilities, visible, JsonBody, Params, PathParams, SchemaRequest, VersionSelector};
+use super::{
+    incompatibilities, visible, JsonBody, Params, PathParams, SchemaRequest, VersionSelector,
+};
 use crate::compat::{self, CompatibilityLevel};
 use crate::error::{json_response, ApiError};
 use crate::store::{Store, VersionRow};
@@ -20,7 +22,8 @@ pub(super) struct ConfigRequest {
 impl ConfigRequest {
     fn level(&self) -> Result<CompatibilityLevel, ApiError> {
         let raw = self.compatibility.as_deref().unwrap_or_default();
-        raw.parse().map_err(|_| ApiError::InvalidCompatibilityLevel(raw.to_string()))
+        raw.parse()
+            .map_err(|_| ApiError::InvalidCompatibilityLevel(raw.to_string()))
     }
 }
 
@@ -33,7 +36,10 @@ struct CompatibilityBody {
 
 /// `GET /config`.
 pub(super) async fn global(State(store): State<Store>) -> Result<Response, ApiError> {
-    let level = store.config(None).await?.unwrap_or(CompatibilityLevel::DEFAULT);
+    let level = store
+        .config(None)
+        .await?
+        .unwrap_or(CompatibilityLevel::DEFAULT);
     Ok(level_body(level))
 }
 
@@ -45,7 +51,10 @@ pub(super) async fn set_global(
     let level = request.level()?;
     store.set_config(None, level).await?;
     tracing::info!(%level, "set global compatibility level");
-    Ok(json_response(StatusCode::OK, &json!({ "compatibility": level.as_str() })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "compatibility": level.as_str() }),
+    ))
 }
 
 /// `GET /config/{subject}`; `defaultToGlobal=true` falls back to the global level.
@@ -56,9 +65,10 @@ pub(super) async fn subject(
 ) -> Result<Response, ApiError> {
     let level = match store.config(Some(&subject)).await? {
         Some(level) => level,
-        None if params.flag("defaultToGlobal") => {
-            store.config(None).await?.unwrap_or(CompatibilityLevel::DEFAULT)
-        }
+        None if params.flag("defaultToGlobal") => store
+            .config(None)
+            .await?
+            .unwrap_or(CompatibilityLevel::DEFAULT),
         None => return Err(ApiError::SubjectConfigNotFound(subject)),
     };
     Ok(level_body(level))
@@ -73,7 +83,10 @@ pub(super) async fn set_subject(
     let level = request.level()?;
     store.set_config(Some(&subject), level).await?;
     tracing::info!(subject, %level, "set subject compatibility level");
-    Ok(json_response(StatusCode::OK, &json!({ "compatibility": level.as_str() })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "compatibility": level.as_str() }),
+    ))
 }
 
 /// `DELETE /config/{subject}`: back to the global level; answers the level it removed.
@@ -81,7 +94,10 @@ pub(super) async fn delete_subject(
     State(store): State<Store>,
     PathParams(subject): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let removed = store.delete_config(&subject).await?.ok_or(ApiError::SubjectConfigNotFound(subject))?;
+    let removed = store
+        .delete_config(&subject)
+        .await?
+        .ok_or(ApiError::SubjectConfigNotFound(subject))?;
     Ok(level_body(removed))
 }
 
@@ -125,7 +141,12 @@ async fn check(
         Some(VersionSelector::Latest) => compat::versions_to_check(level, &live),
         Some(VersionSelector::Number(n)) => match live.iter().position(|r| r.version == n) {
             Some(i) => &live[i..=i],
-            None => return Err(ApiError::VersionNotFound { subject, version: n.to_string() }),
+            None => {
+                return Err(ApiError::VersionNotFound {
+                    subject,
+                    version: n.to_string(),
+                })
+            }
         },
         None => &live,
     };
@@ -138,5 +159,8 @@ async fn check(
 }
 
 fn level_body(level: CompatibilityLevel) -> Response {
-    json_response(StatusCode::OK, &json!({ "compatibilityLevel": level.as_str() }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "compatibilityLevel": level.as_str() }),
+    )
 }
