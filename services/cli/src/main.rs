@@ -1,1 +1,150 @@
-fn main() {}
+//! `sagactl`: run the system in one process, manage topics and seed data, benchmark.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use saga_cli::{bench, dev};
+
+#[derive(Parser)]
+#[command(name = "sagactl", version, about = "Saga orchestration on Kafka: run, operate and measure")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run broker, registry and all four services in this process and place sample orders.
+    Dev {
+        /// Sample orders to place.
+        #[arg(long, default_value_t = 35)]
+        orders: usize,
+        /// Exit once the sample orders are finished, instead of running on.
+        #[arg(long)]
+        exit: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Keep the SQLite databases here (default: a temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Port of the embedded schema registry (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        registry_port: u16,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1024))]
+        partitions: i32,
+        /// Seconds to wait for the sample orders.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Create the topics (and their dead-letter topics) on a broker.
+    Topics {
+        /// Broker bootstrap servers.
+        #[arg(long, env = "SAGA_KAFKA__BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+        bootstrap_servers: String,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10000))]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+        replication_factor: i32,
+        /// Topic prefix.
+        #[arg(long, env = "SAGA_TOPICS__PREFIX", default_value = "saga")]
+        prefix: String,
+    },
+    /// Load stock and customer accounts from a seed file into the services' databases.
+    Seed {
+        /// Seed file (TOML), e.g. deploy/seed/dev.toml.
+        #[arg(long)]
+        file: PathBuf,
+        /// Inventory database URL.
+        #[arg(long, env = "SAGA_INVENTORY_DATABASE_URL")]
+        inventory_db: String,
+        /// Payment database URL.
+        #[arg(long, env = "SAGA_PAYMENT_DATABASE_URL")]
+        payment_db: String,
+    },
+    /// Drive sagas through the embedded stack; print sagas per second and latency percentiles.
+    Bench {
+        /// Sagas to run.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        sagas: u64,
+        /// Sagas in flight at once.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+        concurrency: u64,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1024))]
+        partitions: i32,
+        /// Records per consumer transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+        batch_size: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    saga_runtime::telemetry::init_logging_with_default("warn");
+    match cli.command {
+        Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs } => {
+            let summary = dev::run(dev::DevOptions {
+                orders,
+                exit,
+                json,
+                data_dir,
+                registry_port,
+                partitions,
+                timeout: Duration::from_secs(timeout_secs),
+            })
+            .await?;
+            if summary.stuck > 0 {
+                std::process::exit(2);
+            }
+        }
+        Command::Topics { bootstrap_servers, partitions, replication_factor, prefix } => {
+            let mut kafka = saga_runtime::ServiceSettings::defaults_for("sagactl").kafka;
+            kafka.bootstrap_servers = bootstrap_servers;
+            kafka.partitions = partitions;
+            kafka.replication_factor = replication_factor;
+            let topics = saga_contracts::Topics::new(prefix).all_with_dlts();
+            saga_runtime::kafka::create_topics(&kafka, &topics).await?;
+            for t in topics {
+                println!("{t} ({partitions} partitions)");
+            }
+        }
+        Command::Seed { file, inventory_db, payment_db } => {
+            let seed = saga_cli::seed::Seed::read(&file)?;
+            let inventory = saga_runtime::service::open_database(&inventory_db, 2, &saga_inventory::MIGRATIONS).await?;
+            seed.apply_stock(&inventory).await?;
+            let payment = saga_runtime::service::open_database(&payment_db, 2, &saga_payment::MIGRATIONS).await?;
+            seed.apply_accounts(&payment).await?;
+            println!("seeded {} skus and {} customers", seed.stock.len(), seed.customers.len());
+        }
+        Command::Bench { sagas, concurrency, partitions, batch_size, json } => {
+            let report = bench::run(bench::BenchOptions {
+                sagas: sagas as usize,
+                concurrency: concurrency as usize,
+                partitions,
+                batch_size: batch_size as usize,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "sagas={} concurrency={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1}",
+                    report.sagas, report.concurrency, report.unfinished, report.elapsed_s, report.sagas_per_sec, report.p50_ms, report.p95_ms, report.p99_ms
+                );
+            }
+            if report.unfinished > 0 {
+                std::process::exit(2);
+            }
+        }
+    }
+    Ok(())
+}

@@ -37,6 +37,15 @@ pub enum ServiceError {
     Registry(String),
 }
 
+/// Opens a service database and runs its migrations: the inbox and outbox, then `migrations`.
+pub async fn open_database(url: &str, max_connections: u32, migrations: &Migrations) -> Result<Db, ServiceError> {
+    let db_error = |source| ServiceError::Database { url: saga_store::redact_url(url), source };
+    let db = Db::connect(url, max_connections).await.map_err(db_error)?;
+    db.migrate(&crate::outbox::MIGRATIONS).await.map_err(db_error)?;
+    db.migrate(migrations).await.map_err(db_error)?;
+    Ok(db)
+}
+
 /// A built service, ready to run.
 pub struct Service<H: Handler> {
     handler: Arc<H>,
@@ -52,10 +61,7 @@ impl<H: Handler> Service<H> {
     /// Opens and migrates the database (inbox, outbox and `migrations`), creates the Kafka clients
     /// and subscribes. Nothing is consumed until [`Service::run_until_stopped`].
     pub async fn build(settings: ServiceSettings, handler: H, migrations: &Migrations) -> Result<Service<H>, ServiceError> {
-        let db_error = |source| ServiceError::Database { url: saga_store::redact_url(&settings.database.url), source };
-        let db = Db::connect(&settings.database.url, settings.database.max_connections).await.map_err(db_error)?;
-        db.migrate(&crate::outbox::MIGRATIONS).await.map_err(db_error)?;
-        db.migrate(migrations).await.map_err(db_error)?;
+        let db = open_database(&settings.database.url, settings.database.max_connections, migrations).await?;
         Self::build_with_db(settings, handler, db).await
     }
 

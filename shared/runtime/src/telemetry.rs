@@ -6,7 +6,12 @@ use tracing_subscriber::EnvFilter;
 /// otherwise; the level comes from `RUST_LOG` (default `info`). librdkafka's logs arrive through
 /// the consumer context.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with_default("info");
+}
+
+/// Like [`init_logging`], with another level when `RUST_LOG` is unset.
+pub fn init_logging_with_default(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = std::env::var("SAGA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

@@ -1,0 +1,15 @@
+//! `sagactl`: run the whole system in one process, create topics, seed data, benchmark.
+//!
+//! # Layout
+//! - [`stack`]: broker + registry + four services in one process (`dev`, `bench`, tests).
+//! - [`seed`]: stock and accounts from a TOML file.
+//! - [`sample`]: the deterministic mix of sample orders.
+//! - [`watch`]: a consumer of order outcomes.
+//! - [`dev`], [`bench`]: the commands of the same names.
+
+pub mod bench;
+pub mod dev;
+pub mod sample;
+pub mod seed;
+pub mod stack;
+pub mod watch;

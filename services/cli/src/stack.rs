@@ -1,0 +1,307 @@
+//! The whole system in one process: broker, registry, four services, seeded databases.
+//!
+//! `sagactl dev`, `sagactl bench` and the end-to-end tests all run this. The broker is either
+//! librdkafka's in-process mock cluster or an external Kafka-protocol broker (tansu in CI); the
+//! databases are SQLite files in a directory or fresh PostgreSQL databases.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use saga_contracts::{Message, PlaceOrder, TopicKind, Topics};
+use saga_runtime::codec::Codec;
+use saga_runtime::config::ServiceSettings;
+use saga_runtime::service::{open_database, Service};
+use saga_runtime::{CancellationToken, Handler};
+use saga_store::{Db, Migrations};
+use tokio::task::JoinHandle;
+
+use crate::seed::Seed;
+
+/// Where the broker comes from.
+#[derive(Debug, Clone)]
+pub enum BrokerChoice {
+    /// librdkafka's in-process mock cluster, with the topics created in it.
+    Embedded,
+    /// An external broker at these bootstrap servers; topics are created through the admin API.
+    External(String),
+}
+
+/// Where the databases come from.
+#[derive(Debug, Clone)]
+pub enum DatabaseChoice {
+    /// One SQLite file per service in this directory.
+    Sqlite(PathBuf),
+    /// One fresh database per service on the PostgreSQL test server.
+    Postgres,
+}
+
+/// How to assemble a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The broker.
+    pub broker: BrokerChoice,
+    /// The databases.
+    pub database: DatabaseChoice,
+    /// Registry address; port 0 picks a free port.
+    pub registry_bind: SocketAddr,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Topic prefix (unique per test run on a shared broker).
+    pub topic_prefix: String,
+    /// Suffix of every consumer group id (unique per test run on a shared broker).
+    pub group_suffix: String,
+    /// Instances of each service (they share the consumer group and the database).
+    pub instances: usize,
+    /// Stock and accounts.
+    pub seed: Seed,
+    /// Records per consumer transaction.
+    pub batch_size: usize,
+}
+
+impl StackOptions {
+    /// Embedded broker, SQLite in `dir`, shipped seed, 6 partitions.
+    pub fn embedded(dir: PathBuf) -> StackOptions {
+        StackOptions {
+            broker: BrokerChoice::Embedded,
+            database: DatabaseChoice::Sqlite(dir),
+            registry_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            partitions: 6,
+            topic_prefix: "saga".into(),
+            group_suffix: String::new(),
+            instances: 1,
+            seed: Seed::dev(),
+            batch_size: 500,
+        }
+    }
+}
+
+/// The databases of the four services.
+#[derive(Clone, Debug)]
+pub struct Databases {
+    /// Orders.
+    pub order: Db,
+    /// Stock and reservations.
+    pub inventory: Db,
+    /// Accounts and authorizations.
+    pub payment: Db,
+    /// Sagas and their log.
+    pub orchestrator: Db,
+}
+
+/// A running system.
+pub struct Stack {
+    /// Bootstrap servers of the broker.
+    pub bootstrap: String,
+    /// Base URL of the schema registry.
+    pub registry_url: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// The services' databases.
+    pub dbs: Databases,
+    /// The settings the services were started with (without per-service overrides).
+    pub settings: ServiceSettings,
+    codec: Arc<Codec>,
+    producer: FutureProducer,
+    shutdown: CancellationToken,
+    services: Vec<JoinHandle<()>>,
+    registry: Option<JoinHandle<()>>,
+    registry_stop: CancellationToken,
+    broker: Option<EmbeddedBroker>,
+}
+
+impl Stack {
+    /// Starts everything and returns once the services are consuming.
+    pub async fn start(options: StackOptions) -> anyhow::Result<Stack> {
+        let topics = Topics::new(options.topic_prefix.clone());
+        let broker = match &options.broker {
+            BrokerChoice::Embedded => Some(EmbeddedBroker::start(options.partitions, topics.all_with_dlts())?),
+            BrokerChoice::External(_) => None,
+        };
+        let bootstrap = match (&options.broker, &broker) {
+            (BrokerChoice::External(b), _) => b.clone(),
+            (BrokerChoice::Embedded, Some(b)) => b.bootstrap.clone(),
+            (BrokerChoice::Embedded, None) => unreachable!("embedded broker started above"),
+        };
+
+        let url_for = |name: &str| -> anyhow::Result<String> {
+            Ok(match &options.database {
+                DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+                DatabaseChoice::Postgres => String::new(),
+            })
+        };
+        let mut urls = Vec::new();
+        for name in ["registry", "order", "inventory", "payment", "orchestrator"] {
+            let url = match options.database {
+                DatabaseChoice::Sqlite(_) => url_for(name)?,
+                DatabaseChoice::Postgres => saga_store::testing::create_postgres_database().await.with_context(|| {
+                    format!(
+                        "PostgreSQL is not reachable at {}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
+                        saga_store::redact_url(&saga_store::testing::postgres_admin_url())
+                    )
+                })?,
+            };
+            urls.push(url);
+        }
+
+        let registry_db = Db::connect(&urls[0], 4).await.context("opening the registry database")?;
+        let registry = saga_registry::Registry::build_with_db(registry_db, options.registry_bind).await.context("starting the schema registry")?;
+        let registry_url = registry.url();
+        let registry_stop = CancellationToken::new();
+        let stop = registry_stop.clone();
+        let registry_task = tokio::spawn(async move {
+            if let Err(e) = registry.run_until_stopped(async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "schema registry stopped with an error");
+            }
+        });
+
+        let max_connections = 8;
+        let open = |url: String, m: &'static Migrations| async move { open_database(&url, max_connections, m).await };
+        let dbs = Databases {
+            order: open(urls[1].clone(), &saga_order::MIGRATIONS).await?,
+            inventory: open(urls[2].clone(), &saga_inventory::MIGRATIONS).await?,
+            payment: open(urls[3].clone(), &saga_payment::MIGRATIONS).await?,
+            orchestrator: open(urls[4].clone(), &saga_orchestrator::MIGRATIONS).await?,
+        };
+        options.seed.apply_stock(&dbs.inventory).await.context("seeding stock")?;
+        options.seed.apply_accounts(&dbs.payment).await.context("seeding accounts")?;
+
+        let mut settings = ServiceSettings::defaults_for("stack");
+        settings.kafka.bootstrap_servers = bootstrap.clone();
+        settings.kafka.partitions = options.partitions;
+        settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
+        settings.registry.url = registry_url.clone();
+        settings.topics.prefix = options.topic_prefix.clone();
+        settings.consumer.batch_size = options.batch_size;
+        settings.validate()?;
+
+        let shutdown = CancellationToken::new();
+        let mut services = Vec::new();
+        for _ in 0..options.instances.max(1) {
+            services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, &dbs.order, &shutdown).await?);
+            services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, &dbs.inventory, &shutdown).await?);
+            services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, &dbs.payment, &shutdown).await?);
+            services.push(
+                spawn(&settings, &options.group_suffix, saga_orchestrator::Orchestrator::default(), &dbs.orchestrator, &shutdown).await?,
+            );
+        }
+        let codec = Arc::new(Codec::new(&registry_url)?);
+        codec.register(&[PlaceOrder::FULL_NAME]).await?;
+        let producer = saga_runtime::kafka::producer(&settings.kafka, "sagactl")?;
+        Ok(Stack {
+            bootstrap,
+            registry_url,
+            topics,
+            dbs,
+            settings,
+            codec,
+            producer,
+            shutdown,
+            services,
+            registry: Some(registry_task),
+            registry_stop,
+            broker,
+        })
+    }
+
+    /// Publishes a message to its topic as any client would: wire format, keyed by order id.
+    pub async fn publish(&self, message: &Message) -> anyhow::Result<()> {
+        let payload = self.codec.encode(message).await?;
+        let topic = self.topics.name(message.topic_kind());
+        self.publish_raw(&topic, Some(message.order_id().as_bytes()), &payload).await
+    }
+
+    /// Publishes raw bytes (for poison-message tests and redrives).
+    pub async fn publish_raw(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
+        Ok(())
+    }
+
+    /// The codec the stack uses (to decode what tests read back).
+    pub fn codec(&self) -> Arc<Codec> {
+        self.codec.clone()
+    }
+
+    /// Name of a topic.
+    pub fn topic(&self, kind: TopicKind) -> String {
+        self.topics.name(kind)
+    }
+
+    /// Stops the services (each finishes its batch, commits, drains its outbox), the registry and
+    /// the broker.
+    pub async fn stop(self) {
+        let Stack { shutdown, services, registry, registry_stop, broker, producer, codec, .. } = self;
+        shutdown.cancel();
+        for s in services {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
+        }
+        registry_stop.cancel();
+        if let Some(r) = registry {
+            let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+        }
+        // Clients go before the broker, so none of them reports the broker gone.
+        drop(producer);
+        drop(codec);
+        if let Some(b) = broker {
+            b.stop();
+        }
+    }
+}
+
+async fn spawn<H: Handler>(settings: &ServiceSettings, group_suffix: &str, handler: H, db: &Db, shutdown: &CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+    let mut settings = settings.clone();
+    settings.kafka.group_id = format!("saga-{}{group_suffix}", H::SERVICE);
+    let service = Service::build_with_db(settings, handler, db.clone()).await.with_context(|| format!("starting the {} service", H::SERVICE))?;
+    let shutdown = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = service.run_until_stopped(shutdown).await {
+            tracing::error!(service = H::SERVICE, error = %e, "service stopped with an error");
+        }
+    }))
+}
+
+/// librdkafka's mock cluster, owned by a thread of its own (its handle is not `Send`).
+struct EmbeddedBroker {
+    bootstrap: String,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("mock-broker".into()).spawn(move || {
+            let cluster = match MockCluster::new(1) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("starting the in-process broker: {e}")));
+                    return;
+                }
+            };
+            for t in &topics {
+                if let Err(e) = cluster.create_topic(t, partitions, 1) {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("creating topic {t}: {e}")));
+                    return;
+                }
+            }
+            let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+            let _ = stop_rx.recv();
+        })?;
+        let bootstrap = ready_rx.recv().context("the in-process broker thread died")??;
+        Ok(EmbeddedBroker { bootstrap, stop: stop_tx, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
