@@ -237,21 +237,31 @@ impl Stack {
 
     /// Stops the services (each finishes its batch, commits, drains its outbox), the registry and
     /// the broker.
-    pub async fn stop(self) {
-        let Stack { shutdown, services, registry, registry_stop, broker, producer, codec, .. } = self;
-        shutdown.cancel();
-        for s in services {
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for s in self.services.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
         }
-        registry_stop.cancel();
-        if let Some(r) = registry {
+        self.registry_stop.cancel();
+        if let Some(r) = self.registry.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
         }
         // Clients go before the broker, so none of them reports the broker gone.
-        drop(producer);
-        drop(codec);
+        let broker = self.broker.take();
+        drop(self);
         if let Some(b) = broker {
             b.stop();
+        }
+    }
+}
+
+impl Drop for Stack {
+    /// A stack dropped without [`Stack::stop`] (a failing test) still stops its tasks and broker.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.registry_stop.cancel();
+        if let Some(b) = self.broker.take() {
+            let _ = b.stop.send(());
         }
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The six topics of the system. Commands go to the participant that executes them; events come
 /// from the service that owns the aggregate. Every record is keyed by the order id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TopicKind {
     /// `PlaceOrder`, `ApproveOrder`, `RejectOrder`.
     OrderCommands,
