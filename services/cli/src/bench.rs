@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_contracts::TopicKind;
-use saga_runtime::CancellationToken;
 use serde::Serialize;
 
 use crate::sample::sample_order;
@@ -60,8 +59,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     seed.stock.push(StockItem { sku: "RARE-GEM".into(), on_hand: 3 });
     stack_options.seed = seed;
     let stack = Arc::new(Stack::start(stack_options).await?);
-    let stop = CancellationToken::new();
-    let mut outcomes = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec(), stop.clone())?;
+    let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
     let run_id = format!("bench{}", saga_store::now_ms());
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
@@ -79,6 +77,19 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             }
         });
     };
+    // Warm up: the consumer groups form and the schemas are cached before the clock starts.
+    let warmup = 20;
+    for i in 0..warmup {
+        let (order, _) = sample_order(&format!("{run_id}-warmup"), i);
+        stack.publish(&order.into()).await?;
+    }
+    let mut warmed = 0;
+    while warmed < warmup {
+        tokio::select! {
+            o = watch.outcomes.recv() => if o.is_some() { warmed += 1 } else { anyhow::bail!("watcher stopped during warm-up") },
+            _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!("warm-up sagas did not finish within 60 s"),
+        }
+    }
     let started = Instant::now();
     while next < options.concurrency.min(options.sagas) {
         send(next, &mut sent_at);
@@ -87,7 +98,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let wait = Duration::from_secs(60);
     while latencies.len() < options.sagas {
         let outcome = tokio::select! {
-            o = outcomes.recv() => match o { Some(o) => o, None => break },
+            o = watch.outcomes.recv() => match o { Some(o) => o, None => break },
             e = errors_rx.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("publisher stopped"))),
             _ = tokio::time::sleep(wait) => break,
         };
@@ -99,7 +110,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     let elapsed = started.elapsed();
-    stop.cancel();
+    watch.close().await;
     if let Ok(stack) = Arc::try_unwrap(stack) {
         stack.stop().await;
     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use saga_contracts::TopicKind;
-use saga_runtime::CancellationToken;
 use serde::Serialize;
 
 use crate::sample::{sample_order, Expect};
@@ -73,8 +72,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
     say(format!("schema registry:                     {}", stack.registry_url));
     say(format!("databases (SQLite):                  {}", dir.display()));
 
-    let stop_watch = CancellationToken::new();
-    let mut outcomes = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec(), stop_watch.clone())?;
+    let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
     let run_id = format!("dev{}", saga_store::now_ms() / 1000);
     let mut expected: HashMap<String, Expect> = HashMap::new();
@@ -91,7 +89,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
     let deadline = tokio::time::Instant::now() + options.timeout;
     while seen.len() < options.orders {
         let outcome = tokio::select! {
-            o = outcomes.recv() => match o { Some(o) => o, None => break },
+            o = watch.outcomes.recv() => match o { Some(o) => o, None => break },
             _ = tokio::time::sleep_until(deadline) => break,
         };
         let Some(expect) = expected.get(&outcome.order_id) else { continue };
@@ -129,7 +127,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
         println!("  outcomes appear on {} and below. Ctrl-C stops.", stack.topic(TopicKind::OrderEvents));
         loop {
             tokio::select! {
-                o = outcomes.recv() => match o {
+                o = watch.outcomes.recv() => match o {
                     Some(o) if !expected.contains_key(&o.order_id) => println!("{}", describe(&stack, &o).await),
                     Some(_) => {}
                     None => break,
@@ -139,7 +137,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
         }
         println!("shutting down");
     }
-    stop_watch.cancel();
+    watch.close().await;
     stack.stop().await;
     Ok(summary)
 }

@@ -25,14 +25,26 @@ pub struct Outcome {
     pub seen_at: Instant,
 }
 
+/// A running watcher: outcomes arrive on `outcomes`; [`Watch::close`] stops its consumer.
+pub struct Watch {
+    /// Orders reaching a final state, in the order they were read.
+    pub outcomes: mpsc::UnboundedReceiver<Outcome>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    /// Stops the consumer and waits for it to leave its group.
+    pub async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Starts a consumer of the order event topic (its own group, from the beginning) and sends
 /// every `OrderApproved` and `OrderRejected` it reads.
-pub fn watch_outcomes(
-    kafka: &KafkaSettings,
-    topic: String,
-    codec: Arc<Codec>,
-    stop: CancellationToken,
-) -> anyhow::Result<mpsc::UnboundedReceiver<Outcome>> {
+pub fn watch_outcomes(kafka: &KafkaSettings, topic: String, codec: Arc<Codec>) -> anyhow::Result<Watch> {
+    let stop = CancellationToken::new();
     let mut settings = kafka.clone();
     settings.group_id = format!("sagactl-watch-{}", uuid::Uuid::new_v4().simple());
     let consumer: StreamConsumer = saga_runtime::kafka::consumer_config(&settings, "sagactl-watch")
@@ -40,7 +52,9 @@ pub fn watch_outcomes(
         .create()?;
     consumer.subscribe(&[&topic])?;
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let stop = stopped;
         let mut stream = consumer.stream();
         loop {
             let record = tokio::select! {
@@ -61,5 +75,5 @@ pub fn watch_outcomes(
             }
         }
     });
-    Ok(rx)
+    Ok(Watch { outcomes: rx, stop, task })
 }

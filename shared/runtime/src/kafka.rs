@@ -32,10 +32,7 @@ pub enum KafkaSetupError {
 
 fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &settings.bootstrap_servers)
-        // Match the Java client's partitioner, so every client puts a key on the same partition.
-        .set_log_level(RDKafkaLogLevel::Info);
+    config.set("bootstrap.servers", &settings.bootstrap_servers).set_log_level(RDKafkaLogLevel::Info);
     for (k, v) in &settings.client {
         config.set(k, v);
     }
@@ -50,6 +47,7 @@ pub fn producer(settings: &KafkaSettings, client_id: &str) -> KafkaResult<Future
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "2")
+        // The Java client's partitioner, so every client puts a key on the same partition.
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "30000");
     for (k, v) in base_config(settings).config_map() {
@@ -70,7 +68,10 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A fetch returns as soon as a record arrives on a real broker; this bounds the wait on
+        // brokers that answer a fetch only at its deadline (the in-process mock cluster does).
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }

@@ -1,0 +1,393 @@
+//! Persistence scenarios of the orchestrator, each run on SQLite and on PostgreSQL.
+//!
+//! No broker: every event is applied to the orchestrator's own database exactly as the consume
+//! loop applies it (inbox row, handler, commit in one transaction), and the participants' replies
+//! are built from the commands it emitted, as the participants build them.
+
+use saga_contracts::{
+    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined,
+    StockLine, StockReleased, StockReservationFailed, StockReserved, Topics,
+};
+use saga_orchestrator::saga::{Position, Status};
+use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
+use saga_orchestrator::Orchestrator;
+use saga_runtime::outbox::record_in_inbox;
+use saga_runtime::{HandleError, Handler, Incoming};
+use saga_store::testing::TestDb;
+use saga_store::Db;
+use sqlx::Acquire;
+
+saga_store::backend_tests!(
+    starts_a_saga_and_reserves_stock,
+    completes_the_happy_path,
+    compensates_a_declined_payment,
+    rejects_when_stock_runs_out,
+    a_reply_after_the_end_is_logged_as_ignored,
+    a_reply_out_of_turn_is_ignored_and_the_saga_goes_on,
+    replies_for_unknown_sagas_are_strays,
+    the_same_order_created_twice_starts_one_saga,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+async fn migrated(test_db: &TestDb) -> &Db {
+    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
+    test_db.db.migrate(&saga_orchestrator::MIGRATIONS).await.expect("migrate sagas");
+    &test_db.db
+}
+
+/// Applies one message as `ConsumeLoop::apply` does. `Ok(None)`: the inbox already had its id.
+async fn apply(db: &Db, message: &Message) -> Result<Option<Vec<Message>>, HandleError> {
+    let topic = Topics::default().name(message.topic_kind());
+    let incoming = Incoming { topic, partition: 0, offset: 0, message: message.clone() };
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    if !record_in_inbox(&mut tx, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
+        return Ok(None);
+    }
+    let out = Orchestrator::default().handle(&mut tx, &incoming).await?;
+    tx.commit().await?;
+    Ok(Some(out))
+}
+
+/// Applies a new event; returns the commands it caused.
+async fn feed(db: &Db, message: &Message) -> Vec<Message> {
+    let id = &message.envelope().message_id;
+    apply(db, message)
+        .await
+        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
+        .unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
+}
+
+/// Applies a new event that must cause exactly one command, with this message id.
+async fn feed_one(db: &Db, message: &Message, command_id: &str) -> Message {
+    let mut out = feed(db, message).await;
+    assert_eq!(out.len(), 1, "{} caused {out:?}", message.short_name());
+    let command = out.remove(0);
+    let e = command.envelope();
+    assert_eq!(e.message_id, command_id, "the command's id is its idempotency key");
+    assert_eq!(e.causation_id.as_deref(), Some(message.envelope().message_id.as_str()));
+    assert_eq!(e.saga_id.as_deref(), Some(message.order_id()));
+    assert_eq!(e.correlation_id, "corr-o1");
+    command
+}
+
+fn lines() -> Vec<OrderLine> {
+    let line = |sku: &str, quantity, unit_price_minor| OrderLine { sku: sku.into(), quantity, unit_price_minor, currency: "EUR".into() };
+    vec![line("WIDGET-1", 2, 1250), line("GADGET-2", 1, 4999)]
+}
+
+/// The event the order service emits for a valid `PlaceOrder` with this message id.
+fn order_created(place_id: &str, order_id: &str) -> Message {
+    let place = Envelope {
+        message_id: place_id.into(),
+        message_type: "saga.order.PlaceOrder".into(),
+        saga_id: Some(order_id.into()),
+        correlation_id: "corr-o1".into(),
+        causation_id: None,
+        occurred_at_ms: 1,
+    };
+    OrderCreated {
+        envelope: Envelope::reply_to(&place, OrderCreated::FULL_NAME),
+        order_id: order_id.into(),
+        customer_id: "alice".into(),
+        currency: "EUR".into(),
+        total_minor: 7_499,
+        lines: lines(),
+    }
+    .into()
+}
+
+/// A participant's reply to `command`, with the id participants derive from it.
+fn reply(command: &Message, build: impl FnOnce(Envelope, String) -> Message, full_name: &str) -> Message {
+    build(Envelope::reply_to(command.envelope(), full_name), command.order_id().to_string())
+}
+
+fn stock_reserved(cmd: &Message) -> Message {
+    reply(cmd, |envelope, order_id| StockReserved { envelope, order_id }.into(), StockReserved::FULL_NAME)
+}
+
+fn stock_failed(cmd: &Message, reason: &str) -> Message {
+    let reason = reason.to_string();
+    reply(cmd, |envelope, order_id| StockReservationFailed { envelope, order_id, reason }.into(), StockReservationFailed::FULL_NAME)
+}
+
+fn stock_released(cmd: &Message) -> Message {
+    reply(cmd, |envelope, order_id| StockReleased { envelope, order_id, released: true }.into(), StockReleased::FULL_NAME)
+}
+
+fn payment_authorized(cmd: &Message) -> Message {
+    let build = |envelope, order_id: String| {
+        PaymentAuthorized { envelope, authorization_id: format!("auth-{order_id}"), order_id, amount_minor: 7_499, currency: "EUR".into() }.into()
+    };
+    reply(cmd, build, PaymentAuthorized::FULL_NAME)
+}
+
+fn payment_declined(cmd: &Message, reason: &str) -> Message {
+    let reason = reason.to_string();
+    reply(cmd, |envelope, order_id| PaymentDeclined { envelope, order_id, reason }.into(), PaymentDeclined::FULL_NAME)
+}
+
+fn order_approved(cmd: &Message) -> Message {
+    reply(cmd, |envelope, order_id| OrderApproved { envelope, order_id }.into(), OrderApproved::FULL_NAME)
+}
+
+fn order_rejected(cmd: &Message) -> Message {
+    let reason = match cmd {
+        Message::RejectOrder(m) => m.reason.clone(),
+        other => panic!("expected RejectOrder, got {other:?}"),
+    };
+    reply(cmd, |envelope, order_id| OrderRejected { envelope, order_id, reason }.into(), OrderRejected::FULL_NAME)
+}
+
+/// (status, position, attempt, failure, version) of a saga that must exist.
+async fn saga(db: &Db, saga_id: &str) -> (Status, Position, u32, Option<String>, i64) {
+    let s = get_saga(db, saga_id).await.expect("read saga").unwrap_or_else(|| panic!("saga {saga_id} is missing"));
+    (s.state.status, s.state.position, s.state.attempt, s.state.failure, s.version)
+}
+
+/// The saga log, one `(seq, event, from, to, cause id, sent ids)` per entry.
+async fn log(db: &Db, saga_id: &str) -> Vec<(i64, String, Option<String>, String, String, Vec<String>)> {
+    saga_log(db, saga_id)
+        .await
+        .expect("read saga log")
+        .into_iter()
+        .map(|e| (e.seq, e.event, e.from_status, e.to_status, e.cause_message_id.expect("every entry names its cause"), e.sent))
+        .collect()
+}
+
+fn entry(seq: i64, event: &str, from: Option<&str>, to: &str, cause: &Message, sent: &[&Message]) -> (i64, String, Option<String>, String, String, Vec<String>) {
+    let sent = sent.iter().map(|m| m.envelope().message_id.clone()).collect();
+    (seq, event.into(), from.map(str::to_string), to.into(), cause.envelope().message_id.clone(), sent)
+}
+
+/// Stray replies recorded for `saga_id`: (message id, message type, reason).
+async fn strays(db: &Db, saga_id: &str) -> Vec<(String, String, String)> {
+    sqlx::query_as("SELECT message_id, message_type, reason FROM stray_messages WHERE saga_id = $1 ORDER BY message_id")
+        .bind(saga_id)
+        .fetch_all(db.pool())
+        .await
+        .expect("read stray messages")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn starts_a_saga_and_reserves_stock(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+
+    let Message::ReserveStock(r) = &reserve else { panic!("expected ReserveStock, got {reserve:?}") };
+    assert_eq!(r.order_id, "o1");
+    let want: Vec<StockLine> = lines().into_iter().map(|l| StockLine { sku: l.sku, quantity: l.quantity }).collect();
+    assert_eq!(r.lines, want);
+
+    let s = get_saga(db, "o1").await.unwrap().expect("saga row");
+    assert_eq!((s.state.status, s.state.position, s.state.attempt, s.version), (Status::Running, Position::Step(0), 1, 1));
+    assert_eq!((s.saga_type.as_str(), s.definition_version), ("order", 1));
+    assert_eq!((s.data.customer_id.as_str(), s.data.currency.as_str(), s.data.total_minor), ("alice", "EUR", 7_499));
+    assert_eq!(s.data.lines, lines());
+    assert_eq!(s.correlation_id, "corr-o1");
+    assert_eq!(log(db, "o1").await, vec![entry(1, "started", None, "RUNNING", &created, &[&reserve])]);
+    assert_eq!(count_by_status(db).await.unwrap(), vec![("RUNNING".to_string(), 1)]);
+}
+
+async fn completes_the_happy_path(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+
+    let reserved = stock_reserved(&reserve);
+    let pay = feed_one(db, &reserved, "o1:authorize_payment:do:1").await;
+    let Message::AuthorizePayment(p) = &pay else { panic!("expected AuthorizePayment, got {pay:?}") };
+    assert_eq!((p.customer_id.as_str(), p.amount_minor, p.currency.as_str()), ("alice", 7_499, "EUR"));
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(1), 1, None, 2));
+
+    let authorized = payment_authorized(&pay);
+    let approve = feed_one(db, &authorized, "o1:approve_order:do:1").await;
+    assert!(matches!(&approve, Message::ApproveOrder(m) if m.order_id == "o1"), "{approve:?}");
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(2), 1, None, 3));
+
+    let approved = order_approved(&approve);
+    assert!(feed(db, &approved).await.is_empty(), "a completed saga sends nothing");
+    assert_eq!(saga(db, "o1").await, (Status::Completed, Position::Done, 0, None, 4));
+
+    assert_eq!(
+        log(db, "o1").await,
+        vec![
+            entry(1, "started", None, "RUNNING", &created, &[&reserve]),
+            entry(2, "step-succeeded", Some("RUNNING"), "RUNNING", &reserved, &[&pay]),
+            entry(3, "step-succeeded", Some("RUNNING"), "RUNNING", &authorized, &[&approve]),
+            entry(4, "completed", Some("RUNNING"), "COMPLETED", &approved, &[]),
+        ]
+    );
+    assert_eq!(count_by_status(db).await.unwrap(), vec![("COMPLETED".to_string(), 1)]);
+}
+
+async fn compensates_a_declined_payment(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+    let reserved = stock_reserved(&reserve);
+    let pay = feed_one(db, &reserved, "o1:authorize_payment:do:1").await;
+
+    let why = "insufficient credit: 100 EUR available, 7499 requested";
+    let declined = payment_declined(&pay, why);
+    let release = feed_one(db, &declined, "o1:reserve_stock:undo:1").await;
+    assert!(matches!(&release, Message::ReleaseStock(m) if m.reason == why), "{release:?}");
+    assert_eq!(saga(db, "o1").await, (Status::Compensating, Position::Compensation(0), 1, Some(why.into()), 3));
+
+    let released = stock_released(&release);
+    let reject = feed_one(db, &released, "o1:finalize:finalize:1").await;
+    assert!(matches!(&reject, Message::RejectOrder(m) if m.reason == why), "{reject:?}");
+    assert_eq!(saga(db, "o1").await, (Status::Compensating, Position::Finalizing, 1, Some(why.into()), 4));
+
+    let rejected = order_rejected(&reject);
+    assert!(feed(db, &rejected).await.is_empty());
+    assert_eq!(saga(db, "o1").await, (Status::Compensated, Position::Done, 0, Some(why.into()), 5));
+
+    assert_eq!(
+        log(db, "o1").await,
+        vec![
+            entry(1, "started", None, "RUNNING", &created, &[&reserve]),
+            entry(2, "step-succeeded", Some("RUNNING"), "RUNNING", &reserved, &[&pay]),
+            entry(3, "step-failed", Some("RUNNING"), "COMPENSATING", &declined, &[&release]),
+            entry(4, "step-compensated", Some("COMPENSATING"), "COMPENSATING", &released, &[&reject]),
+            entry(5, "compensated", Some("COMPENSATING"), "COMPENSATED", &rejected, &[]),
+        ]
+    );
+    let full = saga_log(db, "o1").await.unwrap();
+    assert_eq!(full[2].detail.as_deref(), Some(why), "the failure reason is logged with the failure");
+    assert_eq!(full[2].cause_message_type.as_deref(), Some(PaymentDeclined::FULL_NAME));
+    assert_eq!(full[2].step.as_deref(), Some("authorize_payment"));
+    assert_eq!(count_by_status(db).await.unwrap(), vec![("COMPENSATED".to_string(), 1)]);
+}
+
+async fn rejects_when_stock_runs_out(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+
+    // Nothing was reserved, so nothing is released: straight to the final action.
+    let why = "out of stock: sku WIDGET-1 has 1 left, 2 requested";
+    let failed = stock_failed(&reserve, why);
+    let reject = feed_one(db, &failed, "o1:finalize:finalize:1").await;
+    assert!(matches!(&reject, Message::RejectOrder(m) if m.reason == why), "{reject:?}");
+    assert_eq!(saga(db, "o1").await, (Status::Compensating, Position::Finalizing, 1, Some(why.into()), 2));
+
+    let rejected = order_rejected(&reject);
+    assert!(feed(db, &rejected).await.is_empty());
+    assert_eq!(saga(db, "o1").await, (Status::Compensated, Position::Done, 0, Some(why.into()), 3));
+    let events: Vec<String> = log(db, "o1").await.into_iter().map(|e| e.1).collect();
+    assert_eq!(events, ["started", "step-failed", "compensated"]);
+}
+
+async fn a_reply_after_the_end_is_logged_as_ignored(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+    let reserved = stock_reserved(&reserve);
+    let pay = feed_one(db, &reserved, "o1:authorize_payment:do:1").await;
+    let approve = feed_one(db, &payment_authorized(&pay), "o1:approve_order:do:1").await;
+    feed(db, &order_approved(&approve)).await;
+    assert_eq!(saga(db, "o1").await, (Status::Completed, Position::Done, 0, None, 4));
+
+    // The same reply redelivered: the inbox swallows it, the log does not move.
+    assert!(apply(db, &reserved).await.unwrap().is_none());
+    assert_eq!(log(db, "o1").await.len(), 4);
+
+    // A duplicate answer under another id (the participant answered twice): logged, not applied.
+    let mut late = stock_reserved(&reserve);
+    late.envelope_mut().message_id = "o1:reserve_stock:do:1/StockReserved#again".into();
+    assert!(feed(db, &late).await.is_empty(), "an ignored reply sends nothing");
+
+    assert_eq!(saga(db, "o1").await, (Status::Completed, Position::Done, 0, None, 5));
+    let full = saga_log(db, "o1").await.unwrap();
+    assert_eq!(full.len(), 5);
+    let last = &full[4];
+    assert_eq!((last.seq, last.event.as_str(), last.step.as_deref()), (5, "ignored", None));
+    assert_eq!((last.from_status.as_deref(), last.to_status.as_str()), (Some("COMPLETED"), "COMPLETED"));
+    assert_eq!(last.cause_message_id.as_deref(), Some("o1:reserve_stock:do:1/StockReserved#again"));
+    assert_eq!(last.cause_message_type.as_deref(), Some(StockReserved::FULL_NAME));
+    assert!(last.sent.is_empty());
+    assert!(last.detail.as_deref().is_some_and(|d| d.contains("after the saga ended")), "{last:?}");
+    assert!(strays(db, "o1").await.is_empty(), "a reply for a known saga is not a stray");
+}
+
+async fn a_reply_out_of_turn_is_ignored_and_the_saga_goes_on(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+
+    // A payment reply while the saga waits for stock: not applied to the wrong step.
+    let early = payment_declined(&reserve, "confused participant");
+    assert!(feed(db, &early).await.is_empty());
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(0), 1, None, 2));
+
+    let reserved = stock_reserved(&reserve);
+    let pay = feed_one(db, &reserved, "o1:authorize_payment:do:1").await;
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(1), 1, None, 3));
+    assert_eq!(
+        log(db, "o1").await,
+        vec![
+            entry(1, "started", None, "RUNNING", &created, &[&reserve]),
+            entry(2, "ignored", Some("RUNNING"), "RUNNING", &early, &[]),
+            entry(3, "step-succeeded", Some("RUNNING"), "RUNNING", &reserved, &[&pay]),
+        ]
+    );
+}
+
+async fn replies_for_unknown_sagas_are_strays(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    // A reply to a command this orchestrator never sent (say, its database was restored).
+    let ghost_command: Message = saga_contracts::ReserveStock {
+        envelope: Envelope {
+            message_id: "ghost:reserve_stock:do:1".into(),
+            message_type: saga_contracts::ReserveStock::FULL_NAME.into(),
+            saga_id: Some("ghost".into()),
+            correlation_id: "corr-ghost".into(),
+            causation_id: None,
+            occurred_at_ms: 1,
+        },
+        order_id: "ghost".into(),
+        lines: vec![],
+    }
+    .into();
+
+    let reply = stock_reserved(&ghost_command);
+    assert!(feed(db, &reply).await.is_empty(), "no saga, no command");
+
+    assert_eq!(get_saga(db, "ghost").await.unwrap(), None, "a stray reply starts nothing");
+    assert!(saga_log(db, "ghost").await.unwrap().is_empty());
+    assert_eq!(
+        strays(db, "ghost").await,
+        vec![("ghost:reserve_stock:do:1/StockReserved".into(), StockReserved::FULL_NAME.into(), "no saga with this id".into())]
+    );
+    // Redelivered: the inbox swallows it; nothing is recorded twice.
+    assert!(apply(db, &reply).await.unwrap().is_none());
+    assert_eq!(strays(db, "ghost").await.len(), 1);
+    assert!(count_by_status(db).await.unwrap().is_empty());
+}
+
+async fn the_same_order_created_twice_starts_one_saga(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let created = order_created("place-o1", "o1");
+    let reserve = feed_one(db, &created, "o1:reserve_stock:do:1").await;
+
+    // Redelivered: the inbox swallows it.
+    assert!(apply(db, &created).await.unwrap().is_none());
+    // The same order announced again under another id: recorded, no second saga, no command.
+    let again = order_created("place-o1-again", "o1");
+    assert!(feed(db, &again).await.is_empty());
+
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(0), 1, None, 1));
+    assert_eq!(log(db, "o1").await, vec![entry(1, "started", None, "RUNNING", &created, &[&reserve])]);
+    assert_eq!(
+        strays(db, "o1").await,
+        vec![("place-o1-again/OrderCreated".into(), OrderCreated::FULL_NAME.into(), "a saga for this order already exists".into())]
+    );
+    assert_eq!(count_by_status(db).await.unwrap(), vec![("RUNNING".to_string(), 1)]);
+}

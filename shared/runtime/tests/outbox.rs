@@ -1,0 +1,343 @@
+//! The inbox, the outbox and the relay, each scenario run on SQLite and on PostgreSQL.
+//!
+//! The relay publishes to librdkafka's in-process mock broker; messages are encoded through the
+//! project's schema registry, started in-process on 127.0.0.1:0.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use saga_contracts::{Envelope, Message, PaymentVoided, StockReleased, StockReservationFailed, StockReserved, TopicKind, Topics};
+use saga_runtime::codec::Codec;
+use saga_runtime::config::KafkaSettings;
+use saga_runtime::consumer::header;
+use saga_runtime::outbox::{backlog, record_in_inbox, write_to_outbox};
+use saga_runtime::relay::{Relay, RelayError};
+use saga_store::testing::TestDb;
+use saga_store::Db;
+use sqlx::Acquire;
+use tokio::sync::{oneshot, Notify};
+
+saga_store::backend_tests!(
+    the_inbox_takes_a_message_id_once,
+    the_inbox_takes_a_message_id_once_within_a_transaction,
+    a_rolled_back_transaction_leaves_no_inbox_or_outbox_row,
+    backlog_counts_the_outbox,
+    the_relay_publishes_in_id_order_and_deletes,
+    the_relay_publishes_at_most_a_batch_per_burst,
+    a_failed_publish_keeps_the_rows,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+async fn migrated(test_db: &TestDb) -> &Db {
+    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
+    &test_db.db
+}
+
+/// A database, a registry and a mock broker, for as long as the test runs.
+struct Kit {
+    test_db: TestDb,
+    codec: Codec,
+    topics: Topics,
+    kafka: KafkaSettings,
+    // Not Send: the test future owns it and never moves between threads (tokio::test blocks on it).
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    _registry_db: TestDb,
+    _registry_stop: oneshot::Sender<()>,
+}
+
+impl Kit {
+    async fn start(test_db: TestDb) -> Kit {
+        migrated(&test_db).await;
+        let registry_db = TestDb::sqlite().await;
+        let registry = saga_registry::Registry::build_with_db(registry_db.db.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("build registry");
+        let codec = Codec::new(&registry.url()).expect("registry client");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(registry.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+
+        let cluster = MockCluster::new(1).expect("start mock broker");
+        let topics = Topics::new(format!("t{}", uuid::Uuid::new_v4().simple()));
+        for kind in [TopicKind::InventoryEvents, TopicKind::PaymentEvents] {
+            cluster.create_topic(&topics.name(kind), 1, 1).expect("create topic");
+        }
+        let kafka = KafkaSettings {
+            bootstrap_servers: cluster.bootstrap_servers(),
+            group_id: format!("g{}", uuid::Uuid::new_v4().simple()),
+            partitions: 1,
+            replication_factor: 1,
+            create_topics: false,
+            client: BTreeMap::new(),
+        };
+        Kit { test_db, codec, topics, kafka, cluster, _registry_db: registry_db, _registry_stop: stop }
+    }
+
+    fn db(&self) -> &Db {
+        &self.test_db.db
+    }
+
+    fn relay(&self, batch_size: usize) -> Relay {
+        Relay {
+            db: self.db().clone(),
+            producer: saga_runtime::kafka::producer(&self.kafka, "outbox-test").expect("producer"),
+            wakeup: Arc::new(Notify::new()),
+            batch_size,
+            poll_interval: Duration::from_millis(50),
+            service: "outbox-test",
+        }
+    }
+
+    /// Writes `messages` to the outbox in one committed transaction.
+    async fn write(&self, messages: &[Message], extra_headers: &[(String, String)]) {
+        let mut conn = self.db().pool().acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        for m in messages {
+            write_to_outbox(&mut tx, &self.codec, &self.topics, m, extra_headers).await.expect("write to outbox");
+        }
+        tx.commit().await.unwrap();
+    }
+
+    /// Reads the first `n` records of a topic's only partition, then checks nothing follows.
+    async fn read(&self, kind: TopicKind, n: usize) -> Vec<OwnedMessage> {
+        let consumer: StreamConsumer = saga_runtime::kafka::consumer_config(&self.kafka, "outbox-test-reader").create().expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topics.name(kind), 0, Offset::Beginning).unwrap();
+        consumer.assign(&tpl).expect("assign");
+        let mut records = Vec::with_capacity(n);
+        while records.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await;
+            let record = next.unwrap_or_else(|_| panic!("only {} of {n} records arrived on {}", records.len(), self.topics.name(kind)));
+            records.push(record.expect("consume").detach());
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(1500), consumer.recv()).await;
+        assert!(extra.is_err(), "more than {n} records on {}: {:?}", self.topics.name(kind), extra.map(|r| r.map(|m| m.detach())));
+        records
+    }
+
+    async fn backlog(&self) -> i64 {
+        backlog(self.db()).await.expect("read backlog").0
+    }
+}
+
+fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
+    Envelope {
+        message_id: message_id.into(),
+        message_type: full_name.into(),
+        saga_id: Some(order_id.into()),
+        correlation_id: format!("corr-{order_id}"),
+        causation_id: Some(format!("cause-of-{message_id}")),
+        occurred_at_ms: 1_700_000_000_000,
+    }
+}
+
+/// Inventory events of assorted types, for orders o0, o1, …
+fn inventory_events(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let order_id = format!("o{i}");
+            let id = format!("{order_id}:reserve_stock:do:1/reply");
+            match i % 3 {
+                0 => StockReserved { envelope: envelope(&id, StockReserved::FULL_NAME, &order_id), order_id }.into(),
+                1 => StockReservationFailed {
+                    envelope: envelope(&id, StockReservationFailed::FULL_NAME, &order_id),
+                    order_id,
+                    reason: "out of stock".into(),
+                }
+                .into(),
+                _ => StockReleased { envelope: envelope(&id, StockReleased::FULL_NAME, &order_id), order_id, released: true }.into(),
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `records` are `messages`, in this order: key, headers and the decoded value.
+async fn assert_published(kit: &Kit, kind: TopicKind, records: &[OwnedMessage], messages: &[Message]) {
+    assert_eq!(records.len(), messages.len());
+    for (record, message) in records.iter().zip(messages) {
+        let id = &message.envelope().message_id;
+        assert_eq!(record.key(), Some(message.order_id().as_bytes()), "{id}: keyed by order id");
+        assert_eq!(header(record, "message_id").as_deref(), Some(id.as_str()));
+        assert_eq!(header(record, "message_type").as_deref(), Some(message.full_name()));
+        let decoded = kit.codec.decode(kind, record.payload()).await.expect("decode what the relay published");
+        assert_eq!(&decoded, message, "{id}: the payload round-trips");
+    }
+}
+
+fn ids(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.envelope().message_id.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn the_inbox_takes_a_message_id_once(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let [first, other] = [inventory_events(1).remove(0), inventory_events(2).remove(1)];
+
+    for (message, expected) in [(&first, true), (&first, false), (&other, true), (&first, false)] {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let fresh = record_in_inbox(&mut tx, message, "saga.inventory.events", 3, 42).await.expect("record in inbox");
+        tx.commit().await.unwrap();
+        assert_eq!(fresh, expected, "{}", message.envelope().message_id);
+    }
+
+    let rows: Vec<(String, String, String, i32, i64)> =
+        sqlx::query_as("SELECT message_id, message_type, topic, kafka_partition, kafka_offset FROM inbox ORDER BY message_id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (first.envelope().message_id.clone(), first.full_name().into(), "saga.inventory.events".into(), 3, 42),
+            (other.envelope().message_id.clone(), other.full_name().into(), "saga.inventory.events".into(), 3, 42),
+        ]
+    );
+}
+
+async fn the_inbox_takes_a_message_id_once_within_a_transaction(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let message = inventory_events(1).remove(0);
+
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    assert!(record_in_inbox(&mut tx, &message, "t", 0, 1).await.unwrap());
+    assert!(!record_in_inbox(&mut tx, &message, "t", 0, 2).await.unwrap(), "a batch holding the message twice applies it once");
+    tx.commit().await.unwrap();
+    drop(conn);
+
+    let offsets: Vec<i64> = sqlx::query_scalar("SELECT kafka_offset FROM inbox").fetch_all(db.pool()).await.unwrap();
+    assert_eq!(offsets, vec![1], "the first delivery is the one recorded");
+}
+
+async fn a_rolled_back_transaction_leaves_no_inbox_or_outbox_row(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(2);
+
+    let mut conn = kit.db().pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    assert!(record_in_inbox(&mut tx, &messages[0], "t", 0, 7).await.unwrap());
+    write_to_outbox(&mut tx, &kit.codec, &kit.topics, &messages[1], &[]).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    assert_eq!(kit.backlog().await, 0);
+    let mut tx = conn.begin().await.unwrap();
+    assert!(record_in_inbox(&mut tx, &messages[0], "t", 0, 7).await.unwrap(), "the rolled-back delivery did not count");
+    tx.commit().await.unwrap();
+    drop(conn);
+    assert_eq!(kit.relay(10).publish_burst().await.expect("publish"), 0, "nothing to publish");
+}
+
+async fn backlog_counts_the_outbox(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    assert_eq!(backlog(kit.db()).await.unwrap(), (0, 0), "an empty outbox has no age");
+
+    let messages = inventory_events(5);
+    kit.write(&messages[..2], &[]).await;
+    assert_eq!(kit.backlog().await, 2);
+    kit.write(&messages[2..], &[]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (count, oldest_ms) = backlog(kit.db()).await.unwrap();
+    assert_eq!(count, 5);
+    assert!((20..60_000).contains(&oldest_ms), "the oldest row's age in ms: {oldest_ms}");
+
+    let rows: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT message_id, message_type, topic, msg_key FROM outbox ORDER BY id").fetch_all(kit.db().pool()).await.unwrap();
+    let topic = kit.topics.name(TopicKind::InventoryEvents);
+    let expected: Vec<_> = messages
+        .iter()
+        .map(|m| (m.envelope().message_id.clone(), m.full_name().to_string(), topic.clone(), m.order_id().to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+}
+
+async fn the_relay_publishes_in_id_order_and_deletes(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let inventory = inventory_events(6);
+    let voided: Message = PaymentVoided {
+        envelope: envelope("o9:void/reply", PaymentVoided::FULL_NAME, "o9"),
+        order_id: "o9".into(),
+        voided: false,
+    }
+    .into();
+    // Three transactions, interleaving two topics; extra headers travel with the record.
+    kit.write(&inventory[..3], &[]).await;
+    kit.write(std::slice::from_ref(&voided), &[("traceparent".into(), "00-abc-def-01".into())]).await;
+    kit.write(&inventory[3..], &[]).await;
+    assert_eq!(kit.backlog().await, 7);
+
+    let relay = kit.relay(100);
+    assert_eq!(relay.publish_burst().await.expect("publish"), 7);
+
+    assert_eq!(kit.backlog().await, 0, "published rows are deleted");
+    assert_eq!(relay.publish_burst().await.expect("publish again"), 0, "nothing is published twice");
+    let records = kit.read(TopicKind::InventoryEvents, 6).await;
+    let published: Vec<String> = records.iter().filter_map(|r| header(r, "message_id")).collect();
+    assert_eq!(published, ids(&inventory), "records follow the outbox ids");
+    assert_published(&kit, TopicKind::InventoryEvents, &records, &inventory).await;
+    let records = kit.read(TopicKind::PaymentEvents, 1).await;
+    assert_published(&kit, TopicKind::PaymentEvents, &records, std::slice::from_ref(&voided)).await;
+    assert_eq!(header(&records[0], "traceparent").as_deref(), Some("00-abc-def-01"));
+}
+
+async fn the_relay_publishes_at_most_a_batch_per_burst(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(5);
+    kit.write(&messages, &[]).await;
+    let relay = kit.relay(2);
+
+    let mut bursts = Vec::new();
+    loop {
+        let n = relay.publish_burst().await.expect("publish");
+        bursts.push((n, kit.backlog().await));
+        if n == 0 {
+            break;
+        }
+    }
+
+    assert_eq!(bursts, vec![(2, 3), (2, 1), (1, 0), (0, 0)], "(published, left) per burst");
+    let records = kit.read(TopicKind::InventoryEvents, 5).await;
+    assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+}
+
+async fn a_failed_publish_keeps_the_rows(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(3);
+    kit.write(&messages, &[]).await;
+    let relay = kit.relay(10);
+    // Every Produce request is refused until the errors are cleared; the records may travel in
+    // one request or several.
+    kit.cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3]);
+    let err = relay.publish_burst().await.expect_err("the broker refuses the records");
+    assert!(matches!(&err, RelayError::Publish { key, .. } if key == "o0"), "the first failed row is named: {err}");
+    assert_eq!(kit.backlog().await, 3, "no row is deleted before the broker acknowledges it");
+
+    kit.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let mut published = 0;
+    for _ in 0..10 {
+        match relay.publish_burst().await {
+            Ok(n) => {
+                published += n;
+                if kit.backlog().await == 0 {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("retrying after: {e}"),
+        }
+    }
+    assert_eq!((published, kit.backlog().await), (3, 0));
+    let records = kit.read(TopicKind::InventoryEvents, 3).await;
+    assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+}
