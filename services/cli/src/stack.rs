@@ -112,6 +112,8 @@ pub struct Stack {
     registry: Option<JoinHandle<()>>,
     registry_stop: CancellationToken,
     broker: Option<EmbeddedBroker>,
+    /// PostgreSQL databases this stack created, dropped by [`Stack::stop`].
+    created_databases: Vec<String>,
 }
 
 impl Stack {
@@ -135,6 +137,7 @@ impl Stack {
             })
         };
         let mut urls = Vec::new();
+        let mut created_databases = Vec::new();
         for name in ["registry", "order", "inventory", "payment", "orchestrator"] {
             let url = match options.database {
                 DatabaseChoice::Sqlite(_) => url_for(name)?,
@@ -145,6 +148,9 @@ impl Stack {
                     )
                 })?,
             };
+            if let DatabaseChoice::Postgres = options.database {
+                created_databases.push(url.clone());
+            }
             urls.push(url);
         }
 
@@ -205,6 +211,7 @@ impl Stack {
             registry: Some(registry_task),
             registry_stop,
             broker,
+            created_databases,
         })
     }
 
@@ -248,7 +255,16 @@ impl Stack {
         }
         // Clients go before the broker, so none of them reports the broker gone.
         let broker = self.broker.take();
+        let created = std::mem::take(&mut self.created_databases);
+        for db in [&self.dbs.order, &self.dbs.inventory, &self.dbs.payment, &self.dbs.orchestrator] {
+            db.close().await;
+        }
         drop(self);
+        for url in created {
+            if let Err(e) = saga_store::testing::drop_postgres_database(&url).await {
+                tracing::warn!(error = %e, "could not drop a test database");
+            }
+        }
         if let Some(b) = broker {
             b.stop();
         }

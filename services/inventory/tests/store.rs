@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use saga_contracts::{Envelope, Message, ReleaseStock, ReserveStock, StockLine, Topics};
+use saga_contracts::{Message, ReleaseStock, ReserveStock, StockLine};
 use saga_inventory::{reservation_status, reserved_by_reservations, set_stock, stock_of, InventoryHandler};
-use saga_runtime::outbox::record_in_inbox;
-use saga_runtime::{HandleError, Handler, Incoming};
+use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
-use sqlx::Acquire;
 
 saga_store::backend_tests!(
     reserves_every_line_and_moves_units_to_reserved,
@@ -29,24 +27,13 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
-    test_db.db.migrate(&saga_inventory::MIGRATIONS).await.expect("migrate inventory");
+    saga_runtime::testing::migrate(&test_db.db, &saga_inventory::MIGRATIONS).await;
     &test_db.db
 }
 
-/// Applies one message as `ConsumeLoop::apply` does. `Ok(None)`: the inbox already had its id.
+/// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    let message = message.into();
-    let topic = Topics::default().name(message.topic_kind());
-    let incoming = Incoming { topic, partition: 0, offset: 0, message };
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    if !record_in_inbox(&mut tx, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
-        return Ok(None);
-    }
-    let out = InventoryHandler.handle(&mut tx, &incoming).await?;
-    tx.commit().await?;
-    Ok(Some(out))
+    saga_runtime::testing::apply(db, &InventoryHandler, message).await
 }
 
 /// Applies a new message the handler accepts; returns its one reply.
@@ -65,16 +52,7 @@ async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     reply
 }
 
-fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
-    Envelope {
-        message_id: message_id.into(),
-        message_type: full_name.into(),
-        saga_id: Some(order_id.into()),
-        correlation_id: format!("corr-{order_id}"),
-        causation_id: Some("from-the-orchestrator".into()),
-        occurred_at_ms: 1,
-    }
-}
+use saga_runtime::testing::envelope;
 
 fn reserve(message_id: &str, order_id: &str, lines: &[(&str, i32)]) -> ReserveStock {
     ReserveStock {

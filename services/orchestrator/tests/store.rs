@@ -6,16 +6,14 @@
 
 use saga_contracts::{
     Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined,
-    StockLine, StockReleased, StockReservationFailed, StockReserved, Topics,
+    StockLine, StockReleased, StockReservationFailed, StockReserved,
 };
 use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
-use saga_runtime::outbox::record_in_inbox;
-use saga_runtime::{HandleError, Handler, Incoming};
+use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
-use sqlx::Acquire;
 
 saga_store::backend_tests!(
     starts_a_saga_and_reserves_stock,
@@ -32,23 +30,13 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
-    test_db.db.migrate(&saga_orchestrator::MIGRATIONS).await.expect("migrate sagas");
+    saga_runtime::testing::migrate(&test_db.db, &saga_orchestrator::MIGRATIONS).await;
     &test_db.db
 }
 
-/// Applies one message as `ConsumeLoop::apply` does. `Ok(None)`: the inbox already had its id.
+/// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: &Message) -> Result<Option<Vec<Message>>, HandleError> {
-    let topic = Topics::default().name(message.topic_kind());
-    let incoming = Incoming { topic, partition: 0, offset: 0, message: message.clone() };
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    if !record_in_inbox(&mut tx, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
-        return Ok(None);
-    }
-    let out = Orchestrator::default().handle(&mut tx, &incoming).await?;
-    tx.commit().await?;
-    Ok(Some(out))
+    saga_runtime::testing::apply(db, &Orchestrator::default(), message.clone()).await
 }
 
 /// Applies a new event; returns the commands it caused.

@@ -3,14 +3,12 @@
 //! No broker: every message is applied to the service's own database exactly as the consume loop
 //! applies it (inbox row, handler, commit in one transaction; a handler error rolls it all back).
 
-use saga_contracts::{ApproveOrder, Envelope, Message, OrderLine, PlaceOrder, RejectOrder, Topics};
+use saga_contracts::{ApproveOrder, Envelope, Message, OrderLine, PlaceOrder, RejectOrder};
 use saga_order::domain::OrderStatus;
 use saga_order::{count_by_status, get_order, OrderHandler};
-use saga_runtime::outbox::record_in_inbox;
-use saga_runtime::{HandleError, Handler, Incoming};
+use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
-use sqlx::Acquire;
 
 saga_store::backend_tests!(
     places_a_valid_order_as_pending,
@@ -27,24 +25,13 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
-    test_db.db.migrate(&saga_order::MIGRATIONS).await.expect("migrate orders");
+    saga_runtime::testing::migrate(&test_db.db, &saga_order::MIGRATIONS).await;
     &test_db.db
 }
 
-/// Applies one message as `ConsumeLoop::apply` does. `Ok(None)`: the inbox already had its id.
+/// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    let message = message.into();
-    let topic = Topics::default().name(message.topic_kind());
-    let incoming = Incoming { topic, partition: 0, offset: 0, message };
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    if !record_in_inbox(&mut tx, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
-        return Ok(None);
-    }
-    let out = OrderHandler.handle(&mut tx, &incoming).await?;
-    tx.commit().await?;
-    Ok(Some(out))
+    saga_runtime::testing::apply(db, &OrderHandler, message).await
 }
 
 /// Applies a message the inbox has not seen and that the handler accepts.

@@ -3,13 +3,11 @@
 //! No broker: every message is applied to the service's own database exactly as the consume loop
 //! applies it (inbox row, handler, commit in one transaction; a handler error rolls it all back).
 
-use saga_contracts::{AuthorizePayment, Envelope, Message, Topics, VoidPayment};
+use saga_contracts::{AuthorizePayment, Message, VoidPayment};
 use saga_payment::{authorization_of, authorized_total, set_accounts, PaymentHandler};
-use saga_runtime::outbox::record_in_inbox;
-use saga_runtime::{HandleError, Handler, Incoming};
+use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
-use sqlx::Acquire;
 
 saga_store::backend_tests!(
     authorizes_within_the_limit,
@@ -25,8 +23,7 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    test_db.db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
-    test_db.db.migrate(&saga_payment::MIGRATIONS).await.expect("migrate payment");
+    saga_runtime::testing::migrate(&test_db.db, &saga_payment::MIGRATIONS).await;
     set_accounts(
         &test_db.db,
         &[
@@ -40,19 +37,9 @@ async fn migrated(test_db: &TestDb) -> &Db {
     &test_db.db
 }
 
-/// Applies one message as `ConsumeLoop::apply` does. `Ok(None)`: the inbox already had its id.
+/// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    let message = message.into();
-    let topic = Topics::default().name(message.topic_kind());
-    let incoming = Incoming { topic, partition: 0, offset: 0, message };
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    if !record_in_inbox(&mut tx, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
-        return Ok(None);
-    }
-    let out = PaymentHandler.handle(&mut tx, &incoming).await?;
-    tx.commit().await?;
-    Ok(Some(out))
+    saga_runtime::testing::apply(db, &PaymentHandler, message).await
 }
 
 /// Applies a new message the handler accepts; returns its one reply.
@@ -71,16 +58,7 @@ async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     reply
 }
 
-fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
-    Envelope {
-        message_id: message_id.into(),
-        message_type: full_name.into(),
-        saga_id: Some(order_id.into()),
-        correlation_id: format!("corr-{order_id}"),
-        causation_id: Some("from-the-orchestrator".into()),
-        occurred_at_ms: 1,
-    }
-}
+use saga_runtime::testing::envelope;
 
 fn authorize(message_id: &str, order_id: &str, customer: &str, amount_minor: i64, currency: &str) -> AuthorizePayment {
     AuthorizePayment {

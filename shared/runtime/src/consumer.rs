@@ -253,11 +253,10 @@ impl<H: Handler> ConsumeLoop<H> {
     }
 
     async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<bool, BatchError> {
-        if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
+        let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
             tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
             return Ok(false);
-        }
-        let out = self.handler.handle(conn, incoming).await?;
+        };
         for message in &out {
             write_to_outbox(conn, &self.codec, &self.topics, message, &[]).await?;
         }
@@ -302,6 +301,19 @@ impl<H: Handler> ConsumeLoop<H> {
             _ = shutdown.cancelled() => false,
         }
     }
+}
+
+/// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.
+/// `Ok(None)`: the inbox already held its message id, so nothing was applied.
+pub async fn apply_once<H: Handler>(
+    conn: &mut AnyConnection,
+    handler: &H,
+    incoming: &Incoming,
+) -> Result<Option<Vec<Message>>, HandleError> {
+    if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
+        return Ok(None);
+    }
+    handler.handle(conn, incoming).await.map(Some)
 }
 
 /// Header value of a consumed record, as text.

@@ -9,6 +9,7 @@
 //! - [`relay`]: publishes the outbox.
 //! - [`dlt`]: dead-letter topics and their headers.
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
+//! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
 //! # Delivery guarantee
 //! At least once on the wire, exactly once in effect: a message's inbox row, its state change and
@@ -26,6 +27,7 @@ pub mod outbox;
 pub mod relay;
 pub mod service;
 pub mod telemetry;
+pub mod testing;
 
 pub use config::ServiceSettings;
 pub use consumer::{HandleError, Handler, Incoming};

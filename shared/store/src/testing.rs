@@ -1,7 +1,7 @@
 //! Fresh databases for tests: write a scenario once, run it on SQLite and on PostgreSQL.
 //!
 //! PostgreSQL tests read `SAGA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
-//! create a database with a random name there and drop it afterwards. When the server cannot be
+//! create a database with a random name there and drop it when the [`TestDb`] is dropped. When the server cannot be
 //! reached they fail with a message that says how to start it; they never pass silently.
 
 use crate::{Db, StoreError};
@@ -12,7 +12,7 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
-/// A database that lives as long as the test.
+/// A database that lives as long as the test; a PostgreSQL one is dropped with it.
 pub struct TestDb {
     /// The database under test.
     pub db: Db,
@@ -44,6 +44,34 @@ impl TestDb {
         let db = Db::connect(&url, 4).await.expect("open postgres test database");
         TestDb { db, url, _dir: None }
     }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self._dir.is_none() {
+            let url = self.url.clone();
+            // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    if let Err(e) = rt.block_on(drop_postgres_database(&url)) {
+                        eprintln!("could not drop test database: {e}");
+                    }
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// Drops a database made by [`create_postgres_database`], closing its remaining connections.
+pub async fn drop_postgres_database(url: &str) -> Result<(), StoreError> {
+    let Some(name) = url.rsplit('/').next().filter(|n| n.starts_with("saga_test_") && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) else {
+        return Ok(());
+    };
+    let admin = Db::connect(&postgres_admin_url(), 1).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin.pool()).await?;
+    admin.close().await;
+    Ok(())
 }
 
 /// Creates a database with a random name on the test server and returns its URL.

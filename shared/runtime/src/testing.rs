@@ -1,0 +1,38 @@
+//! Test support: apply messages to a handler without a broker, exactly as the consume loop does.
+
+use saga_contracts::{Envelope, Message, Topics};
+use saga_store::{Db, Migrations};
+use sqlx::Acquire;
+
+use crate::consumer::{apply_once, HandleError, Handler, Incoming};
+
+/// Runs the inbox/outbox migrations and the service's own on `db`.
+pub async fn migrate(db: &Db, service: &Migrations) {
+    db.migrate(&crate::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
+    db.migrate(service).await.expect("migrate the service's tables");
+}
+
+/// Applies one message in its own transaction, as the consume loop applies a batch of one (the
+/// outbox write aside): inbox row, handler, commit; a handler error rolls everything back.
+/// `Ok(None)`: the inbox already held the message id.
+pub async fn apply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
+    let message = message.into();
+    let incoming = Incoming { topic: Topics::default().name(message.topic_kind()), partition: 0, offset: 0, message };
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    let out = apply_once(&mut tx, handler, &incoming).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// An envelope for a test message in the saga of `order_id`.
+pub fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
+    Envelope {
+        message_id: message_id.into(),
+        message_type: full_name.into(),
+        saga_id: Some(order_id.into()),
+        correlation_id: format!("corr-{order_id}"),
+        causation_id: Some("from-a-test".into()),
+        occurred_at_ms: 1,
+    }
+}
