@@ -49,7 +49,34 @@ pub struct EncodeError {
 impl EncodeError {
     /// True when the registry may answer later.
     pub fn is_retryable(&self) -> bool {
-        self.source.retriable || self.source.error.contains("error sending request") || self.source.cause.as_deref().is_some_and(|c| c.contains("error sending request"))
+        matches!(classify(&self.source), RegistryFailure::Unavailable)
+    }
+}
+
+/// What a failed registry call means for the record that needed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegistryFailure {
+    /// Not reached, or it answered with a server error or "try later": retry.
+    Unavailable,
+    /// It answered that the schema does not exist.
+    NotFound,
+    /// It answered with a refusal, or with a schema this decoder cannot use: retrying cannot help.
+    Unusable,
+}
+
+/// Classifies a registry error. Transport failures are marked retriable by the client library;
+/// answered failures carry the HTTP status in their message.
+fn classify(e: &SRCError) -> RegistryFailure {
+    if e.retriable {
+        return RegistryFailure::Unavailable;
+    }
+    let status = e.error.split("failed with status ").nth(1).and_then(|rest| rest.get(..3)).and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(404) => RegistryFailure::NotFound,
+        Some(408 | 429) | Some(500..=599) => RegistryFailure::Unavailable,
+        Some(_) => RegistryFailure::Unusable,
+        // The registry answered 2xx, but with a schema of another type or one that does not parse.
+        None => RegistryFailure::Unusable,
     }
 }
 
@@ -125,14 +152,19 @@ impl Codec {
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
         let writer = match self.decoder.get_schema(id).await {
             Ok(s) => s,
-            Err(e) if is_not_found(&e) => {
-                return Err(poison("unknown-schema-id", format!("schema id {id} is not in the registry")))
-            }
-            Err(e) => {
-                // Never let a transient failure stick in the decoder's error cache.
-                self.decoder.remove_errors_from_cache();
-                return Err(DecodeError::Retryable(format!("looking up schema id {id}: {e}")));
-            }
+            Err(e) => match classify(&e) {
+                RegistryFailure::NotFound => {
+                    return Err(poison("unknown-schema-id", format!("schema id {id} is not in the registry")))
+                }
+                RegistryFailure::Unusable => {
+                    return Err(poison("unusable-schema", format!("schema id {id} cannot be used: {e}")))
+                }
+                RegistryFailure::Unavailable => {
+                    // Never let a transient failure stick in the decoder's error cache.
+                    self.decoder.remove_errors_from_cache();
+                    return Err(DecodeError::Retryable(format!("looking up schema id {id}: {e}")));
+                }
+            },
         };
         let name = writer.parsed.name().map(|n| n.fullname(None)).unwrap_or_default();
         let Some((full_name, reader)) = self.readers.get_key_value(name.as_str()) else {
@@ -168,8 +200,42 @@ fn poison(class: &'static str, message: String) -> DecodeError {
     DecodeError::Poison { class, message }
 }
 
-/// The registry answered, and the answer is "no such schema": retrying cannot help.
-fn is_not_found(e: &SRCError) -> bool {
-    let says_404 = |s: &str| s.contains("status 404") || s.contains("40403");
-    says_404(&e.error) || e.cause.as_deref().is_some_and(says_404)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: &str) -> SRCError {
+        SRCError::non_retryable_with_cause("body", &format!("HTTP request to schema registry failed with status {status}"))
+    }
+
+    #[test]
+    fn registry_failures_are_classified() {
+        let unreachable = SRCError::retryable_with_cause(std::io::Error::other("refused"), "http call to schema registry failed");
+        assert_eq!(classify(&unreachable), RegistryFailure::Unavailable);
+        assert_eq!(classify(&answered("404 Not Found")), RegistryFailure::NotFound);
+        assert_eq!(classify(&answered("500 Internal Server Error")), RegistryFailure::Unavailable);
+        assert_eq!(classify(&answered("503 Service Unavailable")), RegistryFailure::Unavailable);
+        assert_eq!(classify(&answered("429 Too Many Requests")), RegistryFailure::Unavailable);
+        assert_eq!(classify(&answered("401 Unauthorized")), RegistryFailure::Unusable);
+        assert_eq!(classify(&SRCError::non_retryable_without_cause("type Protobuf, is not correct")), RegistryFailure::Unusable);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_the_wire_format_are_poison_without_asking_the_registry() {
+        let codec = Codec::new("http://127.0.0.1:9").unwrap();
+        for bytes in [&b""[..], b"{}", &[1, 0, 0, 0, 1, 2], &[0, 0, 0]] {
+            match codec.decode(TopicKind::OrderCommands, Some(bytes)).await {
+                Err(DecodeError::Poison { class: "not-wire-format", .. }) => {}
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(codec.decode(TopicKind::OrderCommands, None).await, Err(DecodeError::Poison { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_retryable_not_poison() {
+        let codec = Codec::new("http://127.0.0.1:9").unwrap();
+        let r = codec.decode(TopicKind::OrderCommands, Some(&[0, 0, 0, 0, 1, 2])).await;
+        assert!(matches!(r, Err(DecodeError::Retryable(_))), "{r:?}");
+    }
 }

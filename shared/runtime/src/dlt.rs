@@ -9,8 +9,8 @@
 //! | `saga.dlt.original.offset` | offset, decimal |
 //! | `saga.dlt.original.timestamp` | record timestamp, ms since epoch (absent when the record had none) |
 //! | `saga.dlt.consumer.group` | the consumer group that gave up on it |
-//! | `saga.dlt.error.class` | `not-wire-format`, `unknown-schema-id`, `unexpected-type`, `malformed-avro`, `unknown-topic` or `handler-failed` |
-//! | `saga.dlt.error.message` | what exactly was wrong |
+//! | `saga.dlt.error.class` | `not-wire-format`, `unknown-schema-id`, `unexpected-type`, `unusable-schema`, `malformed-avro`, `unknown-topic` or `handler-failed` |
+//! | `saga.dlt.error.message` | what exactly was wrong (at most 2,000 bytes) |
 //! | `saga.dlt.failed.at` | when it was dead-lettered, ms since epoch |
 
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub mod headers {
     /// When it was dead-lettered.
     pub const FAILED_AT: &str = "saga.dlt.failed.at";
 }
+
+/// Longest error message written into a dead letter's headers.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2000;
 
 /// A record on its way to a dead-letter topic.
 #[derive(Debug, Clone)]
@@ -135,7 +138,12 @@ impl DeadLetters {
         }
         h = add(h, headers::CONSUMER_GROUP, &self.group_id);
         h = add(h, headers::ERROR_CLASS, letter.class);
-        h = add(h, headers::ERROR_MESSAGE, &letter.message);
+        // Bounded, so the headers cannot push a record near the size limit over it.
+        let mut end = letter.message.len().min(MAX_ERROR_MESSAGE_BYTES);
+        while !letter.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        h = add(h, headers::ERROR_MESSAGE, &letter.message[..end]);
         h = add(h, headers::FAILED_AT, &failed_at);
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlt).headers(h);
         if let Some(k) = &letter.key {

@@ -51,26 +51,35 @@ impl StoreError {
     }
 }
 
-/// Classifies a sqlx error: connection loss, pool timeouts, lock contention and serialization
-/// failures are transient; constraint violations and malformed SQL are not.
+/// Classifies a sqlx error. Only errors that say the statement or the data is wrong are
+/// permanent (a constraint violated, a value out of range, SQL that does not fit the schema, a
+/// column that does not decode); everything else (connections lost, timeouts, lock contention,
+/// a read-only or failing-over primary, a full disk) is transient and retried, so an outage
+/// never turns into dead letters.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // SQLite: 5 SQLITE_BUSY, 6 SQLITE_LOCKED (and their extended codes).
-            // PostgreSQL: 40001 serialization failure, 40P01 deadlock, 08* connection, 57P0* shutdown.
-            matches!(code.as_ref(), "5" | "6" | "261" | "517" | "262" | "40001" | "40P01")
-                || code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
+            let code = code.as_ref();
+            match code.parse::<i64>() {
+                // SQLite result codes: the primary code is the low byte. 1 SQL error,
+                // 19 constraint, 20 type mismatch, 25 range are about the statement or data.
+                Ok(n) => !matches!(n & 0xff, 1 | 19 | 20 | 25),
+                // PostgreSQL SQLSTATE: 22 data exception, 23 integrity constraint,
+                // 42 syntax error or access rule violation.
+                Err(_) => !(code.starts_with("22") || code.starts_with("23") || code.starts_with("42")),
+            }
         }
-        _ => false,
+        sqlx::Error::Configuration(_)
+        | sqlx::Error::InvalidArgument(_)
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_) => false,
+        _ => true,
     }
 }
 
