@@ -5,10 +5,11 @@
 //! - [`seed`]: stock and accounts from a TOML file.
 //! - [`sample`]: the deterministic mix of sample orders.
 //! - [`watch`]: a consumer of order outcomes.
-//! - [`dev`], [`bench`]: the commands of the same names.
+//! - [`dev`], [`bench`], [`sagas`]: the commands of the same names.
 
 pub mod bench;
 pub mod dev;
+pub mod sagas;
 pub mod sample;
 pub mod seed;
 pub mod stack;

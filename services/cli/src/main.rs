@@ -66,6 +66,14 @@ enum Command {
         #[arg(long, env = "SAGA_PAYMENT_DATABASE_URL")]
         payment_db: String,
     },
+    /// Read the orchestrator's saga log: what happened to an order, when, and why.
+    Sagas {
+        /// Orchestrator database URL (sqlite://… or postgres://…).
+        #[arg(long, env = "SAGA_ORCHESTRATOR_DATABASE_URL", default_value = "sqlite://orchestrator.db")]
+        db: String,
+        #[command(subcommand)]
+        command: SagasCommand,
+    },
     /// Drive sagas through the embedded stack; print sagas per second and latency percentiles.
     Bench {
         /// Sagas to run.
@@ -86,9 +94,37 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SagasCommand {
+    /// Sagas, most recently changed first.
+    List {
+        /// Only sagas in this status (RUNNING, COMPENSATING, COMPLETED, COMPENSATED).
+        #[arg(long, value_parser = saga_cli::sagas::parse_status)]
+        state: Option<saga_orchestrator::saga::Status>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+    /// One saga with its full step log: causes, commands sent, reasons, timestamps.
+    Show {
+        /// The order id (sagas are identified by their order).
+        order_id: String,
+    },
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     saga_runtime::telemetry::init_logging_with_default("warn");
     match cli.command {
         Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs } => {
@@ -124,6 +160,17 @@ async fn main() -> anyhow::Result<()> {
             let payment = saga_runtime::service::open_database(&payment_db, 2, &saga_payment::MIGRATIONS).await?;
             seed.apply_accounts(&payment).await?;
             println!("seeded {} skus and {} customers", seed.stock.len(), seed.customers.len());
+        }
+        Command::Sagas { db, command } => {
+            if let Some(path) = db.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+                anyhow::ensure!(std::path::Path::new(path).exists(), "no orchestrator database at {path} (--db)");
+            }
+            let db = saga_store::Db::connect(&db, 2).await.map_err(|e| anyhow::anyhow!("orchestrator database {}: {e}", saga_store::redact_url(&db)))?;
+            let text = match command {
+                SagasCommand::List { state, limit } => saga_cli::sagas::list(&db, state, limit).await?,
+                SagasCommand::Show { order_id } => saga_cli::sagas::show(&db, &order_id).await?,
+            };
+            print!("{text}");
         }
         Command::Bench { sagas, concurrency, partitions, batch_size, json } => {
             let report = bench::run(bench::BenchOptions {
