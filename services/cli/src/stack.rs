@@ -176,7 +176,8 @@ impl Stack {
         options.seed.apply_stock(&dbs.inventory).await.context("seeding stock")?;
         options.seed.apply_accounts(&dbs.payment).await.context("seeding accounts")?;
 
-        let mut settings = ServiceSettings::defaults_for("stack");
+        // Defaults plus `SAGA_*` variables, so librdkafka settings can be tuned (`SAGA_KAFKA_CLIENT_*`).
+        let mut settings = ServiceSettings::load("stack", None)?;
         settings.kafka.bootstrap_servers = bootstrap.clone();
         settings.kafka.partitions = options.partitions;
         settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
