@@ -238,6 +238,8 @@ impl fmt::Debug for ServiceSettings {
 }
 
 #[cfg(test)]
+// figment's Jail API returns its large error type; nothing to gain from boxing it in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
