@@ -8,7 +8,7 @@ use std::time::Duration;
 use saga_cli::sample::{line, place_order};
 use saga_cli::seed::{Customer, Seed, StockItem};
 use saga_cli::stack::Stack;
-use saga_contracts::{Envelope, Message, ReleaseStock, ReserveStock, StockLine, StockReleased, TopicKind, VoidPayment};
+use saga_contracts::{ApproveOrder, Envelope, Message, ReleaseStock, ReserveStock, StockLine, StockReleased, TopicKind, VoidPayment};
 use saga_integration_tests::{header, in_inbox, options, read_topic, wait_for_orders, Infra};
 use saga_order::domain::OrderStatus;
 use saga_runtime::dlt::headers as dlt;
@@ -176,6 +176,14 @@ async fn poison_records_are_dead_lettered(infra: Infra) {
         (TopicKind::InventoryEvents, b"".to_vec(), "not-wire-format"),
         (TopicKind::PaymentEvents, stray_type.clone(), "unexpected-type"),
     ];
+    // Well-formed but impossible: approving an order that does not exist. Its batch fails, is
+    // replayed one message per transaction, and only this record is dead-lettered.
+    let ghost = codec
+        .encode(&ApproveOrder { envelope: envelope("approve-ghost", ApproveOrder::FULL_NAME, "ghost"), order_id: "ghost".into() }.into())
+        .await
+        .unwrap();
+    let mut cases = cases;
+    cases.push((TopicKind::OrderCommands, ghost, "handler-failed"));
     for (kind, payload, _) in &cases {
         stack.publish_raw(&stack.topic(*kind), Some(b"poison-key"), payload).await.unwrap();
     }

@@ -201,26 +201,13 @@ impl<H: Handler> ConsumeLoop<H> {
 
         // 2. Apply the good ones in one transaction; on a non-transient failure, one by one.
         if !good.is_empty() {
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-            loop {
-                match self.apply(&good).await {
-                    Ok(wrote) => {
-                        if wrote {
-                            self.relay_wakeup.notify_one();
-                        }
-                        break;
-                    }
-                    Err(BatchError::Transient(e)) => {
-                        if !self.wait(&mut backoff, &e, shutdown).await {
-                            return false;
-                        }
-                    }
-                    Err(BatchError::Failed(e)) => {
-                        tracing::warn!(service = H::SERVICE, error = %e, size = good.len(), "batch failed; replaying it one message per transaction");
-                        if !self.apply_one_by_one(&good, &good_records, shutdown).await {
-                            return false;
-                        }
-                        break;
+            match self.apply_until_done(&good, shutdown).await {
+                None => return false,
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(service = H::SERVICE, error = %e, size = good.len(), "batch failed; replaying it one message per transaction");
+                    if !self.apply_one_by_one(&good, &good_records, shutdown).await {
+                        return false;
                     }
                 }
             }
@@ -265,32 +252,41 @@ impl<H: Handler> ConsumeLoop<H> {
 
     async fn apply_one_by_one(&self, batch: &[Incoming], records: &[&OwnedMessage], shutdown: &CancellationToken) -> bool {
         for (incoming, record) in batch.iter().zip(records) {
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-            loop {
-                match self.apply(std::slice::from_ref(incoming)).await {
-                    Ok(wrote) => {
-                        if wrote {
-                            self.relay_wakeup.notify_one();
-                        }
-                        break;
-                    }
-                    Err(BatchError::Transient(e)) => {
-                        if !self.wait(&mut backoff, &e, shutdown).await {
-                            return false;
-                        }
-                    }
-                    Err(BatchError::Failed(e)) => {
-                        let letter = DeadLetter::new(record, "handler-failed", e);
-                        tracing::warn!(service = H::SERVICE, topic = %incoming.topic, offset = incoming.offset, error = %letter.message, "dead-lettering message its handler cannot apply");
-                        if !self.dead_letters.send_until_acked(&letter, shutdown).await {
-                            return false;
-                        }
-                        break;
+            match self.apply_until_done(std::slice::from_ref(incoming), shutdown).await {
+                None => return false,
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    let letter = DeadLetter::new(record, "handler-failed", e);
+                    tracing::warn!(service = H::SERVICE, topic = %incoming.topic, offset = incoming.offset, error = %letter.message, "dead-lettering message its handler cannot apply");
+                    if !self.dead_letters.send_until_acked(&letter, shutdown).await {
+                        return false;
                     }
                 }
             }
         }
         true
+    }
+
+    /// Applies `batch` in one transaction, retrying transient failures with backoff. `None` when
+    /// shutdown interrupted the retries; `Some(Err)` with the reason of a non-transient failure.
+    async fn apply_until_done(&self, batch: &[Incoming], shutdown: &CancellationToken) -> Option<Result<(), String>> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match self.apply(batch).await {
+                Ok(wrote) => {
+                    if wrote {
+                        self.relay_wakeup.notify_one();
+                    }
+                    return Some(Ok(()));
+                }
+                Err(BatchError::Transient(e)) => {
+                    if !self.wait(&mut backoff, &e, shutdown).await {
+                        return None;
+                    }
+                }
+                Err(BatchError::Failed(e)) => return Some(Err(e)),
+            }
+        }
     }
 
     async fn wait(&self, backoff: &mut Backoff, error: &str, shutdown: &CancellationToken) -> bool {
