@@ -82,6 +82,9 @@ pub struct TopicSettings {
 pub struct ConsumerSettings {
     /// Most records handled in one database transaction.
     pub batch_size: usize,
+    /// How long a handled message id is remembered for dedupe, in hours; older inbox rows are
+    /// deleted.
+    pub inbox_retention_hours: u64,
 }
 
 /// Outbox relay tuning.
@@ -109,7 +112,7 @@ impl ServiceSettings {
             registry: RegistrySettings { url: "http://127.0.0.1:8081".into() },
             database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
             topics: TopicSettings { prefix: "saga".into() },
-            consumer: ConsumerSettings { batch_size: 500 },
+            consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100 },
         }
     }
@@ -151,6 +154,9 @@ impl ServiceSettings {
         }
         if self.consumer.batch_size < 1 {
             return invalid("consumer.batch_size", "must be at least 1");
+        }
+        if self.consumer.inbox_retention_hours < 1 {
+            return invalid("consumer.inbox_retention_hours", "must be at least 1");
         }
         if self.relay.batch_size < 1 {
             return invalid("relay.batch_size", "must be at least 1");

@@ -78,6 +78,17 @@ pub async fn write_to_outbox(
     Ok(())
 }
 
+/// Deletes inbox rows received before `cutoff_ms` (ms since epoch); returns how many.
+///
+/// The inbox is the dedupe window: a message redelivered after its row is gone is applied again,
+/// so the window must be longer than any redelivery (consumer lag, redrive). Business keys
+/// (reservation and authorization per order, one order per id, one saga per order) still make
+/// such a late duplicate harmless in every handler of this system.
+pub async fn prune_inbox(db: &saga_store::Db, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM inbox WHERE received_at_ms < $1").bind(cutoff_ms).execute(db.pool()).await?;
+    Ok(done.rows_affected())
+}
+
 /// Rows waiting in the outbox, and the age of the oldest in milliseconds.
 pub async fn backlog(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
     let (count, oldest): (i64, Option<i64>) =

@@ -117,6 +117,12 @@ impl<H: Handler> Service<H> {
         };
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+        let janitor = tokio::spawn(prune_inbox_until(
+            self.db.clone(),
+            Duration::from_secs(self.settings.consumer.inbox_retention_hours * 3600),
+            H::SERVICE,
+            relay_stop.clone(),
+        ));
         let consume = ConsumeLoop {
             handler: self.handler,
             consumer: self.consumer,
@@ -132,8 +138,26 @@ impl<H: Handler> Service<H> {
         // The consumer stopped and committed; let the relay publish what it committed last.
         relay_stop.cancel();
         let _ = relay_task.await;
+        let _ = janitor.await;
         tracing::info!(service = H::SERVICE, "stopped");
         Ok(())
+    }
+}
+
+/// Deletes inbox rows older than `retention` every few minutes until `stop`.
+async fn prune_inbox_until(db: Db, retention: Duration, service: &'static str, stop: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(300));
+    loop {
+        let cutoff = saga_store::now_ms() - retention.as_millis() as i64;
+        match crate::outbox::prune_inbox(&db, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(service, deleted = n, "pruned inbox rows past the dedupe window"),
+            Err(e) => tracing::warn!(service, error = %e, "pruning the inbox failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 

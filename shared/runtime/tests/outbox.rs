@@ -17,7 +17,7 @@ use saga_contracts::{Envelope, Message, PaymentVoided, StockReleased, StockReser
 use saga_runtime::codec::Codec;
 use saga_runtime::config::KafkaSettings;
 use saga_runtime::consumer::header;
-use saga_runtime::outbox::{backlog, record_in_inbox, write_to_outbox};
+use saga_runtime::outbox::{backlog, prune_inbox, record_in_inbox, write_to_outbox};
 use saga_runtime::relay::{Relay, RelayError};
 use saga_store::testing::TestDb;
 use saga_store::Db;
@@ -29,6 +29,7 @@ saga_store::backend_tests!(
     the_inbox_takes_a_message_id_once_within_a_transaction,
     a_rolled_back_transaction_leaves_no_inbox_or_outbox_row,
     backlog_counts_the_outbox,
+    the_inbox_forgets_ids_past_the_retention_window,
     the_relay_publishes_in_id_order_and_deletes,
     the_relay_publishes_at_most_a_batch_per_burst,
     a_failed_publish_keeps_the_rows,
@@ -340,4 +341,25 @@ async fn a_failed_publish_keeps_the_rows(test_db: TestDb) {
     assert_eq!((published, kit.backlog().await), (3, 0));
     let records = kit.read(TopicKind::InventoryEvents, 3).await;
     assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+}
+
+async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let messages = inventory_events(3);
+    let mut conn = db.pool().acquire().await.unwrap();
+    for m in &messages {
+        assert!(record_in_inbox(&mut conn, m, "t", 0, 0).await.unwrap());
+    }
+    // Age the first row by a day.
+    sqlx::query("UPDATE inbox SET received_at_ms = received_at_ms - 86400000 WHERE message_id = $1")
+        .bind(&messages[0].envelope().message_id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let cutoff = saga_store::now_ms() - 3_600_000;
+    assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 1, "only the row older than the window goes");
+    assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 0);
+    // The forgotten id is accepted again; the remembered ones are still duplicates.
+    assert!(record_in_inbox(&mut conn, &messages[0], "t", 0, 0).await.unwrap());
+    assert!(!record_in_inbox(&mut conn, &messages[1], "t", 0, 0).await.unwrap());
 }
