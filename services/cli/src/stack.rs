@@ -130,27 +130,22 @@ impl Stack {
             (BrokerChoice::Embedded, None) => unreachable!("embedded broker started above"),
         };
 
-        let url_for = |name: &str| -> anyhow::Result<String> {
-            Ok(match &options.database {
-                DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
-                DatabaseChoice::Postgres => String::new(),
-            })
-        };
         let mut urls = Vec::new();
         let mut created_databases = Vec::new();
         for name in ["registry", "order", "inventory", "payment", "orchestrator"] {
-            let url = match options.database {
-                DatabaseChoice::Sqlite(_) => url_for(name)?,
-                DatabaseChoice::Postgres => saga_store::testing::create_postgres_database().await.with_context(|| {
-                    format!(
-                        "PostgreSQL is not reachable at {}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
-                        saga_store::redact_url(&saga_store::testing::postgres_admin_url())
-                    )
-                })?,
+            let url = match &options.database {
+                DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+                DatabaseChoice::Postgres => {
+                    let url = saga_store::testing::create_postgres_database().await.with_context(|| {
+                        format!(
+                            "PostgreSQL is not reachable at {}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
+                            saga_store::redact_url(&saga_store::testing::postgres_admin_url())
+                        )
+                    })?;
+                    created_databases.push(url.clone());
+                    url
+                }
             };
-            if let DatabaseChoice::Postgres = options.database {
-                created_databases.push(url.clone());
-            }
             urls.push(url);
         }
 
