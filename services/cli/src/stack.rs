@@ -176,6 +176,10 @@ impl Stack {
         settings.kafka.bootstrap_servers = bootstrap.clone();
         settings.kafka.partitions = options.partitions;
         settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
+        if let BrokerChoice::Embedded = options.broker {
+            // The mock cluster answers a fetch only at its deadline: keep the deadline short.
+            settings.kafka.fetch_wait_max_ms = 2;
+        }
         settings.registry.url = registry_url.clone();
         settings.topics.prefix = options.topic_prefix.clone();
         settings.consumer.batch_size = options.batch_size;

@@ -46,6 +46,10 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// Create missing topics at startup (with `partitions` and `replication_factor`).
     pub create_topics: bool,
+    /// Longest a fetch waits at the broker for data. Kafka answers as soon as data arrives, so
+    /// this only bounds idle polling; brokers that answer only at the deadline (the in-process
+    /// mock cluster) need it low, and `sagactl dev` and `bench` use 2.
+    pub fetch_wait_max_ms: u32,
     /// Passed to librdkafka as is, for settings this file does not name (TLS, SASL, tuning).
     pub client: BTreeMap<String, String>,
 }
@@ -107,6 +111,7 @@ impl ServiceSettings {
                 partitions: 6,
                 replication_factor: 1,
                 create_topics: false,
+                fetch_wait_max_ms: 100,
                 client: BTreeMap::new(),
             },
             registry: RegistrySettings { url: "http://127.0.0.1:8081".into() },

@@ -69,9 +69,7 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
-        // A fetch returns as soon as a record arrives on a real broker; this bounds the wait on
-        // brokers that answer a fetch only at its deadline (the in-process mock cluster does).
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }

@@ -79,6 +79,7 @@ impl Kit {
             partitions: 1,
             replication_factor: 1,
             create_topics: false,
+            fetch_wait_max_ms: 10,
             client: BTreeMap::new(),
         };
         Kit { test_db, codec, topics, kafka, cluster, _registry_db: registry_db, _registry_stop: stop }
