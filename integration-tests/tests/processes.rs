@@ -94,6 +94,8 @@ fn services_run_as_separate_processes() {
                 ("SAGA_REGISTRY__URL", registry_url.clone()),
                 ("SAGA_DATABASE__URL", db(name)),
                 ("SAGA_TOPICS__PREFIX", "proc".into()),
+                // The mock cluster answers a fetch only at its deadline.
+                ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
             ],
             dir.path(),
         ));
