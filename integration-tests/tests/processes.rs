@@ -51,6 +51,17 @@ fn terminate(mut p: Proc, log_dir: &Path) {
     panic!("{} did not stop within 30 s of SIGTERM", p.name);
 }
 
+/// A plain HTTP/1.1 GET; returns the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to health port {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
 #[test]
 fn services_run_as_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +91,10 @@ fn services_run_as_separate_processes() {
         dir.path(),
     );
     let mut services = Vec::new();
+    let mut health_ports = Vec::new();
     for name in ["order", "inventory", "payment", "orchestrator"] {
+        let health_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        health_ports.push(health_port);
         let bin: &'static str = match name {
             "order" => "saga-order",
             "inventory" => "saga-inventory",
@@ -96,6 +110,7 @@ fn services_run_as_separate_processes() {
                 ("SAGA_TOPICS__PREFIX", "proc".into()),
                 // The mock cluster answers a fetch only at its deadline.
                 ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
+                ("SAGA_HTTP__BIND", format!("127.0.0.1:{health_port}")),
             ],
             dir.path(),
         ));
@@ -155,9 +170,35 @@ fn services_run_as_separate_processes() {
     assert_eq!(approved, 15, "5 in 7 sample orders are approved");
     assert_eq!(statuses.len() - approved, 6);
 
+    // Every service reports itself alive, and ready once database, registry and broker answer.
+    for port in &health_ports {
+        assert!(http_get(*port, "/healthz").ends_with("ok"), "/healthz on {port}");
+        let mut ready = String::new();
+        for _ in 0..100 {
+            ready = http_get(*port, "/readyz");
+            if ready.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(ready.starts_with("HTTP/1.1 200") && ready.contains(r#""ready":true"#), "/readyz on {port}: {ready}");
+    }
+
+    // With the registry gone, readiness says so (and liveness does not change).
+    terminate(registry, dir.path());
+    let mut not_ready = String::new();
+    for _ in 0..100 {
+        not_ready = http_get(health_ports[0], "/readyz");
+        if not_ready.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.contains(r#""registry":false"#), "/readyz without registry: {not_ready}");
+    assert!(http_get(health_ports[0], "/healthz").ends_with("ok"));
+
     for s in services {
         terminate(s, dir.path());
     }
-    terminate(registry, dir.path());
     drop(cluster);
 }

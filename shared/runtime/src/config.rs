@@ -30,6 +30,17 @@ pub struct ServiceSettings {
     pub consumer: ConsumerSettings,
     /// How the outbox is published.
     pub relay: RelaySettings,
+    /// Health and readiness endpoints.
+    pub http: HttpSettings,
+}
+
+/// The service's HTTP endpoints: `/healthz` (alive) and `/readyz` (database, registry and broker
+/// reachable).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port` to listen on; empty turns the endpoints off. Localhost unless configured.
+    pub bind: String,
 }
 
 /// Broker settings.
@@ -119,12 +130,13 @@ impl ServiceSettings {
             topics: TopicSettings { prefix: "saga".into() },
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100 },
+            http: HttpSettings { bind: default_http_bind(service).into() },
         }
     }
 
     /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables.
     pub fn load(service: &str, file: Option<&Path>) -> Result<ServiceSettings, ConfigError> {
-        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay"];
+        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay", "http"];
         let mut settings: ServiceSettings = layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections)
             .extract()
             .map_err(ConfigError::from_figment)?;
@@ -166,7 +178,21 @@ impl ServiceSettings {
         if self.relay.batch_size < 1 {
             return invalid("relay.batch_size", "must be at least 1");
         }
+        if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http.bind", "must be host:port with a numeric address, e.g. 127.0.0.1:9101, or empty");
+        }
         Ok(())
+    }
+}
+
+/// Each service gets its own port, so all four can run on one host with their defaults.
+fn default_http_bind(service: &str) -> &'static str {
+    match service {
+        "order" => "127.0.0.1:9101",
+        "inventory" => "127.0.0.1:9102",
+        "payment" => "127.0.0.1:9103",
+        "orchestrator" => "127.0.0.1:9104",
+        _ => "",
     }
 }
 
@@ -244,6 +270,7 @@ impl fmt::Debug for ServiceSettings {
             .field("topics.prefix", &self.topics.prefix)
             .field("consumer.batch_size", &self.consumer.batch_size)
             .field("relay.batch_size", &self.relay.batch_size)
+            .field("http.bind", &self.http.bind)
             .finish()
     }
 }
@@ -292,6 +319,13 @@ mod tests {
     fn invalid_value_names_the_key() {
         let e = load("[kafka]\npartitions = 0\n").unwrap_err().to_string();
         assert!(e.contains("kafka.partitions"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_http_bind_names_the_key() {
+        let e = load("[http]\nbind = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.contains("http.bind"), "{e}");
+        assert_eq!(load("[http]\nbind = \"\"\n").unwrap().http.bind, "");
     }
 
     #[test]

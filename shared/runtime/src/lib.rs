@@ -8,6 +8,7 @@
 //! - [`outbox`]: the inbox and outbox tables.
 //! - [`relay`]: publishes the outbox.
 //! - [`dlt`]: dead-letter topics and their headers.
+//! - [`health`]: `/healthz` and `/readyz`, reflecting the real state of database, registry, broker.
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
 //! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod dlt;
+pub mod health;
 pub mod kafka;
 pub mod outbox;
 pub mod relay;

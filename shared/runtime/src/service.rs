@@ -35,6 +35,14 @@ pub enum ServiceError {
     /// The registry client could not be created.
     #[error("schema registry client: {0}")]
     Registry(String),
+    /// The health endpoint's address could not be bound.
+    #[error("http.bind {addr}: {source}")]
+    Http {
+        /// The configured address.
+        addr: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Opens a service database and runs its migrations: the inbox and outbox, then `migrations`.
@@ -55,6 +63,7 @@ pub struct Service<H: Handler> {
     producer: FutureProducer,
     consumer: StreamConsumer<LoggingContext>,
     topics: Topics,
+    http: Option<tokio::net::TcpListener>,
 }
 
 impl<H: Handler> Service<H> {
@@ -80,7 +89,16 @@ impl<H: Handler> Service<H> {
         let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
-        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics })
+        let http = match settings.http.bind.as_str() {
+            "" => None,
+            addr => Some(crate::health::bind(addr).await.map_err(|source| ServiceError::Http { addr: addr.into(), source })?),
+        };
+        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http })
+    }
+
+    /// Where the health endpoints listen, when they are on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().and_then(crate::health::local_addr)
     }
 
     /// The service's database.
@@ -91,7 +109,31 @@ impl<H: Handler> Service<H> {
     /// Runs until `shutdown` is cancelled: registers schemas (waiting for the registry), then
     /// consumes and relays. On shutdown it finishes the batch in hand, commits offsets, drains the
     /// outbox and returns.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        // Health first: while schemas cannot be registered, /readyz already says what is down.
+        let health_stop = CancellationToken::new();
+        let mut health_tasks = Vec::new();
+        if let Some(listener) = self.http.take() {
+            let readiness = Arc::new(crate::health::Readiness::default());
+            health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), health_stop.clone())));
+            health_tasks.push(tokio::spawn(crate::health::check_until(
+                readiness,
+                self.db.clone(),
+                self.settings.registry.url.clone(),
+                self.producer.clone(),
+                Duration::from_secs(5),
+                health_stop.clone(),
+            )));
+        }
+        let result = self.run_services(shutdown).await;
+        health_stop.cancel();
+        for t in health_tasks {
+            let _ = t.await;
+        }
+        result
+    }
+
+    async fn run_services(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.codec.register(self.handler.produces()).await {
