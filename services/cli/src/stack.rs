@@ -176,6 +176,8 @@ impl Stack {
         settings.kafka.bootstrap_servers = bootstrap.clone();
         settings.kafka.partitions = options.partitions;
         settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
+        // Four services in one process cannot share one health address; the stack has none.
+        settings.http.bind = String::new();
         if let BrokerChoice::Embedded = options.broker {
             // The mock cluster answers a fetch only at its deadline: keep the deadline short.
             settings.kafka.fetch_wait_max_ms = 2;
