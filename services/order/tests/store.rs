@@ -77,25 +77,14 @@ fn valid_lines() -> Vec<OrderLine> {
     vec![line("WIDGET-1", 2, 1250, "EUR"), line("GADGET-2", 1, 4999, "EUR")]
 }
 
-/// A command from the orchestrator, as it builds them.
-fn command_envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
-    Envelope {
-        message_id: message_id.into(),
-        message_type: full_name.into(),
-        saga_id: Some(order_id.into()),
-        correlation_id: format!("corr-{order_id}"),
-        causation_id: Some(format!("cause-of-{message_id}")),
-        occurred_at_ms: 1,
-    }
-}
 
 fn approve(message_id: &str, order_id: &str) -> ApproveOrder {
-    ApproveOrder { envelope: command_envelope(message_id, ApproveOrder::FULL_NAME, order_id), order_id: order_id.into() }
+    ApproveOrder { envelope: saga_runtime::testing::envelope(message_id, ApproveOrder::FULL_NAME, order_id), order_id: order_id.into() }
 }
 
 fn reject(message_id: &str, order_id: &str, reason: &str) -> RejectOrder {
     RejectOrder {
-        envelope: command_envelope(message_id, RejectOrder::FULL_NAME, order_id),
+        envelope: saga_runtime::testing::envelope(message_id, RejectOrder::FULL_NAME, order_id),
         order_id: order_id.into(),
         reason: reason.into(),
     }

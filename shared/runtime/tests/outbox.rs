@@ -13,7 +13,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use saga_contracts::{Envelope, Message, PaymentVoided, StockReleased, StockReservationFailed, StockReserved, TopicKind, Topics};
+use saga_contracts::{Message, PaymentVoided, StockReleased, StockReservationFailed, StockReserved, TopicKind, Topics};
 use saga_runtime::codec::Codec;
 use saga_runtime::config::KafkaSettings;
 use saga_runtime::consumer::header;
@@ -132,16 +132,7 @@ impl Kit {
     }
 }
 
-fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
-    Envelope {
-        message_id: message_id.into(),
-        message_type: full_name.into(),
-        saga_id: Some(order_id.into()),
-        correlation_id: format!("corr-{order_id}"),
-        causation_id: Some(format!("cause-of-{message_id}")),
-        occurred_at_ms: 1_700_000_000_000,
-    }
-}
+use saga_runtime::testing::envelope;
 
 /// Inventory events of assorted types, for orders o0, o1, …
 fn inventory_events(n: usize) -> Vec<Message> {
