@@ -4,6 +4,9 @@
 //! The external variants read `SAGA_TEST_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`) and
 //! `SAGA_TEST_POSTGRES_URL`; when either cannot be reached they fail and say how to start it.
 
+pub mod procs;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

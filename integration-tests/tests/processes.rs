@@ -3,8 +3,7 @@
 //! TCP port) and SQLite files. Orders go in through the broker like any client's; every saga
 //! must finish, and every process must stop cleanly on SIGTERM.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
@@ -12,55 +11,8 @@ use saga_cli::sample::sample_order;
 use saga_cli::seed::Seed;
 use saga_contracts::{Message, PlaceOrder, TopicKind, Topics};
 use saga_order::domain::OrderStatus;
+use saga_integration_tests::procs::{binary, http_get, spawn, terminate, try_http_get, Proc};
 use saga_runtime::codec::Codec;
-
-fn binary(name: &str) -> PathBuf {
-    // Integration tests run from target/<profile>/deps; the workspace's binaries are one level up.
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`)", path.display());
-    path
-}
-
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-fn spawn(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Proc {
-    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
-    let mut cmd = Command::new(binary(name));
-    cmd.env_clear().env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Proc { name, child: cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")) }
-}
-
-fn terminate(mut p: Proc, log_dir: &Path) {
-    let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
-    for _ in 0..300 {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(log_dir.join(format!("{}.log", p.name))).unwrap_or_default();
-            assert!(status.success(), "{} exited with {status} on SIGTERM; log:\n{log}", p.name);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = p.child.kill();
-    panic!("{} did not stop within 30 s of SIGTERM", p.name);
-}
-
-/// A plain HTTP/1.1 GET; returns the whole response.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to health port {port}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
 
 #[test]
 fn services_run_as_separate_processes() {
@@ -200,5 +152,213 @@ fn services_run_as_separate_processes() {
     for s in services {
         terminate(s, dir.path());
     }
+    drop(cluster);
+}
+
+/// Sum of the samples of `metric` whose labels contain `label` (e.g. `topic="x"`), from a
+/// `/metrics` response.
+fn metric_sum(response: &str, metric: &str, label: &str) -> f64 {
+    response
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scale-out: two processes of each service in one consumer group per service, on PostgreSQL
+/// (one database per service, shared by its instances). Each instance must own a share of its
+/// topics' partitions and do part of the work, and every saga must finish.
+#[test]
+#[ignore = "needs PostgreSQL at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
+fn two_instances_of_each_service_share_the_partitions() {
+    const PARTITIONS: i32 = 4;
+    const INSTANCES: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::new("scale");
+    let cluster = MockCluster::new(1).unwrap();
+    for t in topics.all_with_dlts() {
+        cluster.create_topic(&t, PARTITIONS, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registry_url = format!("http://127.0.0.1:{port}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let names = ["order", "inventory", "payment", "orchestrator"];
+    let dbs: Vec<String> = rt.block_on(async {
+        let mut urls = Vec::new();
+        for _ in names {
+            urls.push(saga_store::testing::create_postgres_database().await.unwrap_or_else(|e| {
+                panic!("no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start", saga_store::testing::postgres_admin_url())
+            }));
+        }
+        let seed = Seed::dev();
+        let inventory = saga_runtime::service::open_database(&urls[1], 1, &saga_inventory::MIGRATIONS).await.unwrap();
+        seed.apply_stock(&inventory).await.unwrap();
+        let payment = saga_runtime::service::open_database(&urls[2], 1, &saga_payment::MIGRATIONS).await.unwrap();
+        seed.apply_accounts(&payment).await.unwrap();
+        urls
+    });
+
+    let registry = spawn(
+        "saga-registry",
+        &[
+            ("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")),
+            ("SAGA_REGISTRY_DATABASE_URL", format!("sqlite://{}", dir.path().join("registry.db").display())),
+        ],
+        dir.path(),
+    );
+    // (service, process, metrics port)
+    let mut instances = Vec::new();
+    for (name, db) in names.iter().zip(&dbs) {
+        for i in 0..INSTANCES {
+            let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let bin: &'static str = match *name {
+                "order" => "saga-order",
+                "inventory" => "saga-inventory",
+                "payment" => "saga-payment",
+                _ => "saga-orchestrator",
+            };
+            let log_name: &'static str = Box::leak(format!("{bin}-{i}").into_boxed_str());
+            let log = std::fs::File::create(dir.path().join(format!("{log_name}.log"))).unwrap();
+            let mut cmd = Command::new(binary(bin));
+            cmd.env_clear().env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+            for (k, v) in [
+                ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+                ("SAGA_REGISTRY__URL", registry_url.clone()),
+                ("SAGA_DATABASE__URL", db.clone()),
+                ("SAGA_TOPICS__PREFIX", "scale".into()),
+                ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
+                ("SAGA_HTTP__BIND", format!("127.0.0.1:{http_port}")),
+                // Statistics (consumer lag) every second rather than every five.
+                ("SAGA_KAFKA_CLIENT_STATISTICS_INTERVAL_MS", "1000".into()),
+            ] {
+                cmd.env(k, v);
+            }
+            let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+            instances.push((*name, Proc { name: log_name, child }, http_port));
+        }
+    }
+
+    // Wait until every service's partitions are split between its instances: each instance owns
+    // some, and together they own each consumed topic's partitions exactly once.
+    let consumed_topics = |service: &str| -> Vec<String> {
+        let kinds: &[TopicKind] = match service {
+            "order" => &[TopicKind::OrderCommands],
+            "inventory" => &[TopicKind::InventoryCommands],
+            "payment" => &[TopicKind::PaymentCommands],
+            _ => &[TopicKind::OrderEvents, TopicKind::InventoryEvents, TopicKind::PaymentEvents],
+        };
+        kinds.iter().map(|k| topics.name(*k)).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut balanced = true;
+        for service in names {
+            let mine: Vec<_> = instances.iter().filter(|(s, _, _)| *s == service).collect();
+            for topic in consumed_topics(service) {
+                let owned: Vec<f64> = mine
+                    .iter()
+                    .map(|(_, _, p)| {
+                        let metrics = try_http_get(*p, "/metrics").unwrap_or_default();
+                        metric_sum(&metrics, "saga_consumer_assigned_partitions", &format!("topic=\"{topic}\""))
+                    })
+                    .collect();
+                balanced &= owned.iter().all(|n| *n >= 1.0) && owned.iter().sum::<f64>() == f64::from(PARTITIONS);
+            }
+        }
+        if balanced {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "partitions were not split between the instances within 60 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let n = 70;
+    let statuses = rt.block_on(async {
+        let codec = Codec::new(&registry_url).unwrap();
+        let mut registered = false;
+        for _ in 0..100 {
+            if codec.register(&[PlaceOrder::FULL_NAME]).await.is_ok() {
+                registered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(registered, "the registry process never answered at {registry_url}");
+        let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
+        kafka.bootstrap_servers = bootstrap.clone();
+        let producer = saga_runtime::kafka::producer(&kafka, "test").unwrap();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let (order, _) = sample_order("scale", i);
+            ids.push(order.order_id.clone());
+            let message: Message = order.into();
+            let payload = codec.encode(&message).await.unwrap();
+            let topic = topics.name(TopicKind::OrderCommands);
+            let record = rdkafka::producer::FutureRecord::to(&topic).key(message.order_id()).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        }
+        let orders = saga_store::Db::connect(&dbs[0], 1).await.unwrap();
+        let sagas = saga_store::Db::connect(&dbs[3], 1).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut done = Vec::new();
+            for id in &ids {
+                let order = saga_order::get_order(&orders, id).await.unwrap();
+                let saga = saga_orchestrator::store::get_saga(&sagas, id).await.unwrap();
+                if let (Some(o), Some(s)) = (order, saga) {
+                    if o.status != OrderStatus::Pending && s.state.status.is_terminal() {
+                        done.push((id.clone(), o.status));
+                    }
+                }
+            }
+            if done.len() == ids.len() {
+                return done;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} of {n} sagas finished within 120 s", done.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let approved = statuses.iter().filter(|(_, s)| *s == OrderStatus::Approved).count();
+    assert_eq!(approved, 50, "5 in 7 sample orders are approved");
+    assert_eq!(statuses.len(), n);
+
+    // Each instance did part of the work, and together each service applied every record once
+    // (the inbox skipped none: no record reached two instances).
+    let mut report = Vec::new();
+    for service in names {
+        let mut total = 0.0;
+        for (_, p, port) in instances.iter().filter(|(s, _, _)| *s == service) {
+            let metrics = http_get(*port, "/metrics");
+            let consumed = metric_sum(&metrics, "saga_records_consumed_total", "");
+            let duplicates = metric_sum(&metrics, "saga_inbox_duplicates_total", "");
+            report.push(format!("{} consumed={consumed} duplicates={duplicates}", p.name));
+            assert!(consumed > 0.0, "{} consumed nothing: the partitions were not shared\n{metrics}", p.name);
+            assert_eq!(duplicates, 0.0, "{} saw duplicates without any fault", p.name);
+            total += consumed;
+        }
+        let expected = match service {
+            // PlaceOrder, ApproveOrder or RejectOrder
+            "order" => 2 * n,
+            // ReserveStock for each; ReleaseStock for each declined payment (1 in 7)
+            "inventory" => n + n / 7,
+            _ => 0,
+        };
+        if expected > 0 {
+            assert_eq!(total, expected as f64, "{service} applied each record once: {report:?}");
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+
+    for (_, p, _) in instances {
+        terminate(p, dir.path());
+    }
+    terminate(registry, dir.path());
+    rt.block_on(async {
+        for url in &dbs {
+            let _ = saga_store::testing::drop_postgres_database(url).await;
+        }
+    });
     drop(cluster);
 }

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use saga_contracts::TopicKind;
 use serde::Serialize;
 
@@ -28,6 +29,8 @@ pub struct DevOptions {
     pub partitions: i32,
     /// How long to wait for the sample orders.
     pub timeout: Duration,
+    /// Where to serve the saga view and `/metrics` (`host:port`); empty turns it off.
+    pub web: String,
 }
 
 /// The summary `dev --exit` prints.
@@ -62,12 +65,24 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
     let mut stack_options = StackOptions::embedded(dir.clone());
     stack_options.registry_bind.set_port(options.registry_port);
     stack_options.partitions = options.partitions;
+    let web = match options.web.as_str() {
+        "" => None,
+        addr => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--web {addr}: cannot listen there"))?),
+    };
     let stack = Stack::start(stack_options).await?;
     let say = |line: String| {
         if !options.json {
             println!("{line}");
         }
     };
+    let web_stop = saga_runtime::CancellationToken::new();
+    if let Some(listener) = web {
+        say(format!("saga view:                           http://{}/sagas   (metrics at /metrics)", listener.local_addr()?));
+        let (routes, stop) = (stack.web_routes(), web_stop.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        });
+    }
     say(format!("broker (in-process, Kafka protocol): {}", stack.bootstrap));
     say(format!("schema registry:                     {}", stack.registry_url));
     say(format!("databases (SQLite):                  {}", dir.display()));
@@ -138,6 +153,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
         println!("shutting down");
     }
     watch.close().await;
+    web_stop.cancel();
     stack.stop().await;
     Ok(summary)
 }

@@ -38,6 +38,9 @@ enum Command {
         /// Seconds to wait for the sample orders.
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
+        /// Serve the live saga view (/sagas) and metrics (/metrics) here; "" turns it off.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        web: String,
     },
     /// Create the topics (and their dead-letter topics) on a broker.
     Topics {
@@ -125,9 +128,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    saga_runtime::telemetry::init_logging_with_default("warn");
+    let _telemetry = saga_runtime::telemetry::init_with_default("sagactl", "warn")?;
     match cli.command {
-        Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs } => {
+        Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs, web } => {
             let summary = dev::run(dev::DevOptions {
                 orders,
                 exit,
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 registry_port,
                 partitions,
                 timeout: Duration::from_secs(timeout_secs),
+                web,
             })
             .await?;
             if summary.stuck > 0 {

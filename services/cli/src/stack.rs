@@ -109,6 +109,7 @@ pub struct Stack {
     producer: FutureProducer,
     shutdown: CancellationToken,
     services: Vec<JoinHandle<()>>,
+    metrics: Vec<saga_runtime::Metrics>,
     registry: Option<JoinHandle<()>>,
     registry_stop: CancellationToken,
     broker: Option<EmbeddedBroker>,
@@ -197,6 +198,7 @@ impl Stack {
                 spawn(&settings, &options.group_suffix, saga_orchestrator::Orchestrator::default(), &dbs.orchestrator, &shutdown).await?,
             );
         }
+        let (services, metrics): (Vec<_>, Vec<_>) = services.into_iter().unzip();
         let codec = Arc::new(Codec::new(&registry_url)?);
         codec.register(&[PlaceOrder::FULL_NAME]).await?;
         let producer = saga_runtime::kafka::producer(&settings.kafka, "sagactl")?;
@@ -210,6 +212,7 @@ impl Stack {
             producer,
             shutdown,
             services,
+            metrics,
             registry: Some(registry_task),
             registry_stop,
             broker,
@@ -232,6 +235,19 @@ impl Stack {
         }
         self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
         Ok(())
+    }
+
+    /// The Prometheus text of every service instance's metrics (each series labelled with its
+    /// service).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.iter().map(saga_runtime::Metrics::render).collect()
+    }
+
+    /// The live saga view and `/metrics` for the whole stack, to serve on an address of the caller's.
+    pub fn web_routes(&self) -> axum::Router {
+        let metrics = self.metrics.clone();
+        saga_orchestrator::web::router(self.dbs.orchestrator.clone())
+            .route("/metrics", axum::routing::get(move || async move { metrics.iter().map(saga_runtime::Metrics::render).collect::<String>() }))
     }
 
     /// The codec the stack uses (to decode what tests read back).
@@ -274,26 +290,36 @@ impl Stack {
 }
 
 impl Drop for Stack {
-    /// A stack dropped without [`Stack::stop`] (a failing test) still stops its tasks and broker.
+    /// A stack dropped without [`Stack::stop`] (a failing test) still stops its tasks. Its broker
+    /// stays up until the process exits: stopping it under consumers that are still closing
+    /// would leave them waiting for it forever.
     fn drop(&mut self) {
         self.shutdown.cancel();
         self.registry_stop.cancel();
         if let Some(b) = self.broker.take() {
-            let _ = b.stop.send(());
+            std::mem::forget(b);
         }
     }
 }
 
-async fn spawn<H: Handler>(settings: &ServiceSettings, group_suffix: &str, handler: H, db: &Db, shutdown: &CancellationToken) -> anyhow::Result<JoinHandle<()>> {
+async fn spawn<H: Handler>(
+    settings: &ServiceSettings,
+    group_suffix: &str,
+    handler: H,
+    db: &Db,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(JoinHandle<()>, saga_runtime::Metrics)> {
     let mut settings = settings.clone();
     settings.kafka.group_id = format!("saga-{}{group_suffix}", H::SERVICE);
     let service = Service::build_with_db(settings, handler, db.clone()).await.with_context(|| format!("starting the {} service", H::SERVICE))?;
+    let metrics = service.metrics().clone();
     let shutdown = shutdown.clone();
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = service.run_until_stopped(shutdown).await {
             tracing::error!(service = H::SERVICE, error = %e, "service stopped with an error");
         }
-    }))
+    });
+    Ok((task, metrics))
 }
 
 /// librdkafka's mock cluster, owned by a thread of its own (its handle is not `Send`).

@@ -11,8 +11,10 @@
 //! in effect: commands carry idempotency keys derived from saga id, step, phase and attempt.
 
 pub mod definition;
+mod metrics;
 pub mod saga;
 pub mod store;
+pub mod web;
 
 use saga_contracts::{
     ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine,
@@ -20,6 +22,9 @@ use saga_contracts::{
 };
 use saga_runtime::{HandleError, Handler, Incoming};
 use sqlx::AnyConnection;
+use std::sync::OnceLock;
+
+use crate::metrics::{Observation, Pending, SagaMetrics};
 
 use crate::definition::{order_saga, Action, Reply, SagaDefinition};
 use crate::saga::{Command, Outcome, Transition};
@@ -34,13 +39,15 @@ pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
 /// Drives order sagas.
 pub struct Orchestrator {
     definition: SagaDefinition,
+    metrics: OnceLock<SagaMetrics>,
+    pending: Pending,
 }
 
 impl Default for Orchestrator {
     fn default() -> Self {
         let definition = order_saga();
         definition.validate().expect("the built-in saga definition is well formed");
-        Orchestrator { definition }
+        Orchestrator { definition, metrics: OnceLock::new(), pending: Pending::default() }
     }
 }
 
@@ -72,6 +79,35 @@ impl Handler for Orchestrator {
         };
         self.on_reply(conn, message, reply, reason).await
     }
+
+    fn register_metrics(&self, registry: &saga_runtime::prometheus::Registry) {
+        let _ = self.metrics.set(SagaMetrics::register(registry));
+    }
+
+    fn committed(&self) {
+        self.pending.commit(self.metrics.get(), self.definition.name);
+    }
+
+    fn rolled_back(&self) {
+        self.pending.discard();
+    }
+
+    fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
+        Some(web::router(db.clone()))
+    }
+
+    async fn refresh_gauges(&self, db: &saga_store::Db) {
+        let Some(m) = self.metrics.get() else { return };
+        match store::count_by_status(db).await {
+            Ok(counts) => {
+                for state in ["RUNNING", "COMPENSATING", "STUCK", "PARKED"] {
+                    let n = counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                    m.in_state.with_label_values(&[self.definition.name, state]).set(n);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not count sagas by state"),
+        }
+    }
 }
 
 impl Orchestrator {
@@ -100,11 +136,13 @@ impl Orchestrator {
             created_at_ms: now,
             updated_at_ms: now,
             version: 1,
+            trace_parent: saga_runtime::telemetry::current_traceparent(),
         };
         store::insert(conn, &record).await?;
         let commands = self.commands(&record, &transition, &created.envelope);
         let entry = log_entry(1, None, &transition, &created.envelope, OrderCreated::FULL_NAME, &commands, None);
         store::append_log(conn, &saga_id, &entry).await?;
+        self.pending.push(Observation::Started);
         tracing::info!(saga_id = %saga_id, order_id = %saga_id, "saga started");
         Ok(commands)
     }
@@ -139,6 +177,13 @@ impl Orchestrator {
                 let commands = self.commands(&saga, &transition, envelope);
                 let entry = log_entry(seq, Some(&saga), &transition, envelope, message.full_name(), &commands, reason);
                 store::append_log(conn, saga_id, &entry).await?;
+                let now = saga_store::now_ms();
+                let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
+                self.pending.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
+                if transition.state.status.is_terminal() {
+                    let outcome = transition.state.status.as_str().to_ascii_lowercase();
+                    self.pending.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
+                }
                 tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
                 Ok(commands)
             }
@@ -158,6 +203,7 @@ impl Orchestrator {
                     cause_message_type: Some(message.full_name().into()),
                     sent: vec![],
                     detail: Some(why.clone()),
+                    trace_parent: saga_runtime::telemetry::current_traceparent(),
                 };
                 store::append_log(conn, saga_id, &entry).await?;
                 tracing::info!(saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
@@ -195,6 +241,7 @@ fn log_entry(
         cause_message_type: Some(cause_type.into()),
         sent: sent.iter().map(|m| m.envelope().message_id.clone()).collect(),
         detail: reason.map(str::to_string),
+        trace_parent: saga_runtime::telemetry::current_traceparent(),
     }
 }
 

@@ -42,6 +42,20 @@ pub struct SagaRecord {
     pub updated_at_ms: i64,
     /// Optimistic-lock version; also the seq of the latest log entry.
     pub version: i64,
+    /// W3C `traceparent` of the span that started the saga: the saga's trace.
+    pub trace_parent: Option<String>,
+}
+
+impl SagaRecord {
+    /// The saga's trace id (32 hex digits), from its `traceparent`.
+    pub fn trace_id(&self) -> Option<&str> {
+        trace_id_of(self.trace_parent.as_deref()?)
+    }
+}
+
+/// The trace id inside a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|t| t.len() == 32)
 }
 
 /// One saga log entry.
@@ -67,10 +81,12 @@ pub struct LogEntry {
     pub sent: Vec<String>,
     /// Why (failure reason, or why a reply was ignored).
     pub detail: Option<String>,
+    /// W3C `traceparent` of the span that made this transition.
+    pub trace_parent: Option<String>,
 }
 
 const SELECT_SAGA: &str = "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
-     correlation_id, created_at_ms, updated_at_ms, version FROM sagas";
+     correlation_id, created_at_ms, updated_at_ms, version, trace_parent FROM sagas";
 
 fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
     let status: String = r.get(3);
@@ -91,6 +107,7 @@ fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
         created_at_ms: r.get(9),
         updated_at_ms: r.get(10),
         version: r.get(11),
+        trace_parent: r.get(12),
     })
 }
 
@@ -103,8 +120,8 @@ pub async fn load(conn: &mut AnyConnection, saga_id: &str) -> Result<Option<Saga
 /// Inserts a new saga at version 1.
 pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1)",
+        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11)",
     )
     .bind(&saga.saga_id)
     .bind(&saga.saga_type)
@@ -116,6 +133,7 @@ pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), s
     .bind(serde_json::to_string(&saga.data).expect("saga data always serializes"))
     .bind(&saga.correlation_id)
     .bind(saga.created_at_ms)
+    .bind(saga.trace_parent.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -143,8 +161,8 @@ pub async fn update(conn: &mut AnyConnection, saga_id: &str, version: i64, state
 /// Appends a log entry.
 pub async fn append_log(conn: &mut AnyConnection, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(saga_id)
     .bind(entry.seq)
@@ -157,6 +175,7 @@ pub async fn append_log(conn: &mut AnyConnection, saga_id: &str, entry: &LogEntr
     .bind(entry.cause_message_type.as_deref())
     .bind(serde_json::to_string(&entry.sent).expect("ids always serialize"))
     .bind(entry.detail.as_deref())
+    .bind(entry.trace_parent.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -184,7 +203,7 @@ pub async fn get_saga(db: &saga_store::Db, saga_id: &str) -> Result<Option<SagaR
 /// Reads a saga's whole log, oldest first.
 pub async fn saga_log(db: &saga_store::Db, saga_id: &str) -> Result<Vec<LogEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail \
+        "SELECT seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent \
          FROM saga_log WHERE saga_id = $1 ORDER BY seq",
     )
     .bind(saga_id)
@@ -203,6 +222,7 @@ pub async fn saga_log(db: &saga_store::Db, saga_id: &str) -> Result<Vec<LogEntry
             cause_message_type: r.get(7),
             sent: serde_json::from_str(&r.get::<String, _>(8)).unwrap_or_default(),
             detail: r.get(9),
+            trace_parent: r.get(10),
         })
         .collect())
 }

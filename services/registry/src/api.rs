@@ -33,6 +33,28 @@ const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
     "application/octet-stream",
 ];
 
+/// Requires HTTP basic authentication with `expected` (the whole `Authorization` header value) on
+/// every route but `/healthz`, which probes call without credentials.
+pub(crate) fn require_basic_auth(router: Router, expected: String) -> Router {
+    let expected = std::sync::Arc::new(expected.into_bytes());
+    router.layer(axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| {
+        let expected = expected.clone();
+        async move {
+            let given = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+            if request.uri().path() == "/healthz" || constant_time_eq(given, &expected) {
+                next.run(request).await
+            } else {
+                axum::response::IntoResponse::into_response(ApiError::Unauthorized)
+            }
+        }
+    }))
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Every route of the registry, over `store`.
 pub(crate) fn router(store: Store) -> Router {
     Router::new()

@@ -73,6 +73,9 @@ pub(crate) enum ApiError {
     UnsupportedMediaType(String),
     #[error("HTTP 404 Not Found")]
     RouteNotFound,
+    /// Basic authentication is on and the request's credentials are missing or wrong.
+    #[error("Unauthorized")]
+    Unauthorized,
     #[error("HTTP 405 Method Not Allowed")]
     MethodNotAllowed,
     #[error("Error in the backend data store: {0}")]
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, 404),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 401),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
         }

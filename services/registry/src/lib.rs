@@ -75,6 +75,8 @@ pub struct Registry {
     local_addr: SocketAddr,
     // Shared with an embedding process when built with `build_with_db`.
     db: Db,
+    // The `Authorization` header every request must carry, when basic authentication is on.
+    authorization: Option<String>,
 }
 
 impl Registry {
@@ -98,7 +100,17 @@ impl Registry {
             listener,
             local_addr,
             db,
+            authorization: None,
         })
+    }
+
+    /// Requires HTTP basic authentication as `username`/`password` on every route but `/healthz`.
+    /// Run it behind TLS (an ingress or a sidecar) anywhere but on loopback.
+    pub fn with_basic_auth(mut self, username: &str, password: &str) -> Registry {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        self.authorization = Some(format!("Basic {token}"));
+        self
     }
 
     /// The address actually bound.
@@ -116,7 +128,10 @@ impl Registry {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RegistryError> {
-        let app = api::router(store::Store::new(self.db));
+        let mut app = api::router(store::Store::new(self.db));
+        if let Some(expected) = self.authorization {
+            app = api::require_basic_auth(app, expected);
+        }
         tracing::info!(addr = %self.local_addr, "schema registry serving");
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)

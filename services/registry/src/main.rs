@@ -7,7 +7,7 @@ use clap::Parser;
 use saga_registry::{Registry, RegistrySettings};
 
 /// A Confluent-compatible Avro schema registry for development and tests.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(version, about)]
 struct Args {
     /// Address to listen on (port 0 picks a free one).
@@ -16,6 +16,12 @@ struct Args {
     /// Database URL: sqlite://path or postgres://user@host/db.
     #[arg(long, env = "SAGA_REGISTRY_DATABASE_URL", default_value_t = RegistrySettings::default().database_url)]
     database_url: String,
+    /// Require HTTP basic authentication with this user (and `--basic-auth-password`).
+    #[arg(long, env = "SAGA_REGISTRY_BASIC_AUTH_USERNAME", requires = "basic_auth_password")]
+    basic_auth_username: Option<String>,
+    /// Password for `--basic-auth-username`; prefer the environment variable, which `ps` does not show.
+    #[arg(long, env = "SAGA_REGISTRY_BASIC_AUTH_PASSWORD", hide_env_values = true, requires = "basic_auth_username")]
+    basic_auth_password: Option<String>,
 }
 
 #[tokio::main]
@@ -32,9 +38,12 @@ async fn main() -> anyhow::Result<()> {
         bind: args.bind,
         database_url: args.database_url,
     };
-    let registry = Registry::build(&settings)
+    let mut registry = Registry::build(&settings)
         .await
         .with_context(|| format!("start schema registry on {}", settings.bind))?;
+    if let (Some(user), Some(password)) = (&args.basic_auth_username, &args.basic_auth_password) {
+        registry = registry.with_basic_auth(user, password);
+    }
     println!("schema registry listening on {}", registry.url());
     registry
         .run_until_stopped(shutdown_signal())

@@ -15,6 +15,8 @@ use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
 
+use crate::config::RegistrySettings;
+
 /// Largest allocation the Avro decoder may make for one value: a hostile length prefix cannot
 /// make it allocate more than this.
 pub const MAX_AVRO_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
@@ -80,6 +82,19 @@ fn classify(e: &SRCError) -> RegistryFailure {
     }
 }
 
+/// An HTTP client for the registry that trusts the configured CA (besides the system's roots).
+pub fn registry_http_client(registry: &RegistrySettings) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder();
+    if !registry.ca_location.is_empty() {
+        let pem = std::fs::read(&registry.ca_location).map_err(|e| format!("registry.ca_location {}: {e}", registry.ca_location))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("registry.ca_location {}: {e}", registry.ca_location))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 /// Encodes and decodes [`Message`]s through a schema registry.
 pub struct Codec {
     encoder: AvroEncoder,
@@ -90,12 +105,21 @@ pub struct Codec {
 }
 
 impl Codec {
-    /// A codec for the registry at `url`.
+    /// A codec for the registry at `url`, without authentication.
     pub fn new(registry_url: &str) -> Result<Codec, SRCError> {
+        Codec::connect(&RegistrySettings::at(registry_url))
+    }
+
+    /// A codec for the configured registry: its URL, the CA to trust, and basic authentication.
+    pub fn connect(registry: &RegistrySettings) -> Result<Codec, SRCError> {
         apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
-        let settings = SrSettings::new_builder(registry_url.to_string())
-            .set_timeout(std::time::Duration::from_secs(5))
-            .build()?;
+        let http = registry_http_client(registry).map_err(|e| SRCError::non_retryable_without_cause(&e))?;
+        let mut builder = SrSettings::new_builder(registry.url.clone());
+        builder.set_timeout(std::time::Duration::from_secs(5));
+        if !registry.username.is_empty() {
+            builder.set_basic_authorization(&registry.username, Some(&registry.password));
+        }
+        let settings = builder.build_with(http)?;
         let readers = Message::FULL_NAMES
             .iter()
             .map(|n| (*n, Message::schema_of(n).expect("every message type has a schema")))

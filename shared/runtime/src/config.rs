@@ -61,7 +61,18 @@ pub struct KafkaSettings {
     /// this only bounds idle polling; brokers that answer only at the deadline (the in-process
     /// mock cluster) need it low, and `sagactl dev` and `bench` use 2.
     pub fetch_wait_max_ms: u32,
-    /// Passed to librdkafka as is, for settings this file does not name (TLS, SASL, tuning).
+    /// `plaintext`, `ssl` (TLS), `sasl_plaintext` or `sasl_ssl` (SASL over TLS).
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `sasl_*` protocol.
+    pub sasl_mechanism: String,
+    /// SASL user; required with a `sasl_*` protocol.
+    pub sasl_username: String,
+    /// SASL password; required with a `sasl_*` protocol. Never printed.
+    pub sasl_password: String,
+    /// PEM file of the CA that signed the brokers' certificates; empty uses the system's roots.
+    pub ssl_ca_location: String,
+    /// Passed to librdkafka as is, for settings this file does not name (client certificates,
+    /// tuning). Applied after the settings above, so it can override them.
     pub client: BTreeMap<String, String>,
 }
 
@@ -69,8 +80,21 @@ pub struct KafkaSettings {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrySettings {
-    /// Base URL of a Confluent-compatible registry.
+    /// Base URL of a Confluent-compatible registry (`https://` for TLS).
     pub url: String,
+    /// User for HTTP basic authentication; empty sends none.
+    pub username: String,
+    /// Password for HTTP basic authentication. Never printed.
+    pub password: String,
+    /// PEM file of the CA that signed the registry's certificate; empty uses the system's roots.
+    pub ca_location: String,
+}
+
+impl RegistrySettings {
+    /// A registry at `url`, without authentication or a custom CA.
+    pub fn at(url: &str) -> RegistrySettings {
+        RegistrySettings { url: url.into(), username: String::new(), password: String::new(), ca_location: String::new() }
+    }
 }
 
 /// Database settings.
@@ -123,9 +147,14 @@ impl ServiceSettings {
                 replication_factor: 1,
                 create_topics: false,
                 fetch_wait_max_ms: 100,
+                security_protocol: "plaintext".into(),
+                sasl_mechanism: String::new(),
+                sasl_username: String::new(),
+                sasl_password: String::new(),
+                ssl_ca_location: String::new(),
                 client: BTreeMap::new(),
             },
-            registry: RegistrySettings { url: "http://127.0.0.1:8081".into() },
+            registry: RegistrySettings::at("http://127.0.0.1:8081"),
             database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
             topics: TopicSettings { prefix: "saga".into() },
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
@@ -160,9 +189,17 @@ impl ServiceSettings {
         if self.kafka.replication_factor < 1 {
             return invalid("kafka.replication_factor", "must be at least 1");
         }
+        self.kafka.validate()?;
         if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
             return invalid("registry.url", "must start with http:// or https://");
         }
+        if self.registry.username.is_empty() != self.registry.password.is_empty() {
+            return invalid("registry.username", "and registry.password must be set together");
+        }
+        if !self.registry.password.is_empty() && self.registry.url.starts_with("http://") && !is_loopback_url(&self.registry.url) {
+            return invalid("registry.url", "must be https:// when a password is set (basic auth would travel in clear text)");
+        }
+        readable_file("registry.ca_location", &self.registry.ca_location)?;
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
             return invalid("database.url", "must start with sqlite: or postgres://");
         }
@@ -183,6 +220,59 @@ impl ServiceSettings {
         }
         Ok(())
     }
+}
+
+impl KafkaSettings {
+    /// Checks the security settings: a known protocol, and with SASL a mechanism and credentials.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, why: &str| Err(ConfigError::Invalid { key: key.into(), reason: why.into() });
+        let sasl = match self.security_protocol.to_ascii_lowercase().as_str() {
+            "plaintext" | "ssl" => false,
+            "sasl_plaintext" | "sasl_ssl" => true,
+            _ => return invalid("kafka.security_protocol", "must be plaintext, ssl, sasl_plaintext or sasl_ssl"),
+        };
+        if sasl {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&self.sasl_mechanism.as_str()) {
+                return invalid("kafka.sasl_mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a sasl_* security_protocol");
+            }
+            if self.sasl_username.is_empty() {
+                return invalid("kafka.sasl_username", "must be set with a sasl_* security_protocol");
+            }
+            if self.sasl_password.is_empty() {
+                return invalid("kafka.sasl_password", "must be set with a sasl_* security_protocol");
+            }
+        } else if !self.sasl_mechanism.is_empty() || !self.sasl_username.is_empty() || !self.sasl_password.is_empty() {
+            return invalid("kafka.security_protocol", "must be sasl_plaintext or sasl_ssl when SASL credentials are set");
+        }
+        readable_file("kafka.ssl_ca_location", &self.ssl_ca_location)
+    }
+
+    /// The librdkafka properties these settings stand for, before `client` overrides.
+    pub fn librdkafka_properties(&self) -> Vec<(&'static str, String)> {
+        let mut props = vec![("bootstrap.servers", self.bootstrap_servers.clone()), ("security.protocol", self.security_protocol.to_ascii_lowercase())];
+        if !self.sasl_mechanism.is_empty() {
+            props.push(("sasl.mechanism", self.sasl_mechanism.clone()));
+            props.push(("sasl.username", self.sasl_username.clone()));
+            props.push(("sasl.password", self.sasl_password.clone()));
+        }
+        if !self.ssl_ca_location.is_empty() {
+            props.push(("ssl.ca.location", self.ssl_ca_location.clone()));
+        }
+        props
+    }
+}
+
+/// An empty path is unset; a set one must name a file this process can read.
+fn readable_file(key: &str, path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() || std::fs::File::open(path).is_ok() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid { key: key.into(), reason: format!("names {path}, which cannot be read") })
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// Each service gets its own port, so all four can run on one host with their defaults.
@@ -250,7 +340,7 @@ const SECRET_MARKERS: [&str; 4] = ["password", "secret", "key", "token"];
 
 /// Redacts the values of keys that look like credentials.
 pub fn redact(key: &str, value: &str) -> String {
-    if SECRET_MARKERS.iter().any(|m| key.to_ascii_lowercase().contains(m)) && !key.ends_with(".location") {
+    if !value.is_empty() && SECRET_MARKERS.iter().any(|m| key.to_ascii_lowercase().contains(m)) && !key.ends_with(".location") {
         "***".into()
     } else {
         value.into()
@@ -264,8 +354,16 @@ impl fmt::Debug for ServiceSettings {
             .field("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)
             .field("kafka.group_id", &self.kafka.group_id)
             .field("kafka.partitions", &self.kafka.partitions)
+            .field("kafka.security_protocol", &self.kafka.security_protocol)
+            .field("kafka.sasl_mechanism", &self.kafka.sasl_mechanism)
+            .field("kafka.sasl_username", &self.kafka.sasl_username)
+            .field("kafka.sasl_password", &redact("password", &self.kafka.sasl_password))
+            .field("kafka.ssl_ca_location", &self.kafka.ssl_ca_location)
             .field("kafka.client", &client)
             .field("registry.url", &saga_store::redact_url(&self.registry.url))
+            .field("registry.username", &self.registry.username)
+            .field("registry.password", &redact("password", &self.registry.password))
+            .field("registry.ca_location", &self.registry.ca_location)
             .field("database.url", &saga_store::redact_url(&self.database.url))
             .field("topics.prefix", &self.topics.prefix)
             .field("consumer.batch_size", &self.consumer.batch_size)
@@ -326,6 +424,56 @@ mod tests {
         let e = load("[http]\nbind = \"localhost\"\n").unwrap_err().to_string();
         assert!(e.contains("http.bind"), "{e}");
         assert_eq!(load("[http]\nbind = \"\"\n").unwrap().http.bind, "");
+    }
+
+    #[test]
+    fn sasl_needs_a_mechanism_and_credentials_and_names_the_missing_key() {
+        let e = load("[kafka]\nsecurity_protocol = \"sasl_ssl\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.sasl_mechanism"), "{e}");
+        let e = load("[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"u\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.sasl_password"), "{e}");
+        let e = load("[kafka]\nsecurity_protocol = \"tls\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.security_protocol"), "{e}");
+        let e = load("[kafka]\nsasl_password = \"p\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.security_protocol"), "credentials without SASL are a mistake: {e}");
+    }
+
+    #[test]
+    fn sasl_settings_become_librdkafka_properties_and_are_never_printed() {
+        let s = load("[kafka]\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"svc\"\nsasl_password = \"pa55-w0rd-k\"\n[registry]\nurl = \"https://r:8081\"\nusername = \"ru\"\npassword = \"r3g-pa55\"\n").unwrap();
+        let props: BTreeMap<_, _> = s.kafka.librdkafka_properties().into_iter().collect();
+        assert_eq!(props["security.protocol"], "sasl_ssl");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(props["sasl.username"], "svc");
+        assert_eq!(props["sasl.password"], "pa55-w0rd-k");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("pa55-w0rd-k") && !shown.contains("r3g-pa55"), "{shown}");
+        assert!(shown.contains("svc"), "user names are not secret: {shown}");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_names_the_key() {
+        let e = load("[kafka]\nssl_ca_location = \"/nonexistent/ca.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("kafka.ssl_ca_location") && e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = load("[registry]\nca_location = \"/nonexistent/ca.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("registry.ca_location"), "{e}");
+    }
+
+    #[test]
+    fn registry_credentials_need_both_parts_and_tls_off_localhost() {
+        let e = load("[registry]\nusername = \"u\"\n").unwrap_err().to_string();
+        assert!(e.contains("registry.username"), "{e}");
+        let e = load("[registry]\nurl = \"http://registry:8081\"\nusername = \"u\"\npassword = \"p\"\n").unwrap_err().to_string();
+        assert!(e.contains("registry.url") && e.contains("https"), "{e}");
+        assert!(load("[registry]\nurl = \"http://127.0.0.1:8081\"\nusername = \"u\"\npassword = \"p\"\n").is_ok());
+    }
+
+    #[test]
+    fn http_endpoints_listen_on_localhost_unless_configured() {
+        for service in ["order", "inventory", "payment", "orchestrator"] {
+            let bind: std::net::SocketAddr = ServiceSettings::defaults_for(service).http.bind.parse().unwrap();
+            assert!(bind.ip().is_loopback(), "{service} listens on {bind} by default");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use tracing::Instrument;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message as _;
@@ -25,6 +26,7 @@ use crate::backoff::Backoff;
 use crate::codec::{Codec, DecodeError};
 use crate::dlt::{DeadLetter, DeadLetters};
 use crate::kafka::LoggingContext;
+use crate::metrics::Metrics;
 use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError};
 
 /// A decoded record, as a handler sees it.
@@ -38,6 +40,15 @@ pub struct Incoming {
     pub offset: i64,
     /// The message.
     pub message: Message,
+    /// The record's W3C trace context headers (`traceparent`, `tracestate`), if it had any.
+    pub trace: Vec<(String, String)>,
+}
+
+impl Incoming {
+    /// A message as if read from its topic's partition 0 at offset 0, without trace context.
+    pub fn new(topics: &Topics, message: Message) -> Incoming {
+        Incoming { topic: topics.name(message.topic_kind()), partition: 0, offset: 0, message, trace: Vec::new() }
+    }
 }
 
 /// Why a handler could not apply a message.
@@ -73,6 +84,27 @@ pub trait Handler: Send + Sync + 'static {
         conn: &'c mut AnyConnection,
         incoming: &'c Incoming,
     ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
+
+    /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
+    fn register_metrics(&self, _registry: &prometheus::Registry) {}
+
+    /// The transaction of the messages handled since the last call committed: count what they did.
+    fn committed(&self) {}
+
+    /// The transaction of the messages handled since the last call rolled back (it will be
+    /// retried): forget what they did.
+    fn rolled_back(&self) {}
+
+    /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
+    /// saga view).
+    fn http_routes(&self, _db: &saga_store::Db) -> Option<axum::Router> {
+        None
+    }
+
+    /// Refreshes gauges that are read from the database; called every few seconds.
+    fn refresh_gauges<'a>(&'a self, _db: &'a saga_store::Db) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
 }
 
 /// Everything the consume loop needs besides the handler.
@@ -93,6 +125,10 @@ pub struct ConsumeLoop<H: Handler> {
     pub relay_wakeup: Arc<Notify>,
     /// Most records per transaction.
     pub batch_size: usize,
+    /// Counts of what was consumed, skipped and dead-lettered.
+    pub metrics: Metrics,
+    /// The consumer group, for spans.
+    pub group_id: String,
 }
 
 enum BatchError {
@@ -176,7 +212,8 @@ impl<H: Handler> ConsumeLoop<H> {
                 };
                 match decoded {
                     Ok(message) => {
-                        good.push(Incoming { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset(), message });
+                        let trace = crate::telemetry::TRACE_HEADERS.iter().filter_map(|h| header(record, h).map(|v| (h.to_string(), v))).collect();
+                        good.push(Incoming { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset(), message, trace });
                         good_records.push(record);
                         break;
                     }
@@ -185,6 +222,7 @@ impl<H: Handler> ConsumeLoop<H> {
                         break;
                     }
                     Err(DecodeError::Retryable(e)) => {
+                        self.metrics.retries.with_label_values(&["registry"]).inc();
                         if !self.wait(&mut backoff, &e, shutdown).await {
                             return false;
                         }
@@ -197,6 +235,7 @@ impl<H: Handler> ConsumeLoop<H> {
             if !self.dead_letters.send_until_acked(letter, shutdown).await {
                 return false;
             }
+            self.metrics.dead_lettered.with_label_values(&[&letter.topic, letter.class]).inc();
         }
 
         // 2. Apply the good ones in one transaction; on a non-transient failure, one by one.
@@ -228,26 +267,56 @@ impl<H: Handler> ConsumeLoop<H> {
         true
     }
 
+    /// Applies `batch` in one transaction; counts it once committed.
     async fn apply(&self, batch: &[Incoming]) -> Result<bool, BatchError> {
+        let mut duplicates = Vec::new();
+        let result = self.apply_in_transaction(batch, &mut duplicates).await;
+        match result {
+            Ok(_) => {
+                self.handler.committed();
+                for incoming in batch {
+                    self.metrics.consumed.with_label_values(&[&incoming.topic]).inc();
+                }
+                for topic in duplicates {
+                    self.metrics.inbox_duplicates.with_label_values(&[topic]).inc();
+                }
+            }
+            Err(_) => self.handler.rolled_back(),
+        }
+        result
+    }
+
+    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], duplicates: &mut Vec<&'b str>) -> Result<bool, BatchError> {
         let mut conn = self.db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let mut wrote = false;
         for incoming in batch {
-            wrote |= self.apply_in(&mut tx, incoming).await?;
+            match self.apply_in(&mut tx, incoming).await? {
+                Some(w) => wrote |= w,
+                None => duplicates.push(&incoming.topic),
+            }
         }
         tx.commit().await?;
         Ok(wrote)
     }
 
-    async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<bool, BatchError> {
-        let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
-            tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
-            return Ok(false);
-        };
-        for message in &out {
-            write_to_outbox(conn, &self.codec, &self.topics, message, &[]).await?;
+    /// `None` for a duplicate; otherwise whether it wrote outbox rows. Runs in the message's
+    /// span, a child of the trace context the record carried; what it sends carries this span's.
+    async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Option<bool>, BatchError> {
+        let span = process_span(H::SERVICE, &self.group_id, incoming);
+        async {
+            let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
+                tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
+                return Ok(None);
+            };
+            let headers = crate::telemetry::headers_of(&tracing::Span::current());
+            for message in &out {
+                write_to_outbox(conn, &self.codec, &self.topics, message, &headers).await?;
+            }
+            Ok(Some(!out.is_empty()))
         }
-        Ok(!out.is_empty())
+        .instrument(span)
+        .await
     }
 
     async fn apply_one_by_one(&self, batch: &[Incoming], records: &[&OwnedMessage], shutdown: &CancellationToken) -> bool {
@@ -261,6 +330,7 @@ impl<H: Handler> ConsumeLoop<H> {
                     if !self.dead_letters.send_until_acked(&letter, shutdown).await {
                         return false;
                     }
+                    self.metrics.dead_lettered.with_label_values(&[&letter.topic, letter.class]).inc();
                 }
             }
         }
@@ -280,6 +350,7 @@ impl<H: Handler> ConsumeLoop<H> {
                     return Some(Ok(()));
                 }
                 Err(BatchError::Transient(e)) => {
+                    self.metrics.retries.with_label_values(&["database"]).inc();
                     if !self.wait(&mut backoff, &e, shutdown).await {
                         return None;
                     }
@@ -297,6 +368,34 @@ impl<H: Handler> ConsumeLoop<H> {
             _ = shutdown.cancelled() => false,
         }
     }
+}
+
+/// The span of one message's processing, with OpenTelemetry's messaging attributes, the saga and
+/// order ids, and the trace id (so every log line about the message carries it).
+pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> tracing::Span {
+    let envelope = incoming.message.envelope();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("{} process", incoming.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = %incoming.topic,
+        messaging.destination.partition.id = incoming.partition,
+        messaging.kafka.offset = incoming.offset,
+        messaging.consumer.group.name = %group,
+        messaging.message.id = %envelope.message_id,
+        messaging.message.type = incoming.message.short_name(),
+        saga.id = envelope.saga_id.as_deref().unwrap_or(""),
+        order.id = incoming.message.order_id(),
+        service,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent_from(&span, &incoming.trace);
+    if let Some(id) = crate::telemetry::trace_id_of(&span) {
+        span.record("trace_id", id);
+    }
+    span
 }
 
 /// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.

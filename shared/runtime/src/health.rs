@@ -1,6 +1,7 @@
 //! Health endpoints: `/healthz` answers while the process runs; `/readyz` answers 200 only
 //! while the database, the schema registry and the broker are reachable (checked in the
 //! background every few seconds, so probes are cheap), 503 with what is down otherwise.
+//! `/metrics` serves the instance's Prometheus metrics.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,10 @@ use saga_store::Db;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::codec::registry_http_client;
+use crate::config::RegistrySettings;
+use crate::metrics::Metrics;
 
 /// The last observed state of each dependency.
 #[derive(Default)]
@@ -54,11 +59,15 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the endpoints until `stop`.
-pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, stop: CancellationToken) {
-    let app = Router::new()
+pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>, metrics: Metrics, extra: Option<Router>, stop: CancellationToken) {
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(readiness);
+        .with_state(readiness)
+        .route("/metrics", get(move || async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }));
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
         tracing::warn!(error = %e, "health endpoint stopped");
     }
@@ -74,16 +83,24 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<Rea
 pub async fn check_until(
     readiness: Arc<Readiness>,
     db: Db,
-    registry_url: String,
+    registry: RegistrySettings,
     producer: FutureProducer,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client builds");
-    let subjects = format!("{}/subjects", registry_url.trim_end_matches('/'));
+    // The settings were validated at startup (the CA file was readable then); a CA that became
+    // unreadable since leaves the system roots, and readiness says the registry is unreachable.
+    let http = registry_http_client(&registry)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "registry client for readiness checks falls back to the system's roots");
+            reqwest::Client::builder()
+        })
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client builds");
     loop {
         let database = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(db.pool())).await.is_ok_and(|r| r.is_ok());
-        let registry = http.get(&subjects).send().await.is_ok_and(|r| r.status().is_success());
+        let registry = registry_answers(&http, &registry).await;
         let p = producer.clone();
         let broker = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
             .await
@@ -96,6 +113,15 @@ pub async fn check_until(
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// True when the registry answers `GET /subjects` with success, with the configured credentials.
+pub async fn registry_answers(http: &reqwest::Client, registry: &RegistrySettings) -> bool {
+    let mut request = http.get(format!("{}/subjects", registry.url.trim_end_matches('/')));
+    if !registry.username.is_empty() {
+        request = request.basic_auth(&registry.username, Some(&registry.password));
+    }
+    request.send().await.is_ok_and(|r| r.status().is_success())
 }
 
 /// The address a bound listener got (for port 0).

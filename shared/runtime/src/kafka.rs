@@ -7,12 +7,14 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 
 use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
 
 /// Errors at the broker boundary.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +34,10 @@ pub enum KafkaSetupError {
 
 fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.bootstrap_servers).set_log_level(RDKafkaLogLevel::Info);
+    config.set_log_level(RDKafkaLogLevel::Info);
+    for (k, v) in settings.librdkafka_properties() {
+        config.set(k, v);
+    }
     for (k, v) in &settings.client {
         config.set(k, v);
     }
@@ -69,7 +74,9 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+        // Consumer lag and client queues for /metrics.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }
@@ -97,13 +104,29 @@ pub async fn create_topics(settings: &KafkaSettings, topics: &[String]) -> Resul
     Ok(())
 }
 
-/// The consumer context: logs rebalances and librdkafka errors through `tracing`.
+/// The consumer context: logs rebalances and librdkafka errors through `tracing`, and feeds
+/// librdkafka's statistics and the partition assignment into the service's metrics.
 pub struct LoggingContext {
     /// Which service this consumer belongs to, for log lines.
     pub service: &'static str,
+    /// Where statistics and assignments go.
+    pub metrics: Option<Metrics>,
+}
+
+impl LoggingContext {
+    /// A context that only logs.
+    pub fn logging(service: &'static str) -> LoggingContext {
+        LoggingContext { service, metrics: None }
+    }
 }
 
 impl ClientContext for LoggingContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(m) = &self.metrics {
+            m.observe_kafka(&statistics);
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
@@ -134,6 +157,18 @@ impl ConsumerContext for LoggingContext {
     }
 
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // The eager protocol (librdkafka's default) hands over the whole assignment, or takes all
+        // of it back. Asking the consumer for its assignment here would deadlock while it closes.
+        if let Some(m) = &self.metrics {
+            match rebalance {
+                Rebalance::Assign(tpl) => {
+                    let owned: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                    m.set_assignment(&owned);
+                }
+                Rebalance::Revoke(_) => m.set_assignment(&[]),
+                Rebalance::Error(_) => {}
+            }
+        }
         match rebalance {
             Rebalance::Assign(tpl) => tracing::info!(service = self.service, partitions = %describe(tpl), "partitions assigned"),
             Rebalance::Error(e) => tracing::warn!(service = self.service, error = %e, "rebalance failed"),

@@ -8,7 +8,9 @@
 //! - [`outbox`]: the inbox and outbox tables.
 //! - [`relay`]: publishes the outbox.
 //! - [`dlt`]: dead-letter topics and their headers.
-//! - [`health`]: `/healthz` and `/readyz`, reflecting the real state of database, registry, broker.
+//! - [`health`]: `/healthz` and `/readyz`, reflecting the real state of database, registry, broker;
+//!   `/metrics` on the same listener.
+//! - [`metrics`]: the Prometheus metrics of one service instance.
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
 //! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
@@ -25,6 +27,7 @@ pub mod consumer;
 pub mod dlt;
 pub mod health;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod service;
@@ -32,6 +35,9 @@ pub mod telemetry;
 pub mod testing;
 
 pub use config::ServiceSettings;
+pub use metrics::Metrics;
 pub use consumer::{HandleError, Handler, Incoming};
 pub use service::{Service, ServiceError};
 pub use tokio_util::sync::CancellationToken;
+/// The Prometheus client the runtime registers into, for handlers' own metrics.
+pub use prometheus;

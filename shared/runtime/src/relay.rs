@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::metrics::Metrics;
 
 /// One outbox row, as read by the relay.
 struct Row_ {
@@ -39,6 +40,8 @@ pub struct Relay {
     pub wakeup: Arc<Notify>,
     /// Most rows per burst.
     pub batch_size: usize,
+    /// Counts of published records, backlog and age.
+    pub metrics: Metrics,
     /// How long to sleep when nothing wakes the relay.
     pub poll_interval: Duration,
     /// For log lines.
@@ -49,11 +52,17 @@ impl Relay {
     /// Runs until `shutdown`; then publishes what is left (while the broker answers) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut gauges_at = tokio::time::Instant::now();
         loop {
+            if gauges_at.elapsed() >= Duration::from_secs(1) {
+                self.update_backlog_gauges().await;
+                gauges_at = tokio::time::Instant::now();
+            }
             match self.publish_burst().await {
                 Ok(n) if n >= self.batch_size => continue,
                 Ok(_) => backoff.reset(),
                 Err(e) => {
+                    self.metrics.retries.with_label_values(&["publish"]).inc();
                     let wait = backoff.next_delay();
                     tracing::warn!(service = self.service, error = %e, retry_in_ms = wait.as_millis() as u64, "outbox relay failed; will retry");
                     tokio::select! {
@@ -78,6 +87,39 @@ impl Relay {
     }
 
     /// Publishes up to one batch; returns how many rows were published and deleted.
+    fn publish_span(&self, row: &Row_) -> tracing::Span {
+        let pairs: Vec<(String, String)> = serde_json::from_str(&row.headers).unwrap_or_default();
+        let message_id = pairs.iter().find(|(k, _)| k == "message_id").map_or("", |(_, v)| v.as_str());
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = %format!("{} publish", row.topic),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %row.topic,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            messaging.kafka.message.key = %row.key,
+            messaging.message.id = message_id,
+            service = self.service,
+        );
+        crate::telemetry::set_parent_from(&span, &pairs);
+        span
+    }
+
+    async fn update_backlog_gauges(&self) {
+        match crate::outbox::backlog(&self.db).await {
+            Ok((rows, oldest_ms)) => {
+                self.metrics.outbox_backlog.set(rows);
+                self.metrics.outbox_oldest_age.set(oldest_ms as f64 / 1000.0);
+            }
+            Err(e) => tracing::debug!(service = self.service, error = %e, "could not read the outbox backlog"),
+        }
+    }
+
     pub async fn publish_burst(&self) -> Result<usize, RelayError> {
         let mut conn = self.db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
@@ -107,9 +149,18 @@ impl Relay {
             tx.commit().await?;
             tx = conn.begin().await?;
         }
-        let deliveries = rows.iter().map(|row| {
-            let mut headers = OwnedHeaders::new_with_capacity(4);
-            let pairs: Vec<(String, String)> = serde_json::from_str(&row.headers).unwrap_or_default();
+        // Each record gets a `publish` span, child of the span that wrote the row (its stored
+        // trace context) and parent of whatever consumes the record: the time a row waited in the
+        // outbox shows in the trace.
+        let spans: Vec<tracing::Span> = rows.iter().map(|row| self.publish_span(row)).collect();
+        let deliveries = rows.iter().zip(&spans).map(|(row, span)| {
+            let mut pairs: Vec<(String, String)> = serde_json::from_str(&row.headers).unwrap_or_default();
+            let trace = crate::telemetry::headers_of(span);
+            if !trace.is_empty() {
+                pairs.retain(|(k, _)| !crate::telemetry::TRACE_HEADERS.contains(&k.as_str()));
+                pairs.extend(trace);
+            }
+            let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
             for (k, v) in &pairs {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
@@ -117,6 +168,20 @@ impl Relay {
             self.producer.send(record, Duration::from_secs(30))
         });
         let results = join_all(deliveries).await;
+        for ((result, span), row) in results.iter().zip(&spans).zip(&rows) {
+            match result {
+                Ok(delivery) => {
+                    span.record("messaging.destination.partition.id", delivery.partition);
+                    span.record("messaging.kafka.offset", delivery.offset);
+                }
+                Err((e, _)) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", e.to_string());
+                    tracing::debug!(parent: span, topic = %row.topic, error = %e, "publish failed");
+                }
+            }
+        }
+        drop(spans);
         let mut published = Vec::with_capacity(rows.len());
         let mut failure = None;
         for (row, result) in rows.iter().zip(results) {
@@ -133,6 +198,9 @@ impl Relay {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM outbox WHERE id IN ({ids})"))).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        for row in rows.iter().take(published.len()) {
+            self.metrics.produced.with_label_values(&[&row.topic]).inc();
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(published.len()),

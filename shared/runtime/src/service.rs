@@ -16,6 +16,7 @@ use crate::config::ServiceSettings;
 use crate::consumer::{ConsumeLoop, Handler};
 use crate::dlt::DeadLetters;
 use crate::kafka::{self, LoggingContext};
+use crate::metrics::Metrics;
 use crate::relay::Relay;
 
 /// Why a service could not start or stopped with an error.
@@ -64,6 +65,7 @@ pub struct Service<H: Handler> {
     consumer: StreamConsumer<LoggingContext>,
     topics: Topics,
     http: Option<tokio::net::TcpListener>,
+    metrics: Metrics,
 }
 
 impl<H: Handler> Service<H> {
@@ -77,14 +79,16 @@ impl<H: Handler> Service<H> {
     /// Like [`Service::build`], with a database the caller opened and migrated.
     pub async fn build_with_db(settings: ServiceSettings, handler: H, db: Db) -> Result<Service<H>, ServiceError> {
         let topics = Topics::new(settings.topics.prefix.clone());
-        let codec = Arc::new(Codec::new(&settings.registry.url).map_err(|e| ServiceError::Registry(e.to_string()))?);
+        let codec = Arc::new(Codec::connect(&settings.registry).map_err(|e| ServiceError::Registry(e.to_string()))?);
         let client_id = format!("saga-{}", H::SERVICE);
         let producer = kafka::producer(&settings.kafka, &client_id).map_err(kafka::KafkaSetupError::from)?;
         if settings.kafka.create_topics {
             kafka::create_topics(&settings.kafka, &topics.all_with_dlts()).await?;
         }
+        let metrics = Metrics::new(H::SERVICE);
+        handler.register_metrics(metrics.registry());
         let consumer: StreamConsumer<LoggingContext> = kafka::consumer_config(&settings.kafka, &client_id)
-            .create_with_context(LoggingContext { service: H::SERVICE })
+            .create_with_context(LoggingContext { service: H::SERVICE, metrics: Some(metrics.clone()) })
             .map_err(kafka::KafkaSetupError::from)?;
         let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -93,7 +97,12 @@ impl<H: Handler> Service<H> {
             "" => None,
             addr => Some(crate::health::bind(addr).await.map_err(|source| ServiceError::Http { addr: addr.into(), source })?),
         };
-        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http })
+        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics })
+    }
+
+    /// The instance's metrics (served at `/metrics` when the HTTP endpoints are on).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Where the health endpoints listen, when they are on.
@@ -115,16 +124,29 @@ impl<H: Handler> Service<H> {
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
             let readiness = Arc::new(crate::health::Readiness::default());
-            health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), health_stop.clone())));
+            let extra = self.handler.http_routes(&self.db);
+            health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), self.metrics.clone(), extra, health_stop.clone())));
             health_tasks.push(tokio::spawn(crate::health::check_until(
                 readiness,
                 self.db.clone(),
-                self.settings.registry.url.clone(),
+                self.settings.registry.clone(),
                 self.producer.clone(),
                 Duration::from_secs(5),
                 health_stop.clone(),
             )));
         }
+        // Gauges read from the database (sagas by state), whether or not HTTP is on: an embedding
+        // process (sagactl dev) serves the metrics itself.
+        let (handler, db, gauges_stop) = (self.handler.clone(), self.db.clone(), health_stop.clone());
+        health_tasks.push(tokio::spawn(async move {
+            loop {
+                handler.refresh_gauges(&db).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = gauges_stop.cancelled() => return,
+                }
+            }
+        }));
         let result = self.run_services(shutdown).await;
         health_stop.cancel();
         for t in health_tasks {
@@ -156,6 +178,7 @@ impl<H: Handler> Service<H> {
             batch_size: self.settings.relay.batch_size,
             poll_interval: Duration::from_millis(self.settings.relay.poll_interval_ms),
             service: H::SERVICE,
+            metrics: self.metrics.clone(),
         };
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
@@ -172,8 +195,10 @@ impl<H: Handler> Service<H> {
             codec: self.codec,
             topics: self.topics,
             dead_letters: DeadLetters { producer: self.producer, group_id: self.settings.kafka.group_id.clone() },
+            group_id: self.settings.kafka.group_id.clone(),
             relay_wakeup: wakeup,
             batch_size: self.settings.consumer.batch_size,
+            metrics: self.metrics,
         };
         tracing::info!(service = H::SERVICE, "consuming");
         consume.run(shutdown).await;
@@ -216,7 +241,7 @@ pub struct ServiceArgs {
 pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     let args = ServiceArgs::parse();
-    crate::telemetry::init_logging();
+    let _telemetry = crate::telemetry::init(H::SERVICE)?;
     let settings = ServiceSettings::load(H::SERVICE, args.config.as_deref())?;
     tracing::info!(service = H::SERVICE, ?settings, "starting");
     let service = Service::build(settings, handler, migrations).await?;

@@ -1,10 +1,94 @@
-//! Logging setup shared by every binary.
+//! Logs and traces, shared by every binary.
+//!
+//! Logs: readable text, or JSON lines with `SAGA_LOG_FORMAT=json`; the level comes from
+//! `RUST_LOG` (default `info`). Every line written while a message is handled carries that
+//! message's span fields: trace id, saga id, order id, topic, partition and offset.
+//!
+//! Traces: every span goes through OpenTelemetry, so trace ids exist and propagate (W3C
+//! `traceparent`/`tracestate` record headers) whether or not they are exported. Export is on when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, over OTLP/HTTP
+//! (`OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf`, the default, or `http/json`); the service name
+//! is `OTEL_SERVICE_NAME`, else `saga-<service>`; `OTEL_SDK_DISABLED=true` turns it off.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs a `tracing` subscriber: JSON lines when `SAGA_LOG_FORMAT=json`, readable text
-/// otherwise; the level comes from `RUST_LOG` (default `info`). librdkafka's logs arrive through
-/// the consumer context.
+/// W3C trace context header names, as carried on Kafka records and in outbox rows.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("OpenTelemetry export ({key}): {reason}")]
+pub struct TelemetryError {
+    /// The environment variable to look at.
+    pub key: &'static str,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Flushes and stops trace export when dropped: keep it alive for the life of `main`.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("flushing traces at shutdown failed: {e}");
+        }
+    }
+}
+
+/// Installs logging and tracing for `service`; see the module docs for the variables read.
+pub fn init(service: &str) -> Result<Telemetry, TelemetryError> {
+    init_with_default(service, "info")
+}
+
+/// Like [`init`], with another level when `RUST_LOG` is unset.
+pub fn init_with_default(service: &str, level: &str) -> Result<Telemetry, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("saga-{service}"));
+    let mut provider = SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(name).build());
+    if export_configured() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TelemetryError { key: "OTEL_EXPORTER_OTLP_PROTOCOL", reason: e.to_string() })?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("saga");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = std::env::var("SAGA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    // Each layer filters for itself: a quiet log level must not switch off the spans that carry
+    // trace context from record to record.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_error_records_to_exceptions(true)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces).try_init();
+    Ok(Telemetry { provider })
+}
+
+fn export_configured() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs logging only (tools and tests); spans still get trace ids if tracing was initialised
+/// elsewhere, and none otherwise.
 pub fn init_logging() {
     init_logging_with_default("info");
 }
@@ -15,6 +99,56 @@ pub fn init_logging_with_default(level: &str) {
     let json = std::env::var("SAGA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+struct Pairs<'a>(&'a [(String, String)]);
+
+impl Extractor for Pairs<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+struct Collect(Vec<(String, String)>);
+
+impl Injector for Collect {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+/// Makes `span` a child of the trace context in `headers` (W3C `traceparent`), if any.
+pub fn set_parent_from(span: &tracing::Span, headers: &[(String, String)]) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Pairs(headers)));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The W3C headers that make a record a child of `span`; empty without tracing.
+pub fn headers_of(span: &tracing::Span) -> Vec<(String, String)> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut out = Collect(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut out));
+    out.0
+}
+
+/// The trace id of `span` (32 hex digits), or `None` without tracing.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The `traceparent` of the current span, for storing with state that outlives the message.
+pub fn current_traceparent() -> Option<String> {
+    headers_of(&tracing::Span::current()).into_iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

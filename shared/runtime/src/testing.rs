@@ -17,7 +17,7 @@ pub async fn migrate(db: &Db, service: &Migrations) {
 /// `Ok(None)`: the inbox already held the message id.
 pub async fn apply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
     let message = message.into();
-    let incoming = Incoming { topic: Topics::default().name(message.topic_kind()), partition: 0, offset: 0, message };
+    let incoming = Incoming::new(&Topics::default(), message);
     let mut conn = db.pool().acquire().await?;
     let mut tx = conn.begin().await?;
     let out = apply_once(&mut tx, handler, &incoming).await?;

@@ -81,6 +81,7 @@ impl Kit {
             create_topics: false,
             fetch_wait_max_ms: 10,
             client: BTreeMap::new(),
+            ..saga_runtime::ServiceSettings::defaults_for("outbox-test").kafka
         };
         Kit { test_db, codec, topics, kafka, cluster, _registry_db: registry_db, _registry_stop: stop }
     }
@@ -97,6 +98,7 @@ impl Kit {
             batch_size,
             poll_interval: Duration::from_millis(50),
             service: "outbox-test",
+            metrics: saga_runtime::Metrics::new("outbox-test"),
         }
     }
 

@@ -1,0 +1,66 @@
+//! Running the workspace's binaries as OS processes, for tests that need real process
+//! boundaries: separate instances, SIGTERM, kill -9.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Path of a workspace binary next to the running test.
+pub fn binary(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the workspace's binaries are one level up.
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`)", path.display());
+    path
+}
+
+/// A child process and the name its log file is under.
+pub struct Proc {
+    /// Log file name (without `.log`).
+    pub name: &'static str,
+    /// The process.
+    pub child: Child,
+}
+
+/// Starts `name` with only `env` (and `RUST_LOG=info`), stderr to `<log_dir>/<name>.log`.
+pub fn spawn(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Proc {
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(binary(name));
+    cmd.env_clear().env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc { name, child: cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")) }
+}
+
+/// Sends SIGTERM and checks the process exits 0 within 30 s.
+pub fn terminate(mut p: Proc, log_dir: &Path) {
+    let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+    for _ in 0..300 {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(log_dir.join(format!("{}.log", p.name))).unwrap_or_default();
+            assert!(status.success(), "{} exited with {status} on SIGTERM; log:\n{log}", p.name);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = p.child.kill();
+    panic!("{} did not stop within 30 s of SIGTERM", p.name);
+}
+
+/// A plain HTTP/1.1 GET; returns the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// [`http_get`], with an error while nothing listens yet.
+pub fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    Ok(response)
+}
+
