@@ -64,3 +64,64 @@ pub fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+
+/// The binary of a service.
+pub fn service_binary(service: &str) -> &'static str {
+    match service {
+        "order" => "saga-order",
+        "inventory" => "saga-inventory",
+        "payment" => "saga-payment",
+        "orchestrator" => "saga-orchestrator",
+        other => panic!("no service {other}"),
+    }
+}
+
+/// Loads the development seed (stock, accounts) into the databases the services will open;
+/// migrations are idempotent, so the services migrate them again harmlessly.
+pub async fn seed(inventory_url: &str, payment_url: &str) {
+    let seed = saga_cli::seed::Seed::dev();
+    let inventory = saga_runtime::service::open_database(inventory_url, 1, &saga_inventory::MIGRATIONS).await.unwrap();
+    seed.apply_stock(&inventory).await.unwrap();
+    let payment = saga_runtime::service::open_database(payment_url, 1, &saga_payment::MIGRATIONS).await.unwrap();
+    seed.apply_accounts(&payment).await.unwrap();
+}
+
+/// Places orders as any application would: Confluent wire format through the registry, keyed
+/// by order id, on the order command topic.
+pub struct OrderClient {
+    codec: saga_runtime::codec::Codec,
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl OrderClient {
+    /// Waits up to 20 s for the registry (its process may still be starting), then connects.
+    pub async fn connect(registry_url: &str, bootstrap: &str, topics: &saga_contracts::Topics) -> OrderClient {
+        let codec = saga_runtime::codec::Codec::new(registry_url).unwrap();
+        let mut registered = false;
+        for _ in 0..100 {
+            if codec.register(&[saga_contracts::PlaceOrder::FULL_NAME]).await.is_ok() {
+                registered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(registered, "the registry never answered at {registry_url}");
+        let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
+        kafka.bootstrap_servers = bootstrap.to_string();
+        let producer = saga_runtime::kafka::producer(&kafka, "test-client").unwrap();
+        OrderClient { codec, producer, topic: topics.name(saga_contracts::TopicKind::OrderCommands) }
+    }
+
+    /// Publishes `order`, with a W3C `traceparent` header when given.
+    pub async fn place(&self, order: saga_contracts::PlaceOrder, traceparent: Option<&str>) {
+        let message: saga_contracts::Message = order.into();
+        let payload = self.codec.encode(&message).await.unwrap();
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        if let Some(tp) = traceparent {
+            headers = headers.insert(rdkafka::message::Header { key: "traceparent", value: Some(tp.as_bytes()) });
+        }
+        let record = rdkafka::producer::FutureRecord::to(&self.topic).key(message.order_id()).payload(&payload).headers(headers);
+        self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+}

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use saga_cli::sample::sample_order;
-use saga_cli::seed::Seed;
-use saga_contracts::{Message, PlaceOrder, TopicKind, Topics};
+use saga_contracts::{TopicKind, Topics};
 use saga_order::domain::OrderStatus;
-use saga_integration_tests::procs::{binary, http_get, spawn, terminate, try_http_get, Proc};
-use saga_runtime::codec::Codec;
+use saga_integration_tests::procs::{binary, http_get, seed, service_binary, spawn, terminate, try_http_get, OrderClient, Proc};
 
 #[test]
 fn services_run_as_separate_processes() {
@@ -28,14 +26,7 @@ fn services_run_as_separate_processes() {
     let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // Seed stock and accounts into the databases the services will open (migrations are idempotent).
-    rt.block_on(async {
-        let seed = Seed::dev();
-        let inventory = saga_runtime::service::open_database(&db("inventory"), 1, &saga_inventory::MIGRATIONS).await.unwrap();
-        seed.apply_stock(&inventory).await.unwrap();
-        let payment = saga_runtime::service::open_database(&db("payment"), 1, &saga_payment::MIGRATIONS).await.unwrap();
-        seed.apply_accounts(&payment).await.unwrap();
-    });
+    rt.block_on(seed(&db("inventory"), &db("payment")));
 
     let registry = spawn(
         "saga-registry",
@@ -47,14 +38,8 @@ fn services_run_as_separate_processes() {
     for name in ["order", "inventory", "payment", "orchestrator"] {
         let health_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         health_ports.push(health_port);
-        let bin: &'static str = match name {
-            "order" => "saga-order",
-            "inventory" => "saga-inventory",
-            "payment" => "saga-payment",
-            _ => "saga-orchestrator",
-        };
         services.push(spawn(
-            bin,
+            service_binary(name),
             &[
                 ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
                 ("SAGA_REGISTRY__URL", registry_url.clone()),
@@ -70,29 +55,12 @@ fn services_run_as_separate_processes() {
 
     let n = 21;
     let statuses = rt.block_on(async {
-        // The registry process may still be starting: the codec retries until it answers.
-        let codec = Codec::new(&registry_url).unwrap();
-        let mut registered = false;
-        for _ in 0..100 {
-            if codec.register(&[PlaceOrder::FULL_NAME]).await.is_ok() {
-                registered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(registered, "the registry process never answered at {registry_url}");
-        let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
-        kafka.bootstrap_servers = bootstrap.clone();
-        let producer = saga_runtime::kafka::producer(&kafka, "test").unwrap();
+        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
         let mut ids = Vec::new();
         for i in 0..n {
             let (order, _) = sample_order("proc", i);
             ids.push(order.order_id.clone());
-            let message: Message = order.into();
-            let payload = codec.encode(&message).await.unwrap();
-            let topic = topics.name(TopicKind::OrderCommands);
-            let record = rdkafka::producer::FutureRecord::to(&topic).key(message.order_id()).payload(&payload);
-            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            client.place(order, None).await;
         }
         let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -192,11 +160,7 @@ fn two_instances_of_each_service_share_the_partitions() {
                 panic!("no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start", saga_store::testing::postgres_admin_url())
             }));
         }
-        let seed = Seed::dev();
-        let inventory = saga_runtime::service::open_database(&urls[1], 1, &saga_inventory::MIGRATIONS).await.unwrap();
-        seed.apply_stock(&inventory).await.unwrap();
-        let payment = saga_runtime::service::open_database(&urls[2], 1, &saga_payment::MIGRATIONS).await.unwrap();
-        seed.apply_accounts(&payment).await.unwrap();
+        seed(&urls[1], &urls[2]).await;
         urls
     });
 
@@ -213,12 +177,7 @@ fn two_instances_of_each_service_share_the_partitions() {
     for (name, db) in names.iter().zip(&dbs) {
         for i in 0..INSTANCES {
             let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let bin: &'static str = match *name {
-                "order" => "saga-order",
-                "inventory" => "saga-inventory",
-                "payment" => "saga-payment",
-                _ => "saga-orchestrator",
-            };
+            let bin = service_binary(name);
             let log_name: &'static str = Box::leak(format!("{bin}-{i}").into_boxed_str());
             let log = std::fs::File::create(dir.path().join(format!("{log_name}.log"))).unwrap();
             let mut cmd = Command::new(binary(bin));
@@ -276,28 +235,12 @@ fn two_instances_of_each_service_share_the_partitions() {
 
     let n = 70;
     let statuses = rt.block_on(async {
-        let codec = Codec::new(&registry_url).unwrap();
-        let mut registered = false;
-        for _ in 0..100 {
-            if codec.register(&[PlaceOrder::FULL_NAME]).await.is_ok() {
-                registered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert!(registered, "the registry process never answered at {registry_url}");
-        let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
-        kafka.bootstrap_servers = bootstrap.clone();
-        let producer = saga_runtime::kafka::producer(&kafka, "test").unwrap();
+        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
         let mut ids = Vec::new();
         for i in 0..n {
             let (order, _) = sample_order("scale", i);
             ids.push(order.order_id.clone());
-            let message: Message = order.into();
-            let payload = codec.encode(&message).await.unwrap();
-            let topic = topics.name(TopicKind::OrderCommands);
-            let record = rdkafka::producer::FutureRecord::to(&topic).key(message.order_id()).payload(&payload);
-            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            client.place(order, None).await;
         }
         let orders = saga_store::Db::connect(&dbs[0], 1).await.unwrap();
         let sagas = saga_store::Db::connect(&dbs[3], 1).await.unwrap();

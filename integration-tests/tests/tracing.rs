@@ -11,14 +11,11 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use saga_cli::sample::sample_order;
-use saga_cli::seed::Seed;
-use saga_contracts::{Message, PlaceOrder, TopicKind, Topics};
-use saga_integration_tests::procs::{spawn, terminate, Proc};
+use saga_contracts::{PlaceOrder, Topics};
+use saga_integration_tests::procs::{seed, service_binary, spawn, terminate, OrderClient, Proc};
 use saga_order::domain::OrderStatus;
-use saga_runtime::codec::Codec;
 use serde_json::Value;
 
 #[derive(Debug, Clone)]
@@ -103,15 +100,6 @@ fn service_env(name: &str, bootstrap: &str, registry_url: &str, db: &str, otlp: 
     ]
 }
 
-fn bin(name: &str) -> &'static str {
-    match name {
-        "order" => "saga-order",
-        "inventory" => "saga-inventory",
-        "payment" => "saga-payment",
-        _ => "saga-orchestrator",
-    }
-}
-
 /// The message types of the `process` spans from `leaf` up to the root, root first, checking on
 /// the way that each `process` span hangs under a `publish` span under the previous `process`.
 fn causal_chain(trace: &[SpanRec], leaf: &SpanRec) -> Vec<String> {
@@ -159,19 +147,13 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (otlp, spans) = rt.block_on(receiver());
-    rt.block_on(async {
-        let seed = Seed::dev();
-        let inventory = saga_runtime::service::open_database(&db("inventory"), 1, &saga_inventory::MIGRATIONS).await.unwrap();
-        seed.apply_stock(&inventory).await.unwrap();
-        let payment = saga_runtime::service::open_database(&db("payment"), 1, &saga_payment::MIGRATIONS).await.unwrap();
-        seed.apply_accounts(&payment).await.unwrap();
-    });
+    rt.block_on(seed(&db("inventory"), &db("payment")));
     let registry = spawn(
         "saga-registry",
         &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db("registry"))],
         dir.path(),
     );
-    let start = |name: &str| -> Proc { spawn(bin(name), &service_env(name, &bootstrap, &registry_url, &db(name), &otlp), dir.path()) };
+    let start = |name: &str| -> Proc { spawn(service_binary(name), &service_env(name, &bootstrap, &registry_url, &db(name), &otlp), dir.path()) };
     let mut running: HashMap<&str, Proc> = ["order", "inventory", "payment", "orchestrator"].into_iter().map(|n| (n, start(n))).collect();
 
     // A traced client: its traceparent makes the saga part of the client's trace.
@@ -181,32 +163,8 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let (declined, _) = sample_order("trace", 6);
     let (after_restart, _) = sample_order("trace", 1);
 
-    let codec = Codec::new(&registry_url).unwrap();
-    let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
-    kafka.bootstrap_servers = bootstrap.clone();
-    let producer = saga_runtime::kafka::producer(&kafka, "test").unwrap();
-    let send = |order: PlaceOrder, traceparent: Option<String>| {
-        rt.block_on(async {
-            let mut registered = false;
-            for _ in 0..100 {
-                if codec.register(&[PlaceOrder::FULL_NAME]).await.is_ok() {
-                    registered = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            assert!(registered, "the registry process never answered at {registry_url}");
-            let message: Message = order.into();
-            let payload = codec.encode(&message).await.unwrap();
-            let topic = topics.name(TopicKind::OrderCommands);
-            let mut headers = OwnedHeaders::new();
-            if let Some(tp) = &traceparent {
-                headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_bytes()) });
-            }
-            let record = rdkafka::producer::FutureRecord::to(&topic).key(message.order_id()).payload(&payload).headers(headers);
-            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-        })
-    };
+    let client = rt.block_on(OrderClient::connect(&registry_url, &bootstrap, &topics));
+    let send = |order: PlaceOrder, traceparent: Option<String>| rt.block_on(client.place(order, traceparent.as_deref()));
     let wait_final = |id: &str| {
         rt.block_on(async {
             let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
