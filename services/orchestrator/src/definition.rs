@@ -74,6 +74,19 @@ pub struct Step {
     pub failed_on: &'static [Reply],
     /// How to undo the step, for compensatable steps.
     pub compensation: Option<Compensation>,
+    /// For a pivot: the command that makes its outcome harmless when its reply never came (the
+    /// participant voids what was done, or refuses it if it arrives later). Used only on a
+    /// timeout or an operator abort, never after a reply said the step failed.
+    pub cancel: Option<Compensation>,
+    /// How long to wait for the step's reply before a timeout (first attempt; retries back off).
+    pub timeout_ms: u64,
+}
+
+impl Step {
+    /// What undoes this step when its outcome is unknown: its compensation, or a pivot's cancel.
+    pub fn undo(&self) -> Option<Compensation> {
+        self.compensation.or(self.cancel)
+    }
 }
 
 /// A saga type: its steps in order, and what to do once everything is compensated.
@@ -87,6 +100,8 @@ pub struct SagaDefinition {
     pub steps: Vec<Step>,
     /// Final action after a failure has been compensated (it must eventually succeed).
     pub on_compensated: Compensation,
+    /// How long to wait for the reply of a compensation or of the final action (first attempt).
+    pub compensation_timeout_ms: u64,
 }
 
 impl SagaDefinition {
@@ -103,8 +118,13 @@ impl SagaDefinition {
                 StepKind::Compensatable if pivot.is_some_and(|p| i > p) => return Err(format!("{}: compensatable step {} after the pivot", self.name, s.name)),
                 StepKind::Retriable if pivot.is_some_and(|p| i < p) => return Err(format!("{}: retriable step {} before the pivot", self.name, s.name)),
                 StepKind::Pivot | StepKind::Retriable if s.compensation.is_some() => return Err(format!("{}: step {} cannot be compensated", self.name, s.name)),
+                StepKind::Compensatable | StepKind::Retriable if s.cancel.is_some() => return Err(format!("{}: only a pivot has a cancel action ({})", self.name, s.name)),
+                _ if s.timeout_ms == 0 => return Err(format!("{}: step {} has no timeout", self.name, s.name)),
                 _ => {}
             }
+        }
+        if self.compensation_timeout_ms == 0 {
+            return Err(format!("{}: compensations have no timeout", self.name));
         }
         Ok(())
     }
@@ -124,6 +144,8 @@ pub fn order_saga() -> SagaDefinition {
                 succeeded_on: Reply::StockReserved,
                 failed_on: &[Reply::StockReservationFailed],
                 compensation: Some(Compensation { action: Action::ReleaseStock, done_on: Reply::StockReleased }),
+                cancel: None,
+                timeout_ms: 30_000,
             },
             Step {
                 name: "authorize_payment",
@@ -132,6 +154,9 @@ pub fn order_saga() -> SagaDefinition {
                 succeeded_on: Reply::PaymentAuthorized,
                 failed_on: &[Reply::PaymentDeclined],
                 compensation: None,
+                // An authorization whose reply is lost is voided; payment refuses a late one.
+                cancel: Some(Compensation { action: Action::VoidPayment, done_on: Reply::PaymentVoided }),
+                timeout_ms: 30_000,
             },
             Step {
                 name: "approve_order",
@@ -140,9 +165,12 @@ pub fn order_saga() -> SagaDefinition {
                 succeeded_on: Reply::OrderApproved,
                 failed_on: &[],
                 compensation: None,
+                cancel: None,
+                timeout_ms: 30_000,
             },
         ],
         on_compensated: Compensation { action: Action::RejectOrder, done_on: Reply::OrderRejected },
+        compensation_timeout_ms: 30_000,
     }
 }
 
@@ -166,5 +194,11 @@ mod tests {
         let mut d = order_saga();
         d.steps.swap(0, 2);
         assert!(d.validate().is_err());
+        let mut d = order_saga();
+        d.steps[1].timeout_ms = 0;
+        assert!(d.validate().unwrap_err().contains("has no timeout"));
+        let mut d = order_saga();
+        d.steps[2].cancel = d.steps[1].cancel;
+        assert!(d.validate().unwrap_err().contains("only a pivot"));
     }
 }

@@ -4,12 +4,14 @@
 //! - [`definition`]: saga definitions as data (steps, kinds, compensations).
 //! - [`saga`]: the interpreter, a pure state machine over a definition.
 //! - [`store`]: the `sagas` table, the append-only `saga_log`, and stray replies.
+//! - [`control`]: inputs that are not replies: deadlines, dead letters, operator commands.
 //! - this file: [`Orchestrator`], the handler that turns events into transitions and commands.
 //!
 //! Every transition (saga row update, log entry, commands in the outbox) commits in the
 //! transaction of the reply that caused it, so a crash can neither lose a step nor send it twice
 //! in effect: commands carry idempotency keys derived from saga id, step, phase and attempt.
 
+pub mod control;
 pub mod definition;
 mod metrics;
 pub mod saga;
@@ -27,7 +29,7 @@ use std::sync::OnceLock;
 use crate::metrics::{Observation, Pending, SagaMetrics};
 
 use crate::definition::{order_saga, Action, Reply, SagaDefinition};
-use crate::saga::{Command, Outcome, Transition};
+use crate::saga::{Command, Outcome, Timing, Transition};
 use crate::store::{LogEntry, SagaData, SagaRecord};
 
 /// Migrations of the saga tables (versions 2300–2399).
@@ -39,6 +41,10 @@ pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
 /// Drives order sagas.
 pub struct Orchestrator {
     definition: SagaDefinition,
+    /// Deadlines and retry limits (from `saga.*` settings).
+    timing: Timing,
+    /// How often due deadlines are looked for.
+    timer_interval: std::time::Duration,
     metrics: OnceLock<SagaMetrics>,
     pending: Pending,
 }
@@ -47,7 +53,13 @@ impl Default for Orchestrator {
     fn default() -> Self {
         let definition = order_saga();
         definition.validate().expect("the built-in saga definition is well formed");
-        Orchestrator { definition, metrics: OnceLock::new(), pending: Pending::default() }
+        Orchestrator {
+            definition,
+            timing: Timing::default(),
+            timer_interval: std::time::Duration::from_millis(500),
+            metrics: OnceLock::new(),
+            pending: Pending::default(),
+        }
     }
 }
 
@@ -96,6 +108,32 @@ impl Handler for Orchestrator {
         Some(web::router(db.clone()))
     }
 
+    fn configure(&mut self, settings: &saga_runtime::ServiceSettings) {
+        self.timing = timing_of(&settings.saga);
+        self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
+    }
+
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        Some(self.timer_interval)
+    }
+
+    async fn due(&self, db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<saga_runtime::timers::Due>, sqlx::Error> {
+        let due = store::due(db, now_ms, limit).await?;
+        Ok(due.into_iter().map(|(id, trace_parent)| saga_runtime::timers::Due { id, trace_parent }).collect())
+    }
+
+    async fn fire(&self, conn: &mut AnyConnection, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
+        control::on_deadline(self, conn, id, now_ms).await
+    }
+
+    fn watches_dead_letters(&self) -> bool {
+        true
+    }
+
+    async fn on_dead_letter(&self, conn: &mut AnyConnection, letter: &saga_runtime::timers::DeadLetterSeen) -> Result<(), HandleError> {
+        control::on_dead_letter(self, conn, letter).await
+    }
+
     async fn refresh_gauges(&self, db: &saga_store::Db) {
         let Some(m) = self.metrics.get() else { return };
         match store::count_by_status(db).await {
@@ -137,10 +175,13 @@ impl Orchestrator {
             updated_at_ms: now,
             version: 1,
             trace_parent: saga_runtime::telemetry::current_traceparent(),
+            deadline_at_ms: None,
         };
+        let record = SagaRecord { deadline_at_ms: self.deadline_at(&record.saga_id, &transition.state), ..record };
         store::insert(conn, &record).await?;
-        let commands = self.commands(&record, &transition, &created.envelope);
-        let entry = log_entry(1, None, &transition, &created.envelope, OrderCreated::FULL_NAME, &commands, None);
+        let cause = Cause::message(&created.envelope.message_id, OrderCreated::FULL_NAME);
+        let commands = self.commands(&record, &transition, &cause);
+        let entry = log_entry(1, None, &transition, &cause, &commands, None);
         store::append_log(conn, &saga_id, &entry).await?;
         self.pending.push(Observation::Started);
         tracing::info!(saga_id = %saga_id, order_id = %saga_id, "saga started");
@@ -168,68 +209,131 @@ impl Orchestrator {
                 saga.definition_version, self.definition.version
             )));
         }
-        let seq = saga.version + 1;
+        let cause = Cause::message(&envelope.message_id, message.full_name());
         match saga::on_reply(&self.definition, &saga.state, reply, reason) {
-            Outcome::Applied(transition) => {
-                if !store::update(conn, saga_id, saga.version, &transition.state).await? {
-                    return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
-                }
-                let commands = self.commands(&saga, &transition, envelope);
-                let entry = log_entry(seq, Some(&saga), &transition, envelope, message.full_name(), &commands, reason);
-                store::append_log(conn, saga_id, &entry).await?;
-                let now = saga_store::now_ms();
-                let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
-                self.pending.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
-                if transition.state.status.is_terminal() {
-                    let outcome = transition.state.status.as_str().to_ascii_lowercase();
-                    self.pending.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
-                }
-                tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
-                Ok(commands)
-            }
+            Outcome::Applied(transition) => self.record(conn, &saga, &transition, &cause, reason).await,
             Outcome::Ignored(why) => {
-                // Recorded in the log (the version moves so the entry has its own seq), never applied.
-                if !store::update(conn, saga_id, saga.version, &saga.state).await? {
-                    return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
-                }
-                let entry = LogEntry {
-                    seq,
-                    at_ms: saga_store::now_ms(),
-                    event: "ignored".into(),
-                    step: None,
-                    from_status: Some(saga.state.status.as_str().into()),
-                    to_status: saga.state.status.as_str().into(),
-                    cause_message_id: Some(envelope.message_id.clone()),
-                    cause_message_type: Some(message.full_name().into()),
-                    sent: vec![],
-                    detail: Some(why.clone()),
-                    trace_parent: saga_runtime::telemetry::current_traceparent(),
-                };
-                store::append_log(conn, saga_id, &entry).await?;
+                self.record_ignored(conn, &saga, &cause, &why).await?;
                 tracing::info!(saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
                 Ok(vec![])
             }
         }
     }
 
-    fn commands(&self, saga: &SagaRecord, transition: &Transition, cause: &Envelope) -> Vec<Message> {
+    /// The saga definition this orchestrator runs.
+    pub fn definition(&self) -> &SagaDefinition {
+        &self.definition
+    }
+
+    /// Deadlines and retry limits.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// An orchestrator with these deadlines and retry limits.
+    pub fn with_timing(timing: Timing) -> Orchestrator {
+        Orchestrator { timing, ..Orchestrator::default() }
+    }
+
+    /// When the wait of `state` times out: its deadline plus up to 20% jitter, so sagas that
+    /// timed out together do not retry together.
+    fn deadline_at(&self, saga_id: &str, state: &saga::SagaState) -> Option<i64> {
+        use std::hash::BuildHasher;
+        let base = saga::deadline_in_ms(&self.definition, state, &self.timing)?;
+        let spread = base / 5;
+        let jitter = if spread == 0 { 0 } else { std::collections::hash_map::RandomState::new().hash_one((saga_id, state.attempt)) % spread };
+        Some(saga_store::now_ms() + (base + jitter) as i64)
+    }
+
+    /// Stores `transition` of `saga` (optimistically: a concurrent change is a conflict, retried
+    /// by the caller), logs it with its cause, and returns the commands it sends.
+    pub async fn record(
+        &self,
+        conn: &mut AnyConnection,
+        saga: &SagaRecord,
+        transition: &Transition,
+        cause: &Cause<'_>,
+        reason: Option<&str>,
+    ) -> Result<Vec<Message>, HandleError> {
+        let saga_id = saga.saga_id.as_str();
+        let deadline = self.deadline_at(saga_id, &transition.state);
+        if !store::update(conn, saga_id, saga.version, &transition.state, deadline).await? {
+            return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
+        }
+        let commands = self.commands(saga, transition, cause);
+        let detail = reason.or(transition.detail.as_deref());
+        let entry = log_entry(saga.version + 1, Some(saga), transition, cause, &commands, detail);
+        store::append_log(conn, saga_id, &entry).await?;
+        let now = saga_store::now_ms();
+        let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
+        self.pending.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
+        if transition.state.status.is_terminal() {
+            let outcome = transition.state.status.as_str().to_ascii_lowercase();
+            self.pending.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
+        }
+        tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
+        Ok(commands)
+    }
+
+    /// Logs an input the saga did not act on, with why; the saga itself does not change (its
+    /// version moves so the entry has its own seq).
+    pub async fn record_ignored(&self, conn: &mut AnyConnection, saga: &SagaRecord, cause: &Cause<'_>, why: &str) -> Result<(), HandleError> {
+        if !store::update(conn, &saga.saga_id, saga.version, &saga.state, saga.deadline_at_ms).await? {
+            return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
+        }
+        let entry = LogEntry {
+            seq: saga.version + 1,
+            at_ms: saga_store::now_ms(),
+            event: "ignored".into(),
+            step: None,
+            from_status: Some(saga.state.status.as_str().into()),
+            to_status: saga.state.status.as_str().into(),
+            cause_message_id: cause.id.map(str::to_string),
+            cause_message_type: Some(cause.kind.into()),
+            sent: vec![],
+            detail: Some(why.to_string()),
+            trace_parent: saga_runtime::telemetry::current_traceparent(),
+        };
+        store::append_log(conn, &saga.saga_id, &entry).await?;
+        Ok(())
+    }
+
+    fn commands(&self, saga: &SagaRecord, transition: &Transition, cause: &Cause<'_>) -> Vec<Message> {
         transition
             .commands
             .iter()
-            .map(|c| build_command(c, saga, transition.state.failure.as_deref(), cause))
+            .map(|c| build_command(c, saga, transition.state.failure.as_deref(), cause.id))
             .collect()
     }
 }
 
-fn log_entry(
-    seq: i64,
-    before: Option<&SagaRecord>,
-    transition: &Transition,
-    cause: &Envelope,
-    cause_type: &str,
-    sent: &[Message],
-    reason: Option<&str>,
-) -> LogEntry {
+/// What made a saga move: a message (its id and type), or a deadline, a dead letter or an
+/// operator (a kind, and a reference when there is one).
+#[derive(Debug, Clone, Copy)]
+pub struct Cause<'a> {
+    /// Message id or reference, when there is one.
+    pub id: Option<&'a str>,
+    /// Message type, or `deadline`, `dead-letter`, `operator`.
+    pub kind: &'a str,
+}
+
+impl<'a> Cause<'a> {
+    /// A consumed message.
+    pub fn message(id: &'a str, full_name: &'a str) -> Cause<'a> {
+        Cause { id: Some(id), kind: full_name }
+    }
+}
+
+/// The orchestrator's timing from its settings.
+pub fn timing_of(settings: &saga_runtime::config::SagaSettings) -> Timing {
+    Timing {
+        timeout_override_ms: (settings.step_timeout_ms > 0).then_some(settings.step_timeout_ms),
+        max_delay_ms: settings.retry_max_delay_ms,
+        max_compensation_attempts: settings.compensation_max_attempts,
+    }
+}
+
+fn log_entry(seq: i64, before: Option<&SagaRecord>, transition: &Transition, cause: &Cause<'_>, sent: &[Message], detail: Option<&str>) -> LogEntry {
     LogEntry {
         seq,
         at_ms: saga_store::now_ms(),
@@ -237,10 +341,10 @@ fn log_entry(
         step: Some(transition.step.into()),
         from_status: before.map(|s| s.state.status.as_str().to_string()),
         to_status: transition.state.status.as_str().into(),
-        cause_message_id: Some(cause.message_id.clone()),
-        cause_message_type: Some(cause_type.into()),
+        cause_message_id: cause.id.map(str::to_string),
+        cause_message_type: Some(cause.kind.into()),
         sent: sent.iter().map(|m| m.envelope().message_id.clone()).collect(),
-        detail: reason.map(str::to_string),
+        detail: detail.map(str::to_string),
         trace_parent: saga_runtime::telemetry::current_traceparent(),
     }
 }
@@ -261,7 +365,7 @@ fn reply_of(message: &Message) -> Option<(Reply, Option<&str>)> {
 }
 
 /// Builds the wire command for a decision. Its message id is the command's idempotency key.
-fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>, cause: &Envelope) -> Message {
+pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>, causation_id: Option<&str>) -> Message {
     let full_name = match command.action {
         Action::ReserveStock => ReserveStock::FULL_NAME,
         Action::ReleaseStock => ReleaseStock::FULL_NAME,
@@ -275,7 +379,7 @@ fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>, ca
         message_type: full_name.to_string(),
         saga_id: Some(saga.saga_id.clone()),
         correlation_id: saga.correlation_id.clone(),
-        causation_id: Some(cause.message_id.clone()),
+        causation_id: causation_id.map(str::to_string),
         occurred_at_ms: saga_store::now_ms(),
     };
     let order_id = saga.data.order_id.clone();

@@ -44,6 +44,9 @@ pub struct SagaRecord {
     pub version: i64,
     /// W3C `traceparent` of the span that started the saga: the saga's trace.
     pub trace_parent: Option<String>,
+    /// When the awaited reply times out, ms since epoch; `None` when nothing is awaited on a
+    /// deadline.
+    pub deadline_at_ms: Option<i64>,
 }
 
 impl SagaRecord {
@@ -86,7 +89,7 @@ pub struct LogEntry {
 }
 
 const SELECT_SAGA: &str = "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
-     correlation_id, created_at_ms, updated_at_ms, version, trace_parent FROM sagas";
+     correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason FROM sagas";
 
 fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
     let status: String = r.get(3);
@@ -101,6 +104,7 @@ fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
             position: Position::decode(&position).ok_or_else(|| corrupt(format!("unknown saga position {position}")))?,
             attempt: r.get::<i64, _>(5) as u32,
             failure: r.get(6),
+            blocked: r.get(14),
         },
         data: serde_json::from_str(&r.get::<String, _>(7)).map_err(|e| corrupt(format!("saga data: {e}")))?,
         correlation_id: r.get(8),
@@ -108,6 +112,7 @@ fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
         updated_at_ms: r.get(10),
         version: r.get(11),
         trace_parent: r.get(12),
+        deadline_at_ms: r.get(13),
     })
 }
 
@@ -120,8 +125,8 @@ pub async fn load(conn: &mut AnyConnection, saga_id: &str) -> Result<Option<Saga
 /// Inserts a new saga at version 1.
 pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11)",
+        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13)",
     )
     .bind(&saga.saga_id)
     .bind(&saga.saga_type)
@@ -134,23 +139,33 @@ pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), s
     .bind(&saga.correlation_id)
     .bind(saga.created_at_ms)
     .bind(saga.trace_parent.as_deref())
+    .bind(saga.deadline_at_ms)
+    .bind(saga.state.blocked.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Moves a saga from `version` to `version + 1`. Returns false when another writer moved it
-/// first (the caller retries with a fresh read).
-pub async fn update(conn: &mut AnyConnection, saga_id: &str, version: i64, state: &SagaState) -> Result<bool, sqlx::Error> {
+/// Moves a saga from `version` to `version + 1`, with the deadline of its new wait. Returns false
+/// when another writer moved it first (the caller retries with a fresh read).
+pub async fn update(
+    conn: &mut AnyConnection,
+    saga_id: &str,
+    version: i64,
+    state: &SagaState,
+    deadline_at_ms: Option<i64>,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1 \
-         WHERE saga_id = $6 AND version = $7",
+        "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
+         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9",
     )
     .bind(state.status.as_str())
     .bind(state.position.encode())
     .bind(i64::from(state.attempt))
     .bind(state.failure.as_deref())
     .bind(saga_store::now_ms())
+    .bind(deadline_at_ms)
+    .bind(state.blocked.as_deref())
     .bind(saga_id)
     .bind(version)
     .execute(&mut *conn)
@@ -179,6 +194,16 @@ pub async fn append_log(conn: &mut AnyConnection, saga_id: &str, entry: &LogEntr
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Sagas whose deadline passed at `now_ms`, earliest first, with their trace context.
+pub async fn due(db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT saga_id, trace_parent FROM sagas WHERE deadline_at_ms <= $1 ORDER BY deadline_at_ms LIMIT $2")
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Records a reply for a saga that does not exist.

@@ -32,6 +32,23 @@ pub struct ServiceSettings {
     pub relay: RelaySettings,
     /// Health and readiness endpoints.
     pub http: HttpSettings,
+    /// Step deadlines and retries (read by the orchestrator only).
+    pub saga: SagaSettings,
+}
+
+/// The orchestrator's deadlines and retries; the other services ignore them.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SagaSettings {
+    /// First-attempt timeout of every step and compensation, in milliseconds; 0 keeps each step's
+    /// own timeout from the saga definition (30 s for the order saga).
+    pub step_timeout_ms: u64,
+    /// Attempts of a compensation (or the final action) before the saga is STUCK.
+    pub compensation_max_attempts: u32,
+    /// Longest wait between attempts after exponential backoff, in milliseconds.
+    pub retry_max_delay_ms: u64,
+    /// How often due deadlines are looked for, in milliseconds.
+    pub timer_interval_ms: u64,
 }
 
 /// The service's HTTP endpoints: `/healthz` (alive) and `/readyz` (database, registry and broker
@@ -160,12 +177,13 @@ impl ServiceSettings {
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100 },
             http: HttpSettings { bind: default_http_bind(service).into() },
+            saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500 },
         }
     }
 
     /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables.
     pub fn load(service: &str, file: Option<&Path>) -> Result<ServiceSettings, ConfigError> {
-        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay", "http"];
+        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay", "http", "saga"];
         let mut settings: ServiceSettings = layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections)
             .extract()
             .map_err(ConfigError::from_figment)?;
@@ -217,6 +235,15 @@ impl ServiceSettings {
         }
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.bind", "must be host:port with a numeric address, e.g. 127.0.0.1:9101, or empty");
+        }
+        if self.saga.compensation_max_attempts < 1 {
+            return invalid("saga.compensation_max_attempts", "must be at least 1");
+        }
+        if self.saga.retry_max_delay_ms < 1 {
+            return invalid("saga.retry_max_delay_ms", "must be at least 1");
+        }
+        if !(10..=60_000).contains(&self.saga.timer_interval_ms) {
+            return invalid("saga.timer_interval_ms", "must be between 10 and 60000");
         }
         Ok(())
     }
@@ -369,6 +396,8 @@ impl fmt::Debug for ServiceSettings {
             .field("consumer.batch_size", &self.consumer.batch_size)
             .field("relay.batch_size", &self.relay.batch_size)
             .field("http.bind", &self.http.bind)
+            .field("saga.step_timeout_ms", &self.saga.step_timeout_ms)
+            .field("saga.compensation_max_attempts", &self.saga.compensation_max_attempts)
             .finish()
     }
 }
@@ -417,6 +446,16 @@ mod tests {
     fn invalid_value_names_the_key() {
         let e = load("[kafka]\npartitions = 0\n").unwrap_err().to_string();
         assert!(e.contains("kafka.partitions"), "{e}");
+    }
+
+    #[test]
+    fn saga_timing_is_read_and_checked_with_the_key_named() {
+        let s = load("[saga]\nstep_timeout_ms = 1500\ncompensation_max_attempts = 2\n").unwrap();
+        assert_eq!((s.saga.step_timeout_ms, s.saga.compensation_max_attempts), (1500, 2));
+        let e = load("[saga]\ncompensation_max_attempts = 0\n").unwrap_err().to_string();
+        assert!(e.contains("saga.compensation_max_attempts"), "{e}");
+        let e = load("[saga]\ntimer_interval_ms = 1\n").unwrap_err().to_string();
+        assert!(e.contains("saga.timer_interval_ms"), "{e}");
     }
 
     #[test]

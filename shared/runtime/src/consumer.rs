@@ -105,6 +105,37 @@ pub trait Handler: Send + Sync + 'static {
     fn refresh_gauges<'a>(&'a self, _db: &'a saga_store::Db) -> impl Future<Output = ()> + Send + 'a {
         async {}
     }
+
+    /// Takes the settings the handler itself reads (the orchestrator's deadlines); called once,
+    /// before anything runs.
+    fn configure(&mut self, _settings: &crate::ServiceSettings) {}
+
+    /// How often to look for work that falls due without a message (deadlines); `None`: never.
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Work due at `now_ms`, at most `limit` items, each with the W3C `traceparent` to run it under.
+    fn due<'a>(&'a self, _db: &'a saga_store::Db, _now_ms: i64, _limit: i64) -> impl Future<Output = Result<Vec<crate::timers::Due>, sqlx::Error>> + Send + 'a {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
+    /// does nothing); returns the messages to publish, which go to the outbox in that transaction.
+    fn fire<'c>(&'c self, _conn: &'c mut AnyConnection, _id: &'c str, _now_ms: i64) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Whether this service follows the dead-letter topics of the whole system (the orchestrator
+    /// parks the saga of a dead-lettered message).
+    fn watches_dead_letters(&self) -> bool {
+        false
+    }
+
+    /// A record reached a dead-letter topic; runs in a transaction of its own.
+    fn on_dead_letter<'c>(&'c self, _conn: &'c mut AnyConnection, _letter: &'c crate::timers::DeadLetterSeen) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
+        async { Ok(()) }
+    }
 }
 
 /// Everything the consume loop needs besides the handler.

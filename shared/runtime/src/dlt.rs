@@ -41,6 +41,11 @@ pub mod headers {
     pub const ERROR_MESSAGE: &str = "saga.dlt.error.message";
     /// When it was dead-lettered.
     pub const FAILED_AT: &str = "saga.dlt.failed.at";
+    /// Every header above starts with this; a redriven record carries none of them.
+    pub const PREFIX: &str = "saga.dlt.";
+    /// How many times `sagactl dlt redrive` has sent this record back to its topic. Set on the
+    /// redriven record; a dead letter carries it among the original headers it copies.
+    pub const REDRIVE_COUNT: &str = "saga.redrive.count";
 }
 
 /// Longest error message written into a dead letter's headers.

@@ -83,6 +83,24 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
     config
 }
 
+/// A consumer for operator tools (`sagactl dlt`): it reads the partitions it assigns itself, joins
+/// no group and never commits on its own; `group_id` is only where it commits when told to.
+pub fn reader_config(settings: &KafkaSettings, client_id: &str, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("client.id", client_id)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
+    for (k, v) in base_config(settings).config_map() {
+        config.set(k, v);
+    }
+    config
+}
+
 /// Creates the topics that are missing, with the given partition count. Topics that exist are
 /// left as they are.
 pub async fn create_topics(settings: &KafkaSettings, topics: &[String]) -> Result<(), KafkaSetupError> {

@@ -12,6 +12,7 @@
 //!   `/metrics` on the same listener.
 //! - [`metrics`]: the Prometheus metrics of one service instance.
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
+//! - [`timers`]: deadlines that fall due, and the dead-letter topics a handler may follow.
 //! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
 //! # Delivery guarantee
@@ -33,6 +34,7 @@ pub mod relay;
 pub mod service;
 pub mod telemetry;
 pub mod testing;
+pub mod timers;
 
 pub use config::ServiceSettings;
 pub use metrics::Metrics;

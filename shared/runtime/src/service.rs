@@ -66,6 +66,8 @@ pub struct Service<H: Handler> {
     topics: Topics,
     http: Option<tokio::net::TcpListener>,
     metrics: Metrics,
+    /// Follows the system's dead-letter topics, for a handler that watches them.
+    dead_letter_consumer: Option<StreamConsumer<LoggingContext>>,
 }
 
 impl<H: Handler> Service<H> {
@@ -77,7 +79,8 @@ impl<H: Handler> Service<H> {
     }
 
     /// Like [`Service::build`], with a database the caller opened and migrated.
-    pub async fn build_with_db(settings: ServiceSettings, handler: H, db: Db) -> Result<Service<H>, ServiceError> {
+    pub async fn build_with_db(settings: ServiceSettings, mut handler: H, db: Db) -> Result<Service<H>, ServiceError> {
+        handler.configure(&settings);
         let topics = Topics::new(settings.topics.prefix.clone());
         let codec = Arc::new(Codec::connect(&settings.registry).map_err(|e| ServiceError::Registry(e.to_string()))?);
         let client_id = format!("saga-{}", H::SERVICE);
@@ -93,11 +96,24 @@ impl<H: Handler> Service<H> {
         let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
+        let dead_letter_consumer = if handler.watches_dead_letters() {
+            let mut kafka = settings.kafka.clone();
+            kafka.group_id = format!("{}.dead-letters", settings.kafka.group_id);
+            let c: StreamConsumer<LoggingContext> = kafka::consumer_config(&kafka, &format!("{client_id}-dead-letters"))
+                .create_with_context(LoggingContext::logging(H::SERVICE))
+                .map_err(kafka::KafkaSetupError::from)?;
+            let dlts: Vec<String> = topics.all_with_dlts().into_iter().filter(|t| t.ends_with(saga_contracts::topics::DLT_SUFFIX)).collect();
+            let refs: Vec<&str> = dlts.iter().map(String::as_str).collect();
+            c.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
+            Some(c)
+        } else {
+            None
+        };
         let http = match settings.http.bind.as_str() {
             "" => None,
             addr => Some(crate::health::bind(addr).await.map_err(|source| ServiceError::Http { addr: addr.into(), source })?),
         };
-        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics })
+        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics, dead_letter_consumer })
     }
 
     /// The instance's metrics (served at `/metrics` when the HTTP endpoints are on).
@@ -188,6 +204,23 @@ impl<H: Handler> Service<H> {
             H::SERVICE,
             relay_stop.clone(),
         ));
+        // Deadlines and dead letters write to the outbox, so they stop before the relay does.
+        let side_stop = CancellationToken::new();
+        let mut side_tasks = Vec::new();
+        if let Some(interval) = self.handler.timer_interval() {
+            let timers = crate::timers::Timers {
+                handler: self.handler.clone(),
+                db: self.db.clone(),
+                codec: self.codec.clone(),
+                topics: self.topics.clone(),
+                relay_wakeup: wakeup.clone(),
+                interval,
+            };
+            side_tasks.push(tokio::spawn(timers.run(side_stop.clone())));
+        }
+        if let Some(consumer) = self.dead_letter_consumer {
+            side_tasks.push(tokio::spawn(crate::timers::watch_dead_letters(self.handler.clone(), consumer, self.db.clone(), side_stop.clone())));
+        }
         let consume = ConsumeLoop {
             handler: self.handler,
             consumer: self.consumer,
@@ -202,6 +235,10 @@ impl<H: Handler> Service<H> {
         };
         tracing::info!(service = H::SERVICE, "consuming");
         consume.run(shutdown).await;
+        side_stop.cancel();
+        for t in side_tasks {
+            let _ = t.await;
+        }
         // The consumer stopped and committed; let the relay publish what it committed last.
         relay_stop.cancel();
         let _ = relay_task.await;

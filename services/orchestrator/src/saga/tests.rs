@@ -81,7 +81,7 @@ fn stray_and_late_replies_are_ignored() {
     assert!(matches!(on_reply(&def, &s1, Reply::StockReserved, None), Outcome::Ignored(_)));
     let compensating = apply(&def, &s1, Reply::PaymentDeclined).state;
     assert!(matches!(on_reply(&def, &compensating, Reply::PaymentAuthorized, None), Outcome::Ignored(_)));
-    let done = SagaState { status: Status::Completed, position: Position::Done, attempt: 0, failure: None };
+    let done = SagaState { status: Status::Completed, position: Position::Done, attempt: 0, failure: None, blocked: None };
     assert!(matches!(on_reply(&def, &done, Reply::OrderApproved, None), Outcome::Ignored(_)));
 }
 
@@ -98,10 +98,122 @@ fn stored_forms_round_trip() {
     for p in [Position::Step(0), Position::Step(2), Position::Compensation(0), Position::Finalizing, Position::Done] {
         assert_eq!(Position::decode(&p.encode()), Some(p));
     }
-    for s in [Status::Running, Status::Compensating, Status::Completed, Status::Compensated] {
+    for s in Status::ALL {
         assert_eq!(Status::parse(s.as_str()), Some(s));
     }
     assert_eq!(Position::decode("step:x"), None);
+}
+
+fn timed_out(def: &SagaDefinition, state: &SagaState, timing: &Timing) -> Transition {
+    match on_timeout(def, state, timing) {
+        Outcome::Applied(t) => t,
+        Outcome::Ignored(why) => panic!("timeout ignored: {why}"),
+    }
+}
+
+#[test]
+fn a_compensatable_step_that_times_out_is_undone_first_and_a_late_success_is_ignored() {
+    let def = order_saga();
+    let timing = Timing::default();
+    let s0 = start(&def).state;
+    let t = timed_out(&def, &s0, &timing);
+    assert_eq!(t.event, "step-timed-out");
+    assert_eq!(t.state.position, Position::Compensation(0));
+    assert_eq!(actions(&t), vec![Action::ReleaseStock], "the reservation may still land, so it is released");
+    assert_eq!(t.commands[0].key("o"), "o:reserve_stock:undo:1");
+    // The StockReserved that arrives late does not move the saga; the release settles it.
+    assert!(matches!(on_reply(&def, &t.state, Reply::StockReserved, None), Outcome::Ignored(_)));
+    let t2 = apply(&def, &t.state, Reply::StockReleased);
+    assert_eq!(actions(&t2), vec![Action::RejectOrder]);
+    assert_eq!(apply(&def, &t2.state, Reply::OrderRejected).state.status, Status::Compensated);
+}
+
+#[test]
+fn a_pivot_that_times_out_is_cancelled_then_earlier_steps_are_compensated() {
+    let def = order_saga();
+    let timing = Timing::default();
+    let s1 = apply(&def, &start(&def).state, Reply::StockReserved).state;
+    let t = timed_out(&def, &s1, &timing);
+    assert_eq!(actions(&t), vec![Action::VoidPayment]);
+    assert!(matches!(on_reply(&def, &t.state, Reply::PaymentAuthorized, None), Outcome::Ignored(_)), "a late authorization is voided, not applied");
+    let t2 = apply(&def, &t.state, Reply::PaymentVoided);
+    assert_eq!(actions(&t2), vec![Action::ReleaseStock]);
+}
+
+#[test]
+fn a_retriable_step_that_times_out_is_sent_again_with_backoff() {
+    let def = order_saga();
+    let timing = Timing { timeout_override_ms: Some(1000), max_delay_ms: 5000, max_compensation_attempts: 3 };
+    let s1 = apply(&def, &start(&def).state, Reply::StockReserved).state;
+    let s2 = apply(&def, &s1, Reply::PaymentAuthorized).state;
+    assert_eq!(deadline_in_ms(&def, &s2, &timing), Some(1000));
+    let mut state = s2;
+    let mut waits = vec![];
+    for attempt in 2..=5 {
+        let t = timed_out(&def, &state, &timing);
+        assert_eq!((t.event, t.state.status, t.commands[0].attempt), ("step-retried", Status::Running, attempt));
+        assert_eq!(actions(&t), vec![Action::ApproveOrder]);
+        state = t.state;
+        waits.push(deadline_in_ms(&def, &state, &timing).unwrap());
+    }
+    assert_eq!(waits, vec![2000, 4000, 5000, 5000], "doubling, capped at max_delay_ms");
+    assert_eq!(apply(&def, &state, Reply::OrderApproved).state.status, Status::Completed);
+}
+
+#[test]
+fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_never_compensated() {
+    let def = order_saga();
+    let timing = Timing { max_compensation_attempts: 3, ..Timing::default() };
+    let s1 = apply(&def, &start(&def).state, Reply::StockReserved).state;
+    let mut state = apply(&def, &s1, Reply::PaymentDeclined).state;
+    for attempt in 2..=3 {
+        let t = timed_out(&def, &state, &timing);
+        assert_eq!((t.event, t.commands[0].attempt), ("compensation-retried", attempt));
+        assert_eq!(t.commands[0].key("o"), format!("o:reserve_stock:undo:{attempt}"));
+        state = t.state;
+    }
+    let stuck = timed_out(&def, &state, &timing);
+    assert_eq!(stuck.state.status, Status::Stuck);
+    assert!(stuck.commands.is_empty());
+    assert!(stuck.state.blocked.as_deref().unwrap().contains("gave up after 3 attempts"), "{:?}", stuck.state.blocked);
+    assert_eq!(deadline_in_ms(&def, &stuck.state, &timing), None, "a stuck saga waits for an operator");
+    assert!(matches!(on_timeout(&def, &stuck.state, &timing), Outcome::Ignored(_)));
+    // An operator retry is one more attempt; a confirmation then ends it properly.
+    let retried = retry(&def, &stuck.state).unwrap();
+    assert_eq!((retried.state.status, retried.commands[0].attempt), (Status::Compensating, 4));
+    let done = apply(&def, &retried.state, Reply::StockReleased);
+    assert_eq!(actions(&done), vec![Action::RejectOrder]);
+    // Even a confirmation that arrives while stuck moves it on.
+    assert_eq!(apply(&def, &stuck.state, Reply::StockReleased).state.status, Status::Compensating);
+}
+
+#[test]
+fn a_parked_saga_waits_without_deadline_and_moves_on_when_its_reply_comes() {
+    let def = order_saga();
+    let s0 = start(&def).state;
+    let Outcome::Applied(p) = park(&s0, "ReserveStock dead-lettered") else { panic!("not parked") };
+    assert_eq!(p.state.status, Status::Parked);
+    assert_eq!(deadline_in_ms(&def, &p.state, &Timing::default()), None);
+    let t = apply(&def, &p.state, Reply::StockReserved);
+    assert_eq!((t.state.status, t.state.blocked.clone()), (Status::Running, None));
+    let done = SagaState { status: Status::Completed, position: Position::Done, attempt: 0, failure: None, blocked: None };
+    assert!(matches!(park(&done, "x"), Outcome::Ignored(_)), "an ended saga is never parked");
+}
+
+#[test]
+fn abort_compensates_from_where_the_saga_stands_and_refuses_past_the_pivot() {
+    let def = order_saga();
+    let s1 = apply(&def, &start(&def).state, Reply::StockReserved).state;
+    let plan: Vec<String> = abort_plan(&def, &s1).unwrap().iter().map(|c| c.key("o")).collect();
+    assert_eq!(plan, vec!["o:authorize_payment:undo:1", "o:reserve_stock:undo:1", "o:finalize:finalize:1"]);
+    let t = abort(&def, &s1, "customer called").unwrap();
+    assert_eq!(actions(&t), vec![Action::VoidPayment]);
+    assert_eq!(t.state.failure.as_deref(), Some("aborted by an operator: customer called"));
+    assert!(abort(&def, &t.state, "again").unwrap_err().contains("already compensating"));
+    let past = apply(&def, &s1, Reply::PaymentAuthorized).state;
+    assert!(abort(&def, &past, "late").unwrap_err().contains("past its pivot"));
+    let plan0: Vec<Action> = abort_plan(&def, &start(&def).state).unwrap().iter().map(|c| c.action).collect();
+    assert_eq!(plan0, vec![Action::ReleaseStock, Action::RejectOrder]);
 }
 
 /// The reply a participant gives to a command, given whether a forward action succeeds.
@@ -128,6 +240,7 @@ proptest::proptest! {
         payment_ok in proptest::bool::ANY,
         duplicates in proptest::collection::vec(proptest::option::of(0usize..8), 0..20),
     ) {
+        // (Timeouts and late replies are covered by the next property.)
         let def = order_saga();
         let t = start(&def);
         let mut state = t.state;
@@ -170,5 +283,139 @@ proptest::proptest! {
         proptest::prop_assert_eq!(count(Action::RejectOrder), usize::from(!(stock_ok && payment_ok)));
         proptest::prop_assert_eq!(count(Action::ReleaseStock), usize::from(stock_ok && !payment_ok));
         proptest::prop_assert_eq!(count(Action::AuthorizePayment), usize::from(stock_ok));
+    }
+}
+
+/// What a participant's state ends as, given the commands it applied in the order they arrived:
+/// a forward action after its undo is refused (the RELEASED/VOIDED tombstones).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    #[default]
+    Nothing,
+    Held,
+    Undone,
+}
+
+fn participant_apply(held: &mut Held, forward: bool, ok: bool) -> bool {
+    match (*held, forward) {
+        (Held::Nothing, true) if ok => { *held = Held::Held; true }
+        (Held::Held, true) => true,
+        (_, true) => false,
+        (_, false) => { *held = Held::Undone; true }
+    }
+}
+
+proptest::proptest! {
+    /// Any interleaving of replies, lost replies (timeouts), duplicates and late deliveries ends
+    /// in a terminal state (or STUCK after its attempts), and what the participants hold agrees
+    /// with it: completed ⇒ stock and payment held and the order approved; compensated ⇒ neither
+    /// held and the order rejected.
+    #[test]
+    fn timeouts_duplicates_and_late_replies_end_consistently(
+        stock_ok in proptest::bool::ANY,
+        payment_ok in proptest::bool::ANY,
+        script in proptest::collection::vec(0u8..7, 1..60),
+    ) {
+        let def = order_saga();
+        let timing = Timing { max_compensation_attempts: 4, ..Timing::default() };
+        let t = start(&def);
+        let mut state = t.state;
+        // Commands in flight, and replies not yet delivered (a reply may be delayed or lost).
+        let mut in_flight: Vec<Command> = t.commands;
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut delivered: Vec<Reply> = Vec::new();
+        let (mut stock, mut payment) = (Held::default(), Held::default());
+        let (mut approved, mut rejected) = (false, false);
+        let mut applied: Vec<Command> = Vec::new();
+        let mut script = script.into_iter().chain(std::iter::repeat(0));
+        for _ in 0..400 {
+            if state.status.is_terminal() || state.status == Status::Stuck {
+                break;
+            }
+            let choice = script.next().unwrap_or(0);
+            let mut input: Option<Outcome> = None;
+            match choice {
+                // A participant applies the oldest command in flight; its reply is queued.
+                0 | 1 if !in_flight.is_empty() => {
+                    let c = in_flight.remove(0);
+                    applied.push(c.clone());
+                    let reply = match c.action {
+                        Action::ReserveStock => if participant_apply(&mut stock, true, stock_ok) { Reply::StockReserved } else { Reply::StockReservationFailed },
+                        Action::ReleaseStock => { participant_apply(&mut stock, false, true); Reply::StockReleased }
+                        Action::AuthorizePayment => if participant_apply(&mut payment, true, payment_ok) { Reply::PaymentAuthorized } else { Reply::PaymentDeclined },
+                        Action::VoidPayment => { participant_apply(&mut payment, false, true); Reply::PaymentVoided }
+                        Action::ApproveOrder => { if !rejected { approved = true; } Reply::OrderApproved }
+                        Action::RejectOrder => { if !approved { rejected = true; } Reply::OrderRejected }
+                    };
+                    replies.push(reply);
+                }
+                // The oldest queued reply reaches the saga.
+                0..=2 if !replies.is_empty() => {
+                    let r = replies.remove(0);
+                    delivered.push(r);
+                    input = Some(on_reply(&def, &state, r, Some("no")));
+                }
+                // A reply is lost.
+                3 if !replies.is_empty() => { replies.remove(0); }
+                // A delivered reply is delivered again.
+                4 if !delivered.is_empty() => {
+                    let r = delivered[delivered.len() / 2];
+                    input = Some(on_reply(&def, &state, r, None));
+                }
+                // A command applied earlier is delivered again (a producer retry, a redrive):
+                // a forward action now may come after its undo.
+                5 if !applied.is_empty() => {
+                    let c = applied[applied.len() / 2].clone();
+                    in_flight.insert(0, c);
+                }
+                // The deadline passes.
+                _ => input = Some(on_timeout(&def, &state, &timing)),
+            }
+            if let Some(Outcome::Applied(t)) = input {
+                state = t.state;
+                in_flight.extend(t.commands);
+            }
+        }
+        // Let everything in flight settle with no more loss, so the end state is final.
+        for _ in 0..200 {
+            if state.status.is_terminal() || state.status == Status::Stuck { break; }
+            if let Some(c) = (!in_flight.is_empty()).then(|| in_flight.remove(0)) {
+                let reply = match c.action {
+                    Action::ReserveStock => if participant_apply(&mut stock, true, stock_ok) { Reply::StockReserved } else { Reply::StockReservationFailed },
+                    Action::ReleaseStock => { participant_apply(&mut stock, false, true); Reply::StockReleased }
+                    Action::AuthorizePayment => if participant_apply(&mut payment, true, payment_ok) { Reply::PaymentAuthorized } else { Reply::PaymentDeclined },
+                    Action::VoidPayment => { participant_apply(&mut payment, false, true); Reply::PaymentVoided }
+                    Action::ApproveOrder => { if !rejected { approved = true; } Reply::OrderApproved }
+                    Action::RejectOrder => { if !approved { rejected = true; } Reply::OrderRejected }
+                };
+                replies.push(reply);
+            }
+            let input = if replies.is_empty() { on_timeout(&def, &state, &timing) } else { on_reply(&def, &state, replies.remove(0), Some("no")) };
+            if let Outcome::Applied(t) = input {
+                state = t.state;
+                in_flight.extend(t.commands);
+            }
+        }
+        proptest::prop_assert!(state.status.is_terminal() || state.status == Status::Stuck, "ended {:?}", state);
+        // Commands still in flight at the end land too (late deliveries).
+        for c in in_flight {
+            match c.action {
+                Action::ReserveStock => { participant_apply(&mut stock, true, stock_ok); }
+                Action::AuthorizePayment => { participant_apply(&mut payment, true, payment_ok); }
+                _ => {}
+            }
+        }
+        match state.status {
+            Status::Completed => {
+                proptest::prop_assert!(stock_ok && payment_ok);
+                proptest::prop_assert_eq!((stock, payment, approved, rejected), (Held::Held, Held::Held, true, false));
+            }
+            Status::Compensated => {
+                proptest::prop_assert!(stock != Held::Held, "stock leaked: {:?}", stock);
+                proptest::prop_assert!(payment != Held::Held, "authorization left on a rejected order");
+                proptest::prop_assert_eq!((approved, rejected), (false, true));
+            }
+            _ => proptest::prop_assert!(state.blocked.is_some(), "stuck without a reason"),
+        }
     }
 }

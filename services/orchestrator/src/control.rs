@@ -1,0 +1,134 @@
+//! Inputs that are not replies: a deadline that passed, a saga's message that reached a
+//! dead-letter topic, and operators' commands (`sagactl sagas retry|abort`).
+//!
+//! Each runs in the caller's transaction and moves the saga through the same interpreter and the
+//! same optimistic update as a reply, so a deadline, a reply and an operator racing for one saga
+//! cannot both act: the loser's transaction fails with a conflict and re-reads.
+
+use saga_contracts::Message;
+use saga_runtime::timers::DeadLetterSeen;
+use saga_runtime::HandleError;
+use sqlx::AnyConnection;
+
+use crate::saga::{self, Command, Outcome};
+use crate::store::{self, SagaRecord};
+use crate::{Cause, Orchestrator};
+
+/// The awaited reply of saga `id` is late: time the step out (see [`saga::on_timeout`]). Does
+/// nothing when the saga moved since the deadline was read.
+pub async fn on_deadline(orch: &Orchestrator, conn: &mut AnyConnection, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
+    let Some(saga) = store::load(conn, id).await? else { return Ok(vec![]) };
+    if saga.deadline_at_ms.is_none_or(|d| d > now_ms) || saga.definition_version != i64::from(orch.definition().version) {
+        return Ok(vec![]);
+    }
+    let cause = Cause { id: None, kind: "deadline" };
+    match saga::on_timeout(orch.definition(), &saga.state, orch.timing()) {
+        Outcome::Applied(transition) => orch.record(conn, &saga, &transition, &cause, None).await,
+        Outcome::Ignored(why) => {
+            // Nothing is awaited on a deadline: clear it, so it is not looked at again.
+            tracing::debug!(saga_id = id, reason = %why, "deadline of a saga that awaits none cleared");
+            if !store::update(conn, id, saga.version, &saga.state, None).await? {
+                return Err(HandleError::Conflict(format!("saga {id} changed concurrently")));
+            }
+            Ok(vec![])
+        }
+    }
+}
+
+/// A record keyed by a saga's id was dead-lettered: PARK the saga with a reference to it, so it
+/// waits for an operator instead of for a reply that cannot come. A dead letter of no saga is
+/// recorded as a stray message.
+pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut AnyConnection, letter: &DeadLetterSeen) -> Result<(), HandleError> {
+    let reference = letter.reference();
+    let reason = format!(
+        "{} from {} dead-lettered as {} ({}): {}",
+        letter.message_id.as_deref().unwrap_or("a record"),
+        letter.original_topic.as_deref().unwrap_or("?"),
+        reference,
+        letter.class.as_deref().unwrap_or("unknown class"),
+        letter.message.as_deref().unwrap_or("no message"),
+    );
+    let Some(key) = letter.key.as_deref() else {
+        tracing::info!(dead_letter = %reference, "dead letter without a text key belongs to no saga");
+        return Ok(());
+    };
+    let Some(saga) = store::load(conn, key).await? else {
+        store::record_stray(conn, &format!("dead-letter:{reference}"), key, "dead-letter", &reason).await?;
+        return Ok(());
+    };
+    let cause = Cause { id: Some(&reference), kind: "dead-letter" };
+    match saga::park(&saga.state, &reason) {
+        Outcome::Applied(transition) => {
+            orch.record(conn, &saga, &transition, &cause, None).await?;
+            tracing::warn!(saga_id = key, dead_letter = %reference, "saga parked: one of its messages was dead-lettered");
+        }
+        Outcome::Ignored(why) => orch.record_ignored(conn, &saga, &cause, &why).await?,
+    }
+    Ok(())
+}
+
+/// Why an operator command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// No saga has this id.
+    #[error("no saga {0:?} in this orchestrator database")]
+    UnknownSaga(String),
+    /// The saga is not in a state the command applies to.
+    #[error("saga {saga_id}: {reason}")]
+    Refused {
+        /// The saga.
+        saga_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database failed, or another writer moved the saga first.
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+}
+
+impl From<sqlx::Error> for OperatorError {
+    fn from(e: sqlx::Error) -> Self {
+        OperatorError::Handle(HandleError::Store(e))
+    }
+}
+
+/// What an operator command did: the saga before it, and the commands to publish (the caller
+/// writes them to the orchestrator's outbox in the same transaction).
+#[derive(Debug)]
+pub struct OperatorResult {
+    /// The saga as it was.
+    pub before: SagaRecord,
+    /// Commands sent, in order.
+    pub commands: Vec<Message>,
+}
+
+async fn load_for_operator(conn: &mut AnyConnection, saga_id: &str) -> Result<SagaRecord, OperatorError> {
+    store::load(conn, saga_id).await?.ok_or_else(|| OperatorError::UnknownSaga(saga_id.into()))
+}
+
+/// `sagactl sagas retry`: send the awaited command again (see [`saga::retry`]).
+pub async fn retry(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str) -> Result<OperatorResult, OperatorError> {
+    let before = load_for_operator(conn, saga_id).await?;
+    let transition = saga::retry(orch.definition(), &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None).await?;
+    Ok(OperatorResult { before, commands })
+}
+
+/// `sagactl sagas abort`: compensate from where the saga stands (see [`saga::abort`]).
+pub async fn abort(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str, reason: &str) -> Result<OperatorResult, OperatorError> {
+    let before = load_for_operator(conn, saga_id).await?;
+    let transition = saga::abort(orch.definition(), &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason)).await?;
+    Ok(OperatorResult { before, commands })
+}
+
+/// `sagactl sagas abort --dry-run`: the commands an abort would lead to, in order, each with the
+/// idempotency key (message id) it would carry.
+pub async fn abort_plan(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str) -> Result<Vec<(Command, String)>, OperatorError> {
+    let saga = load_for_operator(conn, saga_id).await?;
+    let plan = saga::abort_plan(orch.definition(), &saga.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    Ok(plan.into_iter().map(|c| {
+        let key = c.key(saga_id);
+        (c, key)
+    }).collect())
+}

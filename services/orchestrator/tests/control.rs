@@ -1,0 +1,174 @@
+//! Deadlines, dead letters and operator commands against the saga log, each run on SQLite and on
+//! PostgreSQL. Deadlines are read back from the database by a fresh orchestrator, as after a
+//! restart.
+
+mod support;
+
+use saga_contracts::Message;
+use saga_orchestrator::control::{self, OperatorError};
+use saga_orchestrator::saga::{Position, Status, Timing};
+use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
+use saga_orchestrator::Orchestrator;
+use saga_runtime::timers::DeadLetterSeen;
+use saga_runtime::Handler;
+use saga_store::testing::TestDb;
+use saga_store::Db;
+use sqlx::Acquire;
+use support::*;
+
+saga_store::backend_tests!(
+    a_step_past_its_deadline_is_compensated_by_a_fresh_orchestrator,
+    a_deadline_read_before_the_saga_moved_does_nothing,
+    a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried,
+    a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it,
+    abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
+);
+
+fn fast(max_compensation_attempts: u32) -> Orchestrator {
+    Orchestrator::with_timing(Timing { timeout_override_ms: Some(1), max_delay_ms: 1, max_compensation_attempts })
+}
+
+/// Waits past the 1 ms deadlines, then fires every due saga as the timer task does, one
+/// transaction each; returns what they sent.
+async fn fire_due(db: &Db, orch: &Orchestrator) -> Vec<Message> {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = saga_store::now_ms();
+    let mut sent = Vec::new();
+    for due in orch.due(db, now, 100).await.unwrap() {
+        let mut conn = db.pool().acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        sent.extend(orch.fire(&mut tx, &due.id, now).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    sent
+}
+
+fn ids(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.envelope().message_id.clone()).collect()
+}
+
+async fn started(test_db: &TestDb) -> (&Db, Message) {
+    let db = migrated(test_db).await;
+    let mut out = saga_runtime::testing::apply(db, &fast(5), order_created("place-o1", "o1")).await.unwrap().unwrap();
+    (db, out.remove(0))
+}
+
+async fn a_step_past_its_deadline_is_compensated_by_a_fresh_orchestrator(test_db: TestDb) {
+    let (db, reserve) = started(&test_db).await;
+    assert!(get_saga(db, "o1").await.unwrap().unwrap().deadline_at_ms.is_some(), "the deadline is stored with the saga");
+    let sent = fire_due(db, &fast(5)).await;
+    assert_eq!(ids(&sent), vec!["o1:reserve_stock:undo:1"], "the reservation may still land, so it is released first");
+    assert_eq!(saga(db, "o1").await.0, Status::Compensating);
+    let log = saga_log(db, "o1").await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!((last.event.as_str(), last.cause_message_type.as_deref()), ("step-timed-out", Some("deadline")));
+    // The late StockReserved is logged and ignored; the release confirms, the order is rejected.
+    assert_eq!(feed(db, &stock_reserved(&reserve)).await.len(), 0);
+    assert_eq!(saga_log(db, "o1").await.unwrap().last().unwrap().event, "ignored");
+    let release = sent.into_iter().next().unwrap();
+    let reject = feed(db, &stock_released(&release)).await.remove(0);
+    assert_eq!(reject.envelope().message_id, "o1:finalize:finalize:1");
+    feed(db, &order_rejected(&reject)).await;
+    assert_eq!(saga(db, "o1").await.0, Status::Compensated);
+    assert!(get_saga(db, "o1").await.unwrap().unwrap().deadline_at_ms.is_none(), "an ended saga has no deadline");
+}
+
+async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
+    let (db, reserve) = started(&test_db).await;
+    let orch = fast(5);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let due = orch.due(db, saga_store::now_ms(), 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    // The reply lands between reading the deadline and firing it.
+    feed(db, &stock_reserved(&reserve)).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let before = get_saga(db, "o1").await.unwrap().unwrap();
+    let out = orch.fire(&mut tx, "o1", before.deadline_at_ms.unwrap() - 1).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(out.is_empty(), "a deadline that has not passed for the saga's current wait fires nothing");
+    assert_eq!(saga(db, "o1").await.1, Position::Step(1));
+}
+
+async fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried(test_db: TestDb) {
+    let (db, reserve) = started(&test_db).await;
+    let orch = fast(2);
+    let feed_fast = |m: Message| saga_runtime::testing::apply(db, &orch, m);
+    let authorize = feed_fast(stock_reserved(&reserve)).await.unwrap().unwrap().remove(0);
+    feed_fast(payment_declined(&authorize, "card declined")).await.unwrap().unwrap();
+    assert_eq!(ids(&fire_due(db, &orch).await), vec!["o1:reserve_stock:undo:2"]);
+    assert!(fire_due(db, &orch).await.is_empty());
+    let stuck = get_saga(db, "o1").await.unwrap().unwrap();
+    assert_eq!(stuck.state.status, Status::Stuck);
+    assert!(stuck.state.blocked.as_deref().unwrap().contains("gave up after 2 attempts"), "{:?}", stuck.state.blocked);
+    assert!(stuck.deadline_at_ms.is_none());
+    assert!(count_by_status(db).await.unwrap().contains(&("STUCK".to_string(), 1)));
+    // An operator retries: one more attempt, with its own key, on a fresh deadline.
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let done = control::retry(&orch, &mut tx, "o1").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ids(&done.commands), vec!["o1:reserve_stock:undo:3"]);
+    assert_eq!(done.before.state.status, Status::Stuck);
+    let s = get_saga(db, "o1").await.unwrap().unwrap();
+    assert_eq!((s.state.status, s.state.blocked.clone()), (Status::Compensating, None));
+    assert!(s.deadline_at_ms.is_some());
+    assert_eq!(saga_log(db, "o1").await.unwrap().last().unwrap().cause_message_type.as_deref(), Some("operator"));
+}
+
+fn dead_letter(key: &str, offset: i64) -> DeadLetterSeen {
+    DeadLetterSeen {
+        topic: "saga.inventory.commands.dlt".into(),
+        partition: 2,
+        offset,
+        key: Some(key.into()),
+        original_topic: Some("saga.inventory.commands".into()),
+        class: Some("handler-failed".into()),
+        message: Some("sku table is corrupt".into()),
+        message_id: Some(format!("{key}:reserve_stock:do:1")),
+    }
+}
+
+async fn on_dead_letter(db: &Db, letter: &DeadLetterSeen) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    Orchestrator::default().on_dead_letter(&mut tx, letter).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it(test_db: TestDb) {
+    let (db, reserve) = started(&test_db).await;
+    on_dead_letter(db, &dead_letter("o1", 7)).await;
+    let parked = get_saga(db, "o1").await.unwrap().unwrap();
+    assert_eq!(parked.state.status, Status::Parked);
+    let why = parked.state.blocked.clone().unwrap();
+    assert!(why.contains("saga.inventory.commands.dlt/2/7") && why.contains("handler-failed"), "{why}");
+    assert!(parked.deadline_at_ms.is_none(), "a parked saga does not time out into compensation");
+    assert!(fire_due(db, &fast(5)).await.is_empty());
+    let last = saga_log(db, "o1").await.unwrap().pop().unwrap();
+    assert_eq!((last.event.as_str(), last.cause_message_id.as_deref()), ("parked", Some("saga.inventory.commands.dlt/2/7")));
+    // Redriven, the command is applied after all; its reply resumes the saga.
+    feed(db, &stock_reserved(&reserve)).await;
+    assert_eq!(saga(db, "o1").await.0, Status::Running);
+    // A dead letter of no saga is kept as a stray.
+    on_dead_letter(db, &dead_letter("nobody", 8)).await;
+    assert_eq!(strays(db, "nobody").await.len(), 1);
+}
+
+async fn abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do(test_db: TestDb) {
+    let (db, reserve) = started(&test_db).await;
+    let orch = Orchestrator::default();
+    feed(db, &stock_reserved(&reserve)).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let plan: Vec<String> = control::abort_plan(&orch, &mut conn, "o1").await.unwrap().into_iter().map(|(_, key)| key).collect();
+    assert_eq!(plan, vec!["o1:authorize_payment:undo:1", "o1:reserve_stock:undo:1", "o1:finalize:finalize:1"]);
+    assert!(matches!(control::abort(&orch, &mut conn, "ghost", "x").await, Err(OperatorError::UnknownSaga(_))));
+    let mut tx = conn.begin().await.unwrap();
+    let done = control::abort(&orch, &mut tx, "o1", "customer called").await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ids(&done.commands), plan[..1].to_vec(), "the first planned command goes out now, the rest as each is confirmed");
+    let s = get_saga(db, "o1").await.unwrap().unwrap();
+    assert_eq!(s.state.failure.as_deref(), Some("aborted by an operator: customer called"));
+    let again = control::abort(&orch, &mut conn, "o1", "again").await.unwrap_err();
+    assert!(again.to_string().contains("already compensating"), "{again}");
+}

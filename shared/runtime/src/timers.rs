@@ -1,0 +1,212 @@
+//! Work that does not arrive as a message on the handler's own topics: deadlines that fall due
+//! (the orchestrator's step timeouts and backoff timers) and records that reach a dead-letter
+//! topic anywhere in the system (the orchestrator parks their saga).
+//!
+//! Both run like the consume loop: one database transaction per item, with what it emits written
+//! to the outbox in that transaction; a dead letter's offset is stored only after its commit.
+//! Deadlines live in the database, so they survive restarts; several instances may look at the
+//! same due item, and the handler's optimistic locking lets exactly one of them act.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message as _;
+use saga_contracts::Topics;
+use sqlx::Acquire;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::codec::Codec;
+use crate::consumer::{header, HandleError, Handler};
+use crate::dlt::headers;
+use crate::kafka::LoggingContext;
+use crate::outbox::{write_to_outbox, OutboxError};
+
+/// An item of work that fell due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// What is due (a saga id).
+    pub id: String,
+    /// The W3C `traceparent` its work joins (the saga's trace).
+    pub trace_parent: Option<String>,
+}
+
+/// A record seen on a dead-letter topic, with the cause its headers give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterSeen {
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Partition in it.
+    pub partition: i32,
+    /// Offset in it.
+    pub offset: i64,
+    /// The record key (the aggregate id: order id, saga id), when it is text.
+    pub key: Option<String>,
+    /// Where it was read from before it failed.
+    pub original_topic: Option<String>,
+    /// Error class (`handler-failed`, `malformed-avro`, …).
+    pub class: Option<String>,
+    /// What was wrong.
+    pub message: Option<String>,
+    /// Its `message_id` header, when it had one.
+    pub message_id: Option<String>,
+}
+
+impl DeadLetterSeen {
+    /// Reads a consumed dead-letter record.
+    pub fn of(record: &OwnedMessage) -> DeadLetterSeen {
+        DeadLetterSeen {
+            topic: record.topic().to_string(),
+            partition: record.partition(),
+            offset: record.offset(),
+            key: record.key().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_string),
+            original_topic: header(record, headers::ORIGINAL_TOPIC),
+            class: header(record, headers::ERROR_CLASS),
+            message: header(record, headers::ERROR_MESSAGE),
+            message_id: header(record, "message_id"),
+        }
+    }
+
+    /// Where to find it: `topic/partition/offset`.
+    pub fn reference(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// Everything the timer loop needs.
+pub struct Timers<H: Handler> {
+    /// The business logic.
+    pub handler: Arc<H>,
+    /// The service's database.
+    pub db: saga_store::Db,
+    /// Encoder for the outbox.
+    pub codec: Arc<Codec>,
+    /// Topic names.
+    pub topics: Topics,
+    /// Woken after a commit that wrote outbox rows.
+    pub relay_wakeup: Arc<Notify>,
+    /// How often to look.
+    pub interval: Duration,
+}
+
+impl<H: Handler> Timers<H> {
+    /// Fires due work every `interval` until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            let now = saga_store::now_ms();
+            match self.handler.due(&self.db, now, 200).await {
+                Ok(due) => {
+                    for item in due {
+                        if stop.is_cancelled() {
+                            return;
+                        }
+                        self.fire(&item, now).await;
+                    }
+                }
+                Err(e) => tracing::warn!(service = H::SERVICE, error = %e, "looking for due deadlines failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn fire(&self, item: &Due, now: i64) {
+        let span = tracing::info_span!("deadline", otel.name = "saga deadline", saga.id = %item.id, order.id = %item.id, service = H::SERVICE);
+        if let Some(tp) = &item.trace_parent {
+            crate::telemetry::set_parent_from(&span, &[("traceparent".to_string(), tp.clone())]);
+        }
+        let result = async {
+            let mut conn = self.db.pool().acquire().await.map_err(HandleError::Store)?;
+            let mut tx = conn.begin().await.map_err(HandleError::Store)?;
+            let out = self.handler.fire(&mut tx, &item.id, now).await?;
+            let trace = crate::telemetry::headers_of(&tracing::Span::current());
+            for message in &out {
+                write_to_outbox(&mut tx, &self.codec, &self.topics, message, &trace).await.map_err(|e| match e {
+                    OutboxError::Store(e) => HandleError::Store(e),
+                    OutboxError::Encode(e) => HandleError::Reject(e.to_string()),
+                })?;
+            }
+            tx.commit().await.map_err(HandleError::Store)?;
+            Ok::<bool, HandleError>(!out.is_empty())
+        }
+        .instrument(span)
+        .await;
+        match result {
+            Ok(wrote) => {
+                self.handler.committed();
+                if wrote {
+                    self.relay_wakeup.notify_one();
+                }
+            }
+            Err(e) => {
+                self.handler.rolled_back();
+                // Still due: the next round tries again (after another instance, or the outage).
+                tracing::warn!(service = H::SERVICE, id = %item.id, error = %e, "firing a deadline failed; will retry");
+            }
+        }
+    }
+}
+
+/// Follows every dead-letter topic of the system in its own consumer group, handing each record
+/// to the handler; its offset is stored once the handler's transaction committed.
+pub async fn watch_dead_letters<H: Handler>(handler: Arc<H>, consumer: StreamConsumer<LoggingContext>, db: saga_store::Db, stop: CancellationToken) {
+    let mut stream = consumer.stream();
+    loop {
+        let record = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = stream.next() => match r { Some(r) => r, None => break },
+        };
+        let record = match record {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                tracing::warn!(service = H::SERVICE, error = %e, "dead-letter watch: kafka consume error");
+                continue;
+            }
+        };
+        let letter = DeadLetterSeen::of(&record);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let result = async {
+                let mut conn = db.pool().acquire().await.map_err(HandleError::Store)?;
+                let mut tx = conn.begin().await.map_err(HandleError::Store)?;
+                handler.on_dead_letter(&mut tx, &letter).await?;
+                tx.commit().await.map_err(HandleError::Store)
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    handler.committed();
+                    break;
+                }
+                Err(HandleError::Reject(why)) => {
+                    handler.rolled_back();
+                    tracing::warn!(service = H::SERVICE, dead_letter = %letter.reference(), error = %why, "dead letter not recorded against a saga");
+                    break;
+                }
+                Err(e) => {
+                    handler.rolled_back();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service = H::SERVICE, dead_letter = %letter.reference(), error = %e, retry_in_ms = delay.as_millis() as u64, "recording a dead letter failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.store_offset(record.topic(), record.partition(), record.offset()) {
+            tracing::debug!(service = H::SERVICE, error = %e, "could not store a dead-letter offset");
+        }
+    }
+    drop(stream);
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(service = H::SERVICE, error = %e, "final dead-letter offset commit had nothing to do or failed");
+    }
+}
