@@ -6,9 +6,11 @@
 //! - [`sample`]: the deterministic mix of sample orders.
 //! - [`watch`]: a consumer of order outcomes.
 //! - [`dev`], [`bench`], [`sagas`]: the commands of the same names.
+//! - [`dlt`]: list, redrive and purge dead letters.
 
 pub mod bench;
 pub mod dev;
+pub mod dlt;
 pub mod sagas;
 pub mod sample;
 pub mod seed;

@@ -69,13 +69,29 @@ enum Command {
         #[arg(long, env = "SAGA_PAYMENT_DATABASE_URL")]
         payment_db: String,
     },
-    /// Read the orchestrator's saga log: what happened to an order, when, and why.
+    /// Read the orchestrator's saga log (what happened to an order, when, and why), and retry or
+    /// abort a saga.
     Sagas {
         /// Orchestrator database URL (sqlite://… or postgres://…).
         #[arg(long, env = "SAGA_ORCHESTRATOR_DATABASE_URL", default_value = "sqlite://orchestrator.db")]
         db: String,
+        /// The orchestrator's configuration file, for retry and abort: schema registry (to encode
+        /// the commands), topic prefix and deadlines. `SAGA_*` variables override it, as for the
+        /// orchestrator itself.
+        #[arg(long, short, env = "SAGA_CONFIG")]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: SagasCommand,
+    },
+    /// List, redrive and purge the records in the dead-letter topics.
+    ///
+    /// Purge does not delete records: it moves a mark (the committed offsets of the consumer
+    /// group <prefix>.sagactl-dlt) that list and redrive selections start from.
+    Dlt {
+        #[command(flatten)]
+        connection: saga_cli::dlt::ConnectArgs,
+        #[command(subcommand)]
+        command: DltCommand,
     },
     /// Drive sagas through the embedded stack; print sagas per second and latency percentiles.
     Bench {
@@ -101,7 +117,7 @@ enum Command {
 enum SagasCommand {
     /// Sagas, most recently changed first.
     List {
-        /// Only sagas in this status (RUNNING, COMPENSATING, COMPLETED, COMPENSATED).
+        /// Only sagas in this status (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, STUCK, PARKED).
         #[arg(long, value_parser = saga_cli::sagas::parse_status)]
         state: Option<saga_orchestrator::saga::Status>,
         /// At most this many.
@@ -113,6 +129,38 @@ enum SagasCommand {
         /// The order id (sagas are identified by their order).
         order_id: String,
     },
+    /// Send the command a saga waits on again (a STUCK compensation, a PARKED step, a slow one),
+    /// as a new attempt with its own idempotency key, through the orchestrator's outbox.
+    Retry {
+        /// The order id.
+        order_id: String,
+    },
+    /// Compensate a saga from where it stands (before or at its pivot only). The commands go out
+    /// through the orchestrator's outbox, one at a time as each is confirmed.
+    Abort {
+        /// The order id.
+        order_id: String,
+        /// Why, recorded in the saga log and sent to the order as its rejection reason.
+        #[arg(long, default_value = "aborted by an operator")]
+        reason: String,
+        /// Print the compensations that would be sent, in order, with their idempotency keys,
+        /// and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DltCommand {
+    /// Dead letters with their origin, cause, consumer group, time and redrive count.
+    List(saga_cli::dlt::ListArgs),
+    /// Send dead letters back to their original topic; exits 2 if any was refused.
+    ///
+    /// Key, value and headers are the original ones, without saga.dlt.* and with
+    /// saga.redrive.count one higher. A record whose count reached --max-redrives is refused.
+    Redrive(saga_cli::dlt::RedriveArgs),
+    /// Hide dead letters from list and redrive by moving the purge mark forward.
+    Purge(saga_cli::dlt::PurgeArgs),
 }
 
 #[tokio::main]
@@ -165,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seed.apply_accounts(&payment).await?;
             println!("seeded {} skus and {} customers", seed.stock.len(), seed.customers.len());
         }
-        Command::Sagas { db, command } => {
+        Command::Sagas { db, config, command } => {
             if let Some(path) = db.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
                 anyhow::ensure!(std::path::Path::new(path).exists(), "no orchestrator database at {path} (--db)");
             }
@@ -173,8 +221,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = match command {
                 SagasCommand::List { state, limit } => saga_cli::sagas::list(&db, state, limit).await?,
                 SagasCommand::Show { order_id } => saga_cli::sagas::show(&db, &order_id).await?,
+                SagasCommand::Abort { order_id, dry_run: true, .. } => saga_cli::sagas::abort_plan(&db, &order_id).await?,
+                SagasCommand::Retry { order_id } => {
+                    let ops = saga_cli::sagas::Operator::from_config(config.as_deref())?;
+                    ops.retry(&db, &order_id).await?
+                }
+                SagasCommand::Abort { order_id, reason, dry_run: false } => {
+                    let ops = saga_cli::sagas::Operator::from_config(config.as_deref())?;
+                    ops.abort(&db, &order_id, &reason).await?
+                }
             };
             print!("{text}");
+        }
+        Command::Dlt { connection, command } => {
+            let dlt = saga_cli::dlt::Dlt::connect(&connection)?;
+            match command {
+                DltCommand::List(args) => {
+                    let listing = dlt.list(&args).await?;
+                    print!("{}", if args.json { listing.render_json() } else { listing.render_text() });
+                }
+                DltCommand::Redrive(args) => {
+                    let report = dlt.redrive(&args).await?;
+                    print!("{}", report.render_text());
+                    if !report.all_ok() {
+                        std::process::exit(2);
+                    }
+                }
+                DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
+            }
         }
         Command::Bench { sagas, concurrency, partitions, batch_size, json } => {
             let report = bench::run(bench::BenchOptions {

@@ -6,6 +6,7 @@
 //! - [`schemas`]: the schema files themselves, embedded; `schemas/` is the source of truth and a
 //!   test checks every Rust type against its file, and every file against its released versions.
 //! - [`topics`]: topic names, which messages travel on which topic, dead-letter topic names.
+//! - [`wire`]: the Confluent wire format and Avro decoding, classified, without I/O (fuzzed).
 //!
 //! This crate does no I/O. Encoding to the Confluent wire format lives in `saga-runtime`.
 //!
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod messages;
 pub mod schemas;
 pub mod topics;
+pub mod wire;
 
 pub use envelope::Envelope;
 pub use messages::*;

@@ -5,9 +5,7 @@
 //! [`DecodeError::Poison`]; a registry that cannot be reached is [`DecodeError::Retryable`].
 
 use std::collections::HashMap;
-use std::io::Cursor;
 
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::Schema;
 use saga_contracts::{schemas, Message, TopicKind};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -17,9 +15,8 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameS
 
 use crate::config::RegistrySettings;
 
-/// Largest allocation the Avro decoder may make for one value: a hostile length prefix cannot
-/// make it allocate more than this.
-pub const MAX_AVRO_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes the Avro decoder allocates for one value; set by [`Codec::connect`].
+pub use saga_contracts::wire::MAX_AVRO_ALLOCATION_BYTES;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +109,7 @@ impl Codec {
 
     /// A codec for the configured registry: its URL, the CA to trust, and basic authentication.
     pub fn connect(registry: &RegistrySettings) -> Result<Codec, SRCError> {
-        apache_avro::util::max_allocation_bytes(MAX_AVRO_ALLOCATION_BYTES);
+        limit_allocations();
         let http = registry_http_client(registry).map_err(|e| SRCError::non_retryable_without_cause(&e))?;
         let mut builder = SrSettings::new_builder(registry.url.clone());
         builder.set_timeout(std::time::Duration::from_secs(5));
@@ -120,10 +117,7 @@ impl Codec {
             builder.set_basic_authorization(&registry.username, Some(&registry.password));
         }
         let settings = builder.build_with(http)?;
-        let readers = Message::FULL_NAMES
-            .iter()
-            .map(|n| (*n, Message::schema_of(n).expect("every message type has a schema")))
-            .collect();
+        let readers = reader_schemas();
         Ok(Codec { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), readers })
     }
 
@@ -166,14 +160,7 @@ impl Codec {
 
     /// Decodes a record read from a topic of kind `topic`, checking that its type belongs there.
     pub async fn decode(&self, topic: TopicKind, payload: Option<&[u8]>) -> Result<Message, DecodeError> {
-        let bytes = payload.ok_or_else(|| poison("not-wire-format", "record has no value".into()))?;
-        if bytes.len() < 5 || bytes[0] != 0 {
-            return Err(poison(
-                "not-wire-format",
-                format!("value of {} bytes does not start with magic byte 0 and a schema id", bytes.len()),
-            ));
-        }
-        let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let (id, body) = saga_contracts::wire::split(payload)?;
         let writer = match self.decoder.get_schema(id).await {
             Ok(s) => s,
             Err(e) => match classify(&e) {
@@ -190,33 +177,15 @@ impl Codec {
                 }
             },
         };
-        let name = writer.parsed.name().map(|n| n.fullname(None)).unwrap_or_default();
-        let Some((full_name, reader)) = self.readers.get_key_value(name.as_str()) else {
-            return Err(poison("unexpected-type", format!("schema id {id} is {name:?}, which is not a message of this system")));
-        };
-        if Message::topic_kind_of(full_name) != Some(topic) {
-            return Err(poison(
-                "unexpected-type",
-                format!("{full_name} (schema id {id}) does not belong on the {} topic", topic.suffix()),
-            ));
-        }
-        let value = GenericDatumReader::builder(&writer.parsed)
-            .reader_schema(reader)
-            .build()
-            .and_then(|r| {
-                let mut cursor = Cursor::new(&bytes[5..]);
-                let v = r.read_value(&mut cursor)?;
-                Ok((v, cursor.position() as usize))
-            })
-            .map_err(|e| poison("malformed-avro", format!("{full_name} (schema id {id}): {e}")))
-            .and_then(|(v, read)| {
-                if read == bytes.len() - 5 {
-                    Ok(v)
-                } else {
-                    Err(poison("malformed-avro", format!("{full_name} (schema id {id}): {} trailing bytes", bytes.len() - 5 - read)))
-                }
-            })?;
-        Message::from_avro_value(full_name, &value).map_err(|e| poison("malformed-avro", format!("{full_name}: {e}")))
+        Ok(saga_contracts::wire::decode_body(&self.readers, &writer.parsed, id, topic, body)?)
+    }
+}
+
+pub use saga_contracts::wire::{limit_allocations, reader_schemas};
+
+impl From<saga_contracts::wire::Poison> for DecodeError {
+    fn from(p: saga_contracts::wire::Poison) -> Self {
+        DecodeError::Poison { class: p.class, message: p.message }
     }
 }
 

@@ -289,19 +289,19 @@ proptest::proptest! {
 /// What a participant's state ends as, given the commands it applied in the order they arrived:
 /// a forward action after its undo is refused (the RELEASED/VOIDED tombstones).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Held {
+enum Holding {
     #[default]
     Nothing,
     Held,
     Undone,
 }
 
-fn participant_apply(held: &mut Held, forward: bool, ok: bool) -> bool {
+fn participant_apply(held: &mut Holding, forward: bool, ok: bool) -> bool {
     match (*held, forward) {
-        (Held::Nothing, true) if ok => { *held = Held::Held; true }
-        (Held::Held, true) => true,
+        (Holding::Nothing, true) if ok => { *held = Holding::Held; true }
+        (Holding::Held, true) => true,
         (_, true) => false,
-        (_, false) => { *held = Held::Undone; true }
+        (_, false) => { *held = Holding::Undone; true }
     }
 }
 
@@ -324,7 +324,7 @@ proptest::proptest! {
         let mut in_flight: Vec<Command> = t.commands;
         let mut replies: Vec<Reply> = Vec::new();
         let mut delivered: Vec<Reply> = Vec::new();
-        let (mut stock, mut payment) = (Held::default(), Held::default());
+        let (mut stock, mut payment) = (Holding::default(), Holding::default());
         let (mut approved, mut rejected) = (false, false);
         let mut applied: Vec<Command> = Vec::new();
         let mut script = script.into_iter().chain(std::iter::repeat(0));
@@ -408,11 +408,11 @@ proptest::proptest! {
         match state.status {
             Status::Completed => {
                 proptest::prop_assert!(stock_ok && payment_ok);
-                proptest::prop_assert_eq!((stock, payment, approved, rejected), (Held::Held, Held::Held, true, false));
+                proptest::prop_assert_eq!((stock, payment, approved, rejected), (Holding::Held, Holding::Held, true, false));
             }
             Status::Compensated => {
-                proptest::prop_assert!(stock != Held::Held, "stock leaked: {:?}", stock);
-                proptest::prop_assert!(payment != Held::Held, "authorization left on a rejected order");
+                proptest::prop_assert!(stock != Holding::Held, "stock leaked: {:?}", stock);
+                proptest::prop_assert!(payment != Holding::Held, "authorization left on a rejected order");
                 proptest::prop_assert_eq!((approved, rejected), (false, true));
             }
             _ => proptest::prop_assert!(state.blocked.is_some(), "stuck without a reason"),

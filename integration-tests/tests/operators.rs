@@ -1,0 +1,153 @@
+//! Deadlines, STUCK and PARKED sagas, and `sagactl sagas` run by an operator, with the services as
+//! separate processes on a broker hosted by this test (the mock cluster on a real TCP port).
+//!
+//! Inventory is down at first. Order A's reservation times out, its release is never confirmed,
+//! and after its attempts the saga is STUCK. A poison reply keyed by order B is dead-lettered by
+//! the orchestrator, which PARKs saga B. The operator finds both with `sagactl`, aborts B and
+//! retries A; once inventory is back, both end compensated with every unit of stock in place, the
+//! late reservations included.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureRecord;
+use saga_cli::sample::sample_order;
+use saga_contracts::{TopicKind, Topics};
+use saga_integration_tests::procs::{binary, seed, service_binary, spawn, terminate, OrderClient};
+use saga_orchestrator::saga::Status;
+
+/// Runs sagactl; returns (success, stdout + stderr).
+fn sagactl(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let out = Command::new(binary("sagactl")).args(args).env_clear().envs(env.iter().map(|(k, v)| (*k, v.as_str()))).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+async fn wait_for_status(db: &saga_store::Db, id: &str, want: Status, log_dir: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = saga_orchestrator::store::get_saga(db, id).await.unwrap();
+        if s.as_ref().is_some_and(|s| s.state.status == want) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(log_dir.join("saga-orchestrator.log")).unwrap_or_default();
+            panic!("saga {id} never became {want:?} (now {:?}); orchestrator log:\n{}", s.map(|s| s.state), &log[log.len().saturating_sub(4000)..]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::new("ops");
+    let cluster = MockCluster::new(1).unwrap();
+    for t in topics.all_with_dlts() {
+        cluster.create_topic(&t, 2, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registry_url = format!("http://127.0.0.1:{port}");
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seed(&db("inventory"), &db("payment")));
+    let stock_before = rt.block_on(async {
+        let inventory = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();
+        saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap()
+    });
+
+    let registry = spawn("saga-registry", &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db("registry"))], dir.path());
+    let env = |name: &str| {
+        vec![
+            ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("SAGA_REGISTRY__URL", registry_url.clone()),
+            ("SAGA_DATABASE__URL", db(name)),
+            ("SAGA_TOPICS__PREFIX", "ops".to_string()),
+            ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
+            ("SAGA_HTTP__BIND", String::new()),
+            // Each wait 3 s (doubling, at most 3 s); a compensation gets two attempts.
+            ("SAGA_SAGA__STEP_TIMEOUT_MS", "3000".into()),
+            ("SAGA_SAGA__RETRY_MAX_DELAY_MS", "3000".into()),
+            ("SAGA_SAGA__COMPENSATION_MAX_ATTEMPTS", "2".into()),
+            ("SAGA_SAGA__TIMER_INTERVAL_MS", "50".into()),
+        ]
+    };
+    let mut services: Vec<_> = ["order", "payment", "orchestrator"].into_iter().map(|s| spawn(service_binary(s), &env(s), dir.path())).collect();
+
+    let (a, b) = (sample_order("ops", 0).0, sample_order("ops", 1).0);
+    let (a_id, b_id) = (a.order_id.clone(), b.order_id.clone());
+    let orchestrator_db = rt.block_on(async {
+        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
+        client.place(a, None).await;
+        client.place(b, None).await;
+        let orchestrator = saga_store::Db::connect(&db("orchestrator"), 1).await.unwrap();
+        wait_for_status(&orchestrator, &b_id, Status::Running, dir.path()).await;
+        // A reply for B that no decoder can read: the orchestrator dead-letters it and parks B.
+        let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
+        kafka.bootstrap_servers = bootstrap.clone();
+        let producer = saga_runtime::kafka::producer(&kafka, "poison").unwrap();
+        let topic = topics.name(TopicKind::InventoryEvents);
+        producer.send(FutureRecord::to(&topic).key(&b_id).payload("not avro"), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        wait_for_status(&orchestrator, &b_id, Status::Parked, dir.path()).await;
+        wait_for_status(&orchestrator, &a_id, Status::Stuck, dir.path()).await;
+        orchestrator
+    });
+
+    let db_arg = db("orchestrator");
+    let ops_env = vec![("SAGA_REGISTRY__URL", registry_url.clone()), ("SAGA_TOPICS__PREFIX", "ops".to_string())];
+    let run = |args: &[&str]| {
+        let mut all = vec!["sagas", "--db", db_arg.as_str()];
+        all.extend_from_slice(args);
+        sagactl(&all, &ops_env)
+    };
+
+    // Found by state, with the reason.
+    let (ok, stuck) = run(&["list", "--state", "stuck"]);
+    assert!(ok && stuck.contains(&a_id) && stuck.contains("gave up after 2 attempts") && !stuck.contains(&b_id), "{stuck}");
+    let (ok, parked) = run(&["list", "--state", "PARKED"]);
+    assert!(ok && parked.contains(&b_id) && parked.contains("ops.inventory.events.dlt/") && parked.contains("not-wire-format"), "{parked}");
+    let (ok, shown) = run(&["show", &a_id]);
+    for event in ["started", "step-timed-out", "compensation-retried", "stuck"] {
+        assert!(ok && shown.contains(event), "show lacks {event}: {shown}");
+    }
+
+    // Abort: A is already compensating, so it is refused; B's plan, then B aborted.
+    let (ok, refused) = run(&["abort", &a_id, "--dry-run"]);
+    assert!(!ok && refused.contains("already compensating"), "{refused}");
+    let (ok, plan) = run(&["abort", &b_id, "--dry-run"]);
+    let want = [format!("1. ReleaseStock (undo of step reserve_stock) key {b_id}:reserve_stock:undo:1"), format!("2. RejectOrder (finalize of step finalize) key {b_id}:finalize:finalize:1")];
+    assert!(ok && want.iter().all(|w| plan.contains(w.as_str())), "{plan}");
+    assert_eq!(rt.block_on(saga_orchestrator::store::get_saga(&orchestrator_db, &b_id)).unwrap().unwrap().state.status, Status::Parked, "a dry run changes nothing");
+    let (ok, aborted) = run(&["abort", &b_id, "--reason", "customer called"]);
+    assert!(ok && aborted.contains(&format!("sent ReleaseStock {b_id}:reserve_stock:undo:1 to ops.inventory.commands")), "{aborted}");
+    let (ok, retried) = run(&["retry", &a_id]);
+    assert!(ok && retried.contains(&format!("{a_id}:reserve_stock:undo:3")) && retried.contains("STUCK -> COMPENSATING"), "{retried}");
+
+    // Clear errors.
+    let (ok, unknown) = run(&["retry", "no-such-order"]);
+    assert!(!ok && unknown.contains("no saga \"no-such-order\""), "{unknown}");
+    let (ok, bad) = run(&["list", "--state", "stuk"]);
+    assert!(!ok && bad.contains("stuk"), "{bad}");
+    let (ok, no_db) = sagactl(&["sagas", "--db", "sqlite:///nonexistent/dir/o.db", "list"], &[]);
+    assert!(!ok && no_db.contains("no orchestrator database"), "{no_db}");
+
+    // Inventory comes back: the late reservations land first and are released; both end rejected.
+    services.push(spawn(service_binary("inventory"), &env("inventory"), dir.path()));
+    rt.block_on(async {
+        wait_for_status(&orchestrator_db, &a_id, Status::Compensated, dir.path()).await;
+        wait_for_status(&orchestrator_db, &b_id, Status::Compensated, dir.path()).await;
+        let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
+        let inventory = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();
+        for id in [&a_id, &b_id] {
+            let order = saga_order::get_order(&orders, id).await.unwrap().unwrap();
+            assert_eq!(order.status, saga_order::domain::OrderStatus::Rejected, "{id}");
+            assert_eq!(saga_inventory::reservation_status(&inventory, id).await.unwrap().as_deref(), Some("RELEASED"), "{id}");
+        }
+        assert_eq!(saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap(), stock_before, "stock conserved");
+    });
+    for s in services {
+        terminate(s, dir.path());
+    }
+    terminate(registry, dir.path());
+}
