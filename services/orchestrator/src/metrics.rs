@@ -4,6 +4,7 @@
 //! runtime calls [`Handler::committed`](saga_runtime::Handler::committed)); a rolled back batch is
 //! retried and must not count twice.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use saga_runtime::prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -70,17 +71,19 @@ impl SagaMetrics {
     }
 }
 
-/// Observations of the transaction in progress.
+/// Observations of the transactions in progress, one list per task: the consume loop, the
+/// deadline timer and the dead-letter watch each run their own transactions, and one's commit or
+/// rollback must not count or drop another's.
 #[derive(Default)]
-pub(crate) struct Pending(Mutex<Vec<Observation>>);
+pub(crate) struct Pending(Mutex<HashMap<Option<tokio::task::Id>, Vec<Observation>>>);
 
 impl Pending {
     pub(crate) fn push(&self, o: Observation) {
-        self.0.lock().expect("metrics lock").push(o);
+        self.0.lock().expect("metrics lock").entry(tokio::task::try_id()).or_default().push(o);
     }
 
     pub(crate) fn commit(&self, metrics: Option<&SagaMetrics>, saga_type: &str) {
-        let taken = std::mem::take(&mut *self.0.lock().expect("metrics lock"));
+        let taken = self.0.lock().expect("metrics lock").remove(&tokio::task::try_id()).unwrap_or_default();
         if let Some(m) = metrics {
             for o in &taken {
                 m.count(saga_type, o);
@@ -89,6 +92,6 @@ impl Pending {
     }
 
     pub(crate) fn discard(&self) {
-        self.0.lock().expect("metrics lock").clear();
+        self.0.lock().expect("metrics lock").remove(&tokio::task::try_id());
     }
 }
