@@ -4,6 +4,7 @@
 //! The external variants read `SAGA_TEST_KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`) and
 //! `SAGA_TEST_POSTGRES_URL`; when either cannot be reached they fail and say how to start it.
 
+pub mod chaos;
 pub mod procs;
 pub mod tls;
 

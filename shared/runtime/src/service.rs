@@ -281,7 +281,6 @@ pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> Re
     let _telemetry = crate::telemetry::init(H::SERVICE)?;
     let settings = ServiceSettings::load(H::SERVICE, args.config.as_deref())?;
     tracing::info!(service = H::SERVICE, ?settings, "starting");
-    let service = Service::build(settings, handler, migrations).await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -289,6 +288,24 @@ pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> Re
         tracing::info!(service = H::SERVICE, "shutdown requested; finishing in-flight work");
         trigger.cancel();
     });
+    // A database that is down at startup (restarting, failing over) is waited for, as it is once
+    // running; a wrong URL or a failed migration stops startup.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let db = loop {
+        match open_database(&settings.database.url, settings.database.max_connections, migrations).await {
+            Ok(db) => break db,
+            Err(ServiceError::Database { url, source }) if source.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(service = H::SERVICE, database = %url, error = %source, retry_in_ms = delay.as_millis() as u64, "database unreachable at startup; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let service = Service::build_with_db(settings, handler, db).await?;
     service.run_until_stopped(shutdown).await?;
     Ok(())
 }

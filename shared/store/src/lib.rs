@@ -46,6 +46,8 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlx(e) => is_transient(e),
+            // A migration cut off by a lost connection runs again (migrations are transactional).
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
             StoreError::UnsupportedUrl(_) | StoreError::Migrate(_) => false,
         }
     }

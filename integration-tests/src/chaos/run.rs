@@ -1,0 +1,470 @@
+//! One chaos run: set up, load and faults, settle, check, report, clean up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use saga_contracts::Topics;
+use saga_runtime::config::KafkaSettings;
+
+use super::checker::{self, Dbs, Snapshot, Verdict};
+use super::cluster::{free_port, Cluster, Spec};
+use super::faults::Injector;
+use super::load::{self, Client, Placed};
+use super::schedule::{self, Amounts};
+
+const SERVICES: [&str; 4] = ["order", "inventory", "payment", "orchestrator"];
+
+/// `chaos` command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "Runs the saga system on tansu and PostgreSQL under injected faults and checks nothing was lost or applied twice")]
+pub struct Options {
+    /// Seed of the fault plan (and of which records are duplicated and how poison is broken).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Orders to place (each starts one saga).
+    #[arg(long, default_value_t = 200)]
+    pub sagas: usize,
+    /// Orders placed per second; the faults land while they are placed.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// `kill -9` and restart of the registry and the services (round robin over a shuffled order).
+    #[arg(long, default_value_t = 10)]
+    pub kills: usize,
+    /// `kill -9` and restart of the broker.
+    #[arg(long, default_value_t = 2)]
+    pub broker_restarts: usize,
+    /// PostgreSQL restarts.
+    #[arg(long, default_value_t = 2)]
+    pub db_restarts: usize,
+    /// Consumed records to publish again [default: a quarter of --sagas, at least 10].
+    #[arg(long)]
+    pub duplicates: Option<usize>,
+    /// Poison records to publish [default: one per 40 sagas, at least 8].
+    #[arg(long)]
+    pub poison: Option<usize>,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Longest wait for the system to settle after the last order and fault.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+    /// Keep the databases and the run directory.
+    #[arg(long)]
+    pub keep: bool,
+    /// Do not build the service binaries (by default, under `cargo run`, they are built in the
+    /// harness's own profile so they are never stale).
+    #[arg(long)]
+    pub no_build: bool,
+    /// PostgreSQL server to create the run's databases on.
+    #[arg(long, env = "SAGA_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres_url: String,
+    /// Run the consumers with dynamic group membership instead of static membership
+    /// (`group.instance.id`). With tansu 0.6 a consumer restarted within the session timeout is
+    /// then never given partitions again, so every saga stalls: this reproduces that.
+    #[arg(long)]
+    pub dynamic_membership: bool,
+    /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
+    #[arg(long)]
+    pub tansu: Option<PathBuf>,
+}
+
+/// What a run found.
+pub struct Report {
+    /// Orders placed.
+    pub sagas: usize,
+    /// Faults injected.
+    pub kills: usize,
+    /// Broker kills.
+    pub broker_restarts: usize,
+    /// PostgreSQL restarts.
+    pub db_restarts: usize,
+    /// Records re-published.
+    pub duplicates: usize,
+    /// Poison records published.
+    pub poison: usize,
+    /// The checker's verdict.
+    pub verdict: Verdict,
+}
+
+impl Report {
+    /// The last line of the output.
+    pub fn figures(&self) -> String {
+        format!(
+            "sagas={} kills={} broker_restarts={} db_restarts={} duplicates={} poison={} stuck={} parked={} violations={}",
+            self.sagas,
+            self.kills,
+            self.broker_restarts,
+            self.db_restarts,
+            self.duplicates,
+            self.poison,
+            self.verdict.stuck,
+            self.verdict.parked,
+            self.verdict.violations.len()
+        )
+    }
+}
+
+/// Runs the whole thing; `Err` when the harness itself could not do its job.
+pub async fn run(opts: Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let run_id = format!("s{}_{}", opts.seed, &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let dir = std::env::temp_dir().join(format!("saga-chaos-{run_id}"));
+    std::fs::create_dir_all(dir.join("tansu"))?;
+    println!("chaos run {run_id}: seed {}, {} sagas; logs in {}", opts.seed, opts.sagas, dir.display());
+    let bins = binaries(opts.no_build)?;
+    let built = Instant::now();
+    let tansu = tansu_path(opts.tansu.clone())?;
+    let pg_version = postgres_version()?;
+    let base = opts.postgres_url.rsplit_once('/').map_or(opts.postgres_url.as_str(), |(b, _)| b).to_string();
+    let db_urls: BTreeMap<&str, String> = SERVICES.iter().map(|s| (*s, format!("{base}/chaos_{run_id}_{s}"))).collect();
+
+    let admin = saga_store::Db::connect(&opts.postgres_url, 1)
+        .await
+        .with_context(|| format!("no PostgreSQL at {}: start it with `pg_ctlcluster --skip-systemctl-redirect {pg_version} main start`", saga_store::redact_url(&opts.postgres_url)))?;
+    for s in SERVICES {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
+    }
+
+    let ports = Ports { broker: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
+    let prefix = "chaos".to_string();
+    let specs = specs(&dir, &bins, &tansu, &ports, &db_urls, &prefix, !opts.dynamic_membership);
+    let cluster = Arc::new(Cluster::new(dir.clone(), specs));
+    let body = body(&opts, &cluster, &ports, &db_urls, &prefix, &pg_version, &dir, started);
+    let result = tokio::select! {
+        r = body => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    cluster.stop_all().await;
+    let failed = result.as_ref().map_or(true, |r| !r.verdict.violations.is_empty());
+    if opts.keep {
+        println!("kept databases {} and {}", db_urls.values().map(|u| saga_store::redact_url(u)).collect::<Vec<_>>().join(", "), dir.display());
+    } else {
+        for s in SERVICES {
+            let drop = format!("DROP DATABASE IF EXISTS chaos_{run_id}_{s} WITH (FORCE)");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(admin.pool()).await {
+                eprintln!("chaos: dropping database chaos_{run_id}_{s}: {e}");
+            }
+        }
+        if failed {
+            println!("logs kept in {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    admin.close().await;
+    println!("wall time {:.1} s ({:.1} s after building the services)", started.elapsed().as_secs_f64(), built.elapsed().as_secs_f64());
+    result
+}
+
+struct Ports {
+    broker: u16,
+    registry: u16,
+    http: [u16; 4],
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn body(
+    opts: &Options,
+    cluster: &Arc<Cluster>,
+    ports: &Ports,
+    db_urls: &BTreeMap<&str, String>,
+    prefix: &str,
+    pg_version: &str,
+    dir: &Path,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let topics = Topics::new(prefix);
+    let mut kafka = saga_runtime::ServiceSettings::defaults_for("chaos").kafka;
+    kafka.bootstrap_servers = format!("127.0.0.1:{}", ports.broker);
+    kafka.partitions = opts.partitions;
+    let registry_url = format!("http://127.0.0.1:{}", ports.registry);
+
+    cluster.start("tansu").await?;
+    let all_topics = topics.all_with_dlts();
+    retry("creating topics", || saga_runtime::kafka::create_topics(&kafka, &all_topics)).await?;
+    let seed = saga_cli::seed::Seed::dev();
+    crate::procs::seed(&db_urls["inventory"], &db_urls["payment"]).await;
+    let initial_stock: BTreeMap<String, i64> = seed.stock.iter().map(|s| (s.sku.clone(), s.on_hand)).collect();
+    cluster.start("saga-registry").await?;
+    for s in SERVICES {
+        cluster.start(crate::procs::service_binary(s)).await?;
+    }
+    wait_ready(&ports.http).await?;
+    let watcher = tokio::spawn(cluster.clone().watch());
+    let _abort_watcher = AbortOnDrop(watcher);
+    println!("infrastructure up after {:.1} s: broker 127.0.0.1:{}, registry {registry_url}", started.elapsed().as_secs_f64(), ports.broker);
+
+    let client = Arc::new(Client::new(&registry_url, &kafka, &topics)?);
+    let amounts = Amounts {
+        kills: opts.kills,
+        broker_restarts: opts.broker_restarts,
+        db_restarts: opts.db_restarts,
+        duplicates: opts.duplicates.unwrap_or((opts.sagas / 4).max(10)),
+        poison: opts.poison.unwrap_or((opts.sagas / 40).max(8)),
+    };
+    let window = Duration::from_secs_f64(opts.sagas as f64 / opts.rate);
+    let plan = schedule::plan(opts.seed, amounts, window);
+    println!("fault plan (seed {}, {} faults over {:.0} s of load):", opts.seed, plan.len(), window.as_secs_f64());
+    for p in &plan {
+        println!("  +{:>6.1}s {}", p.at.as_secs_f64(), p.fault);
+    }
+    let injector = Arc::new(Injector {
+        cluster: cluster.clone(),
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        producer: saga_runtime::kafka::producer(&kafka, "chaos-injector")?,
+        client: client.clone(),
+        seed: opts.seed,
+        pg_version: pg_version.to_string(),
+        pg_admin_url: opts.postgres_url.clone(),
+        run_dir: dir.to_path_buf(),
+        injected: Default::default(),
+    });
+
+    let orders = load::orders(&format!("chaos{}", opts.seed), opts.sagas);
+    let placed: Vec<Placed> = orders.iter().map(|(p, _)| p.clone()).collect();
+    let t0 = tokio::time::Instant::now();
+    let faults = tokio::spawn(injector.clone().run(plan, t0));
+    load::drive(client, orders.into_iter().map(|(_, m)| m).collect(), opts.rate, t0).await?;
+    println!("all {} orders placed after {:.1} s", placed.len(), t0.elapsed().as_secs_f64());
+    faults.await??;
+    println!("all faults injected after {:.1} s; waiting for the system to settle", t0.elapsed().as_secs_f64());
+
+    let dbs = Dbs {
+        order: saga_store::Db::connect(&db_urls["order"], 2).await?,
+        inventory: saga_store::Db::connect(&db_urls["inventory"], 2).await?,
+        payment: saga_store::Db::connect(&db_urls["payment"], 2).await?,
+        orchestrator: saga_store::Db::connect(&db_urls["orchestrator"], 2).await?,
+    };
+    let poison = injector.injected.poison.lock().unwrap().clone();
+    let settle_start = Instant::now();
+    let deadline = settle_start + Duration::from_secs(opts.timeout_secs);
+    let mut last_progress = Instant::now();
+    let verdict = loop {
+        let mut snap = Snapshot::default();
+        let gathered = gather(&dbs, &kafka, &topics, &mut snap).await;
+        let verdict = gathered.as_ref().ok().map(|()| checker::check(&snap, &placed, &initial_stock, &poison));
+        if let Some(v) = &verdict {
+            if v.violations.is_empty() {
+                println!("settled after {:.1} s", settle_start.elapsed().as_secs_f64());
+                break verdict.expect("checked");
+            }
+        }
+        if Instant::now() > deadline {
+            println!("not settled within {} s", opts.timeout_secs);
+            match verdict {
+                Some(v) => break v,
+                None => bail!("cannot read the final state: {:#}", gathered.unwrap_err()),
+            }
+        }
+        if last_progress.elapsed() > Duration::from_secs(10) {
+            last_progress = Instant::now();
+            match (&gathered, &verdict) {
+                (Err(e), _) => println!("settling: cannot read the state yet: {e:#}"),
+                (_, Some(v)) => println!(
+                    "settling: {} completed, {} compensated, {} stuck, {} parked of {}; {} open issues, e.g. {}",
+                    v.completed,
+                    v.compensated,
+                    v.stuck,
+                    v.parked,
+                    placed.len(),
+                    v.violations.len(),
+                    v.violations[0]
+                ),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+
+    let exits = cluster.unexpected_exits();
+    println!(
+        "outcomes: {} completed, {} compensated, {} stuck, {} parked; {} with another outcome than the sample was built for",
+        verdict.completed,
+        verdict.compensated,
+        verdict.stuck,
+        verdict.parked,
+        verdict.unexpected_outcomes.len()
+    );
+    for u in verdict.unexpected_outcomes.iter().take(10) {
+        println!("  {u}");
+    }
+    println!("processes that exited by themselves and were restarted: {}", exits.len());
+    for e in exits.iter().take(10) {
+        println!("  {} at +{:.1}s: {}\n    {}", e.name, e.at_secs, e.status, e.log_tail.replace('\n', "\n    "));
+    }
+    for v in verdict.violations.iter().take(50) {
+        println!("VIOLATION: {v}");
+    }
+    if verdict.violations.len() > 50 {
+        println!("… and {} more violations", verdict.violations.len() - 50);
+    }
+    let i = &injector.injected;
+    Ok(Report {
+        sagas: placed.len(),
+        kills: i.kills.load(Ordering::Relaxed),
+        broker_restarts: i.broker_restarts.load(Ordering::Relaxed),
+        db_restarts: i.db_restarts.load(Ordering::Relaxed),
+        duplicates: i.duplicates.load(Ordering::Relaxed),
+        poison: poison.len(),
+        verdict,
+    })
+}
+
+async fn gather(dbs: &Dbs, kafka: &KafkaSettings, topics: &Topics, snap: &mut Snapshot) -> anyhow::Result<()> {
+    checker::gather_databases(dbs, snap).await?;
+    let (kafka, topics, mut s) = (kafka.clone(), topics.clone(), std::mem::take(snap));
+    let (s, result) = tokio::task::spawn_blocking(move || {
+        let r = checker::gather_offsets(&kafka, &topics, &mut s).and_then(|()| checker::gather_dead_letters(&kafka, &topics, &mut s));
+        (s, r)
+    })
+    .await?;
+    *snap = s;
+    result
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(what: &str, mut f: impl FnMut() -> F) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(t) => return Ok(t),
+            Err(e) if Instant::now() > deadline => bail!("{what}: {e}"),
+            Err(e) => {
+                eprintln!("chaos: {what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn wait_ready(ports: &[u16]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for port in ports {
+        loop {
+            let response = crate::procs::try_http_get(*port, "/readyz").unwrap_or_default();
+            if response.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the service on port {port} is not ready after 120 s: {response}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMap<&str, String>, prefix: &str, static_membership: bool) -> Vec<Spec> {
+    let log = ("RUST_LOG".to_string(), "info".to_string());
+    let listener = format!("tcp://127.0.0.1:{}", ports.broker);
+    let mut specs = vec![
+        Spec {
+            name: "tansu",
+            program: tansu.to_path_buf(),
+            args: ["broker", "--listener-url", &listener, "--advertised-listener-url", &listener, "--storage-engine", "sqlite://tansu.db"]
+                .map(String::from)
+                .to_vec(),
+            // tansu logs every span at info: gigabytes per run.
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            cwd: dir.join("tansu"),
+            port: Some(ports.broker),
+        },
+        Spec {
+            name: "saga-registry",
+            program: bins.join("saga-registry"),
+            args: vec![],
+            env: vec![
+                log.clone(),
+                ("SAGA_REGISTRY_BIND".into(), format!("127.0.0.1:{}", ports.registry)),
+                ("SAGA_REGISTRY_DATABASE_URL".into(), format!("sqlite://{}", dir.join("registry.db").display())),
+            ],
+            cwd: dir.to_path_buf(),
+            port: Some(ports.registry),
+        },
+    ];
+    for (s, http) in SERVICES.iter().zip(ports.http) {
+        let name = crate::procs::service_binary(s);
+        let mut env = vec![
+            log.clone(),
+            ("SAGA_KAFKA__BOOTSTRAP_SERVERS".into(), format!("127.0.0.1:{}", ports.broker)),
+            ("SAGA_REGISTRY__URL".into(), format!("http://127.0.0.1:{}", ports.registry)),
+            ("SAGA_DATABASE__URL".into(), db_urls[s].clone()),
+            ("SAGA_TOPICS__PREFIX".into(), prefix.to_string()),
+            ("SAGA_HTTP__BIND".into(), format!("127.0.0.1:{http}")),
+        ];
+        if static_membership {
+            // Static membership: a restarted instance takes its predecessor's place (and
+            // partitions) at once, as a StatefulSet pod would. See `--dynamic-membership`.
+            env.push(("SAGA_KAFKA_CLIENT_GROUP_INSTANCE_ID".into(), format!("{name}-0")));
+        }
+        specs.push(Spec {
+            name,
+            program: bins.join(name),
+            args: vec![],
+            env,
+            cwd: dir.to_path_buf(),
+            port: Some(http),
+        });
+    }
+    specs
+}
+
+/// The directory of the service binaries: the harness's own. Under `cargo run` (which sets
+/// `CARGO`) they are built first, in the same profile, so a run never tests stale binaries.
+fn binaries(no_build: bool) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the harness has no directory")?.to_path_buf();
+    if let (false, Ok(cargo)) = (no_build, std::env::var("CARGO")) {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+        let target = dir.parent().context("target directory")?;
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.arg("build").arg("--manifest-path").arg(workspace.join("Cargo.toml")).arg("--target-dir").arg(target);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        for p in ["saga-registry", "saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"] {
+            cmd.args(["-p", p]);
+        }
+        println!("building the service binaries: {cmd:?}");
+        let status = cmd.arg("--bins").status().context("running cargo build")?;
+        if !status.success() {
+            bail!("building the service binaries failed ({status})");
+        }
+    }
+    for b in ["saga-registry", "saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"] {
+        if !dir.join(b).exists() {
+            bail!("{} is missing: build the services in the harness's profile (`cargo build --bins`, with --release for a release harness)", dir.join(b).display());
+        }
+    }
+    Ok(dir)
+}
+
+fn tansu_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("tansu"));
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
+    on_path.chain(home).find(|p| p.is_file()).context("tansu not found: install it with `cargo install --locked tansu --features dynostore,libsql,postgres` or pass --tansu")
+}
+
+fn postgres_version() -> anyhow::Result<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .context("no /etc/postgresql: the harness restarts PostgreSQL with pg_ctlcluster")?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.into_iter().next().context("no cluster under /etc/postgresql")
+}
