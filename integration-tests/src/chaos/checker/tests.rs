@@ -38,9 +38,12 @@ fn a_consistent_snapshot_passes() {
     assert_eq!((v.completed, v.compensated, v.stuck, v.parked), (1, 1, 0, 0));
 }
 
+/// A named change that breaks one invariant of a consistent snapshot.
+type Breakage = (&'static str, Box<dyn Fn(&mut Snapshot)>);
+
 #[test]
 fn each_inconsistency_is_a_violation() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Snapshot)>)> = vec![
+    let cases: Vec<Breakage> = vec![
         ("not terminal", Box::new(|s| s.sagas.get_mut("a").unwrap().status = "RUNNING".into())),
         ("completed saga disagrees", Box::new(|s| { s.reservations.insert("a".into(), "RELEASED".into()); })),
         ("compensated saga disagrees", Box::new(|s| { s.authorizations.insert("b".into(), ("AUTHORIZED".into(), "bob".into(), 0)); })),
