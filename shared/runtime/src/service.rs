@@ -99,6 +99,11 @@ impl<H: Handler> Service<H> {
         let dead_letter_consumer = if handler.watches_dead_letters() {
             let mut kafka = settings.kafka.clone();
             kafka.group_id = format!("{}.dead-letters", settings.kafka.group_id);
+            // A static member id (kafka.client group.instance.id) names this consumer in its own
+            // group, distinct from the main consumer's.
+            if let Some(id) = kafka.client.get("group.instance.id").cloned() {
+                kafka.client.insert("group.instance.id".into(), format!("{id}.dead-letters"));
+            }
             let c: StreamConsumer<LoggingContext> = kafka::consumer_config(&kafka, &format!("{client_id}-dead-letters"))
                 .create_with_context(LoggingContext::logging(H::SERVICE))
                 .map_err(kafka::KafkaSetupError::from)?;
