@@ -5,6 +5,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A broker for process tests: librdkafka's mock cluster listening on a real TCP port, with the
+/// system's topics and their dead-letter topics under one prefix.
+pub struct TestBroker {
+    /// The cluster; the broker lives as long as this.
+    pub cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    /// Its bootstrap address.
+    pub bootstrap: String,
+    /// The topic names.
+    pub topics: saga_contracts::Topics,
+}
+
+/// A [`TestBroker`] with topics `prefix.*`, `partitions` each.
+pub fn mock_broker(prefix: &str, partitions: i32) -> TestBroker {
+    let topics = saga_contracts::Topics::new(prefix);
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for t in topics.all_with_dlts() {
+        cluster.create_topic(&t, partitions, 1).unwrap();
+    }
+    TestBroker { bootstrap: cluster.bootstrap_servers(), cluster, topics }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Path of a workspace binary next to the running test.
 pub fn binary(name: &str) -> PathBuf {
     // Integration tests run from target/<profile>/deps; the workspace's binaries are one level up.

@@ -10,11 +10,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureRecord;
 use saga_cli::sample::sample_order;
-use saga_contracts::{TopicKind, Topics};
-use saga_integration_tests::procs::{binary, seed, service_binary, spawn, terminate, OrderClient};
+use saga_contracts::TopicKind;
+use saga_integration_tests::procs::{binary, free_port, mock_broker, seed, service_binary, spawn, terminate, OrderClient, TestBroker};
 use saga_orchestrator::saga::Status;
 
 /// Runs sagactl; returns (success, stdout + stderr).
@@ -41,13 +40,8 @@ async fn wait_for_status(db: &saga_store::Db, id: &str, want: Status, log_dir: &
 #[test]
 fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("ops");
-    let cluster = MockCluster::new(1).unwrap();
-    for t in topics.all_with_dlts() {
-        cluster.create_topic(&t, 2, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let TestBroker { cluster: _broker, bootstrap, topics } = mock_broker("ops", 2);
+    let port = free_port();
     let registry_url = format!("http://127.0.0.1:{port}");
     let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();

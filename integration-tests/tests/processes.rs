@@ -6,22 +6,16 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
 use saga_cli::sample::sample_order;
-use saga_contracts::{TopicKind, Topics};
+use saga_contracts::TopicKind;
 use saga_order::domain::OrderStatus;
-use saga_integration_tests::procs::{binary, http_get, seed, service_binary, spawn, terminate, try_http_get, OrderClient, Proc};
+use saga_integration_tests::procs::{binary, free_port, http_get, mock_broker, seed, service_binary, spawn, terminate, try_http_get, OrderClient, Proc, TestBroker};
 
 #[test]
 fn services_run_as_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("proc");
-    let cluster = MockCluster::new(1).unwrap();
-    for t in topics.all_with_dlts() {
-        cluster.create_topic(&t, 4, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let TestBroker { cluster, bootstrap, topics } = mock_broker("proc", 4);
+    let port = free_port();
     let registry_url = format!("http://127.0.0.1:{port}");
     let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
 
@@ -36,7 +30,7 @@ fn services_run_as_separate_processes() {
     let mut services = Vec::new();
     let mut health_ports = Vec::new();
     for name in ["order", "inventory", "payment", "orchestrator"] {
-        let health_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let health_port = free_port();
         health_ports.push(health_port);
         services.push(spawn(
             service_binary(name),
@@ -135,7 +129,7 @@ fn metric_sum(response: &str, metric: &str, label: &str) -> f64 {
 
 /// Starts instance `i` of `service` on PostgreSQL database `db`; returns it and its HTTP port.
 fn spawn_instance(service: &str, i: usize, db: &str, bootstrap: &str, registry_url: &str, prefix: &str, dir: &std::path::Path) -> (Proc, u16) {
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http_port = free_port();
     let bin = service_binary(service);
     let log_name: &'static str = Box::leak(format!("{bin}-{i}").into_boxed_str());
     let log = std::fs::File::create(dir.join(format!("{log_name}.log"))).unwrap();
@@ -180,13 +174,8 @@ fn two_instances_of_each_service_share_the_partitions() {
     const PARTITIONS: i32 = 4;
     const INSTANCES: usize = 2;
     let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("scale");
-    let cluster = MockCluster::new(1).unwrap();
-    for t in topics.all_with_dlts() {
-        cluster.create_topic(&t, PARTITIONS, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let TestBroker { cluster, bootstrap, topics } = mock_broker("scale", PARTITIONS);
+    let port = free_port();
     let registry_url = format!("http://127.0.0.1:{port}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -324,13 +313,8 @@ fn two_instances_of_each_service_share_the_partitions() {
 #[ignore = "needs PostgreSQL at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
 fn instances_join_and_leave_under_load() {
     let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("churn");
-    let cluster = MockCluster::new(1).unwrap();
-    for t in topics.all_with_dlts() {
-        cluster.create_topic(&t, 4, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let TestBroker { cluster, bootstrap, topics } = mock_broker("churn", 4);
+    let port = free_port();
     let registry_url = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let names = ["order", "inventory", "payment", "orchestrator"];

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
-use rdkafka::mocking::MockCluster;
 use saga_cli::sample::sample_order;
-use saga_contracts::{PlaceOrder, Topics};
-use saga_integration_tests::procs::{seed, service_binary, spawn, terminate, OrderClient, Proc};
+use saga_contracts::PlaceOrder;
+use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, terminate, OrderClient, Proc, TestBroker};
 use saga_order::domain::OrderStatus;
 use serde_json::Value;
 
@@ -136,13 +135,8 @@ fn leaf<'a>(trace: &'a [SpanRec], service: &str, message_type: &str) -> &'a Span
 #[test]
 fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let topics = Topics::new("trace");
-    let cluster = MockCluster::new(1).unwrap();
-    for t in topics.all_with_dlts() {
-        cluster.create_topic(&t, 2, 1).unwrap();
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let TestBroker { cluster, bootstrap, topics } = mock_broker("trace", 2);
+    let port = free_port();
     let registry_url = format!("http://127.0.0.1:{port}");
     let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();
