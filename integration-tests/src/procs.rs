@@ -48,6 +48,17 @@ pub struct Proc {
     pub child: Child,
 }
 
+impl Drop for Proc {
+    /// A test that fails half-way must not leave its services running: whatever was not stopped
+    /// with [`terminate`] is killed.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `name` with only `env` (and `RUST_LOG=info`), stderr to `<log_dir>/<name>.log`.
 pub fn spawn(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Proc {
     let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
