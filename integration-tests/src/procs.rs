@@ -70,6 +70,12 @@ pub fn spawn(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Proc
     Proc { name, child: cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")) }
 }
 
+/// The schema registry on `port`, with its SQLite file (and log) in `dir`.
+pub fn spawn_registry(port: u16, dir: &Path) -> Proc {
+    let db = format!("sqlite://{}", dir.join("registry.db").display());
+    spawn("saga-registry", &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db)], dir)
+}
+
 /// Sends SIGTERM and checks the process exits 0 within 30 s.
 pub fn terminate(mut p: Proc, log_dir: &Path) {
     let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();

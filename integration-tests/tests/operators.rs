@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::producer::FutureRecord;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
-use saga_integration_tests::procs::{binary, free_port, mock_broker, seed, service_binary, spawn, terminate, OrderClient, TestBroker};
+use saga_integration_tests::procs::{binary, free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
 use saga_orchestrator::saga::Status;
 
 /// Runs sagactl; returns (success, stdout + stderr).
@@ -51,7 +51,7 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
         saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap()
     });
 
-    let registry = spawn("saga-registry", &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db("registry"))], dir.path());
+    let registry = spawn_registry(port, dir.path());
     let env = |name: &str| {
         vec![
             ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),

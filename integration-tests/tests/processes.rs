@@ -9,7 +9,7 @@ use std::time::Duration;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
 use saga_order::domain::OrderStatus;
-use saga_integration_tests::procs::{binary, free_port, http_get, mock_broker, seed, service_binary, spawn, terminate, try_http_get, OrderClient, Proc, TestBroker};
+use saga_integration_tests::procs::{binary, free_port, http_get, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, try_http_get, OrderClient, Proc, TestBroker};
 
 #[test]
 fn services_run_as_separate_processes() {
@@ -22,11 +22,7 @@ fn services_run_as_separate_processes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(seed(&db("inventory"), &db("payment")));
 
-    let registry = spawn(
-        "saga-registry",
-        &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db("registry"))],
-        dir.path(),
-    );
+    let registry = spawn_registry(port, dir.path());
     let mut services = Vec::new();
     let mut health_ports = Vec::new();
     for name in ["order", "inventory", "payment", "orchestrator"] {
@@ -182,14 +178,7 @@ fn two_instances_of_each_service_share_the_partitions() {
     let names = ["order", "inventory", "payment", "orchestrator"];
     let dbs = service_databases(&rt);
 
-    let registry = spawn(
-        "saga-registry",
-        &[
-            ("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")),
-            ("SAGA_REGISTRY_DATABASE_URL", format!("sqlite://{}", dir.path().join("registry.db").display())),
-        ],
-        dir.path(),
-    );
+    let registry = spawn_registry(port, dir.path());
     // (service, process, metrics port)
     let mut instances = Vec::new();
     for (name, db) in names.iter().zip(&dbs) {
@@ -319,11 +308,7 @@ fn instances_join_and_leave_under_load() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let names = ["order", "inventory", "payment", "orchestrator"];
     let dbs = service_databases(&rt);
-    let registry = spawn(
-        "saga-registry",
-        &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", format!("sqlite://{}", dir.path().join("registry.db").display()))],
-        dir.path(),
-    );
+    let registry = spawn_registry(port, dir.path());
     let start = |i: usize| -> Vec<Proc> {
         names.iter().zip(&dbs).map(|(name, db)| spawn_instance(name, i, db, &bootstrap, &registry_url, "churn", dir.path()).0).collect()
     };

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::routing::post;
 use saga_cli::sample::sample_order;
 use saga_contracts::PlaceOrder;
-use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, terminate, OrderClient, Proc, TestBroker};
+use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, Proc, TestBroker};
 use saga_order::domain::OrderStatus;
 use serde_json::Value;
 
@@ -142,11 +142,7 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (otlp, spans) = rt.block_on(receiver());
     rt.block_on(seed(&db("inventory"), &db("payment")));
-    let registry = spawn(
-        "saga-registry",
-        &[("SAGA_REGISTRY_BIND", format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL", db("registry"))],
-        dir.path(),
-    );
+    let registry = spawn_registry(port, dir.path());
     let start = |name: &str| -> Proc { spawn(service_binary(name), &service_env(name, &bootstrap, &registry_url, &db(name), &otlp), dir.path()) };
     let mut running: HashMap<&str, Proc> = ["order", "inventory", "payment", "orchestrator"].into_iter().map(|n| (n, start(n))).collect();
 

@@ -77,10 +77,7 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter for a consumed record.
     pub fn new(record: &OwnedMessage, class: &'static str, message: String) -> DeadLetter {
-        let original_headers = record
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-            .unwrap_or_default();
+        let original_headers = headers_of(record);
         DeadLetter {
             topic: record.topic().to_string(),
             partition: record.partition(),
@@ -93,6 +90,11 @@ impl DeadLetter {
             message,
         }
     }
+}
+
+/// A record's headers as owned `(key, value)` pairs, in order.
+pub fn headers_of(record: &impl rdkafka::Message) -> Vec<(String, Option<Vec<u8>>)> {
+    record.headers().map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default()
 }
 
 /// Sends dead letters for one consumer group.

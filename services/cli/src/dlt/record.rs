@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use rdkafka::message::Headers as _;
 use rdkafka::Message;
 use saga_contracts::topics::DLT_SUFFIX;
 use saga_runtime::dlt::headers;
@@ -51,10 +50,7 @@ pub struct Redrive {
 impl DeadLetterRecord {
     /// Copies a consumed record.
     pub fn from_message(m: &impl Message, purged: bool) -> DeadLetterRecord {
-        let headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-            .unwrap_or_default();
+        let headers = saga_runtime::dlt::headers_of(m);
         DeadLetterRecord {
             dlt_topic: m.topic().to_string(),
             partition: m.partition(),

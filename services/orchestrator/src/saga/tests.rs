@@ -305,6 +305,32 @@ fn participant_apply(held: &mut Holding, forward: bool, ok: bool) -> bool {
     }
 }
 
+/// The three participants as the property sees them.
+struct World {
+    stock_ok: bool,
+    payment_ok: bool,
+    stock: Holding,
+    payment: Holding,
+    approved: bool,
+    rejected: bool,
+}
+
+impl World {
+    /// A participant applies `action`; its reply.
+    fn apply(&mut self, action: Action) -> Reply {
+        match action {
+            Action::ReserveStock if participant_apply(&mut self.stock, true, self.stock_ok) => Reply::StockReserved,
+            Action::ReserveStock => Reply::StockReservationFailed,
+            Action::ReleaseStock => { participant_apply(&mut self.stock, false, true); Reply::StockReleased }
+            Action::AuthorizePayment if participant_apply(&mut self.payment, true, self.payment_ok) => Reply::PaymentAuthorized,
+            Action::AuthorizePayment => Reply::PaymentDeclined,
+            Action::VoidPayment => { participant_apply(&mut self.payment, false, true); Reply::PaymentVoided }
+            Action::ApproveOrder => { self.approved |= !self.rejected; Reply::OrderApproved }
+            Action::RejectOrder => { self.rejected |= !self.approved; Reply::OrderRejected }
+        }
+    }
+}
+
 proptest::proptest! {
     /// Any interleaving of replies, lost replies (timeouts), duplicates and late deliveries ends
     /// in a terminal state (or STUCK after its attempts), and what the participants hold agrees
@@ -324,8 +350,7 @@ proptest::proptest! {
         let mut in_flight: Vec<Command> = t.commands;
         let mut replies: Vec<Reply> = Vec::new();
         let mut delivered: Vec<Reply> = Vec::new();
-        let (mut stock, mut payment) = (Holding::default(), Holding::default());
-        let (mut approved, mut rejected) = (false, false);
+        let mut world = World { stock_ok, payment_ok, stock: Holding::default(), payment: Holding::default(), approved: false, rejected: false };
         let mut applied: Vec<Command> = Vec::new();
         let mut script = script.into_iter().chain(std::iter::repeat(0));
         for _ in 0..400 {
@@ -339,15 +364,7 @@ proptest::proptest! {
                 0 | 1 if !in_flight.is_empty() => {
                     let c = in_flight.remove(0);
                     applied.push(c.clone());
-                    let reply = match c.action {
-                        Action::ReserveStock => if participant_apply(&mut stock, true, stock_ok) { Reply::StockReserved } else { Reply::StockReservationFailed },
-                        Action::ReleaseStock => { participant_apply(&mut stock, false, true); Reply::StockReleased }
-                        Action::AuthorizePayment => if participant_apply(&mut payment, true, payment_ok) { Reply::PaymentAuthorized } else { Reply::PaymentDeclined },
-                        Action::VoidPayment => { participant_apply(&mut payment, false, true); Reply::PaymentVoided }
-                        Action::ApproveOrder => { if !rejected { approved = true; } Reply::OrderApproved }
-                        Action::RejectOrder => { if !approved { rejected = true; } Reply::OrderRejected }
-                    };
-                    replies.push(reply);
+                    replies.push(world.apply(c.action));
                 }
                 // The oldest queued reply reaches the saga.
                 0..=2 if !replies.is_empty() => {
@@ -380,15 +397,7 @@ proptest::proptest! {
         for _ in 0..200 {
             if state.status.is_terminal() || state.status == Status::Stuck { break; }
             if let Some(c) = (!in_flight.is_empty()).then(|| in_flight.remove(0)) {
-                let reply = match c.action {
-                    Action::ReserveStock => if participant_apply(&mut stock, true, stock_ok) { Reply::StockReserved } else { Reply::StockReservationFailed },
-                    Action::ReleaseStock => { participant_apply(&mut stock, false, true); Reply::StockReleased }
-                    Action::AuthorizePayment => if participant_apply(&mut payment, true, payment_ok) { Reply::PaymentAuthorized } else { Reply::PaymentDeclined },
-                    Action::VoidPayment => { participant_apply(&mut payment, false, true); Reply::PaymentVoided }
-                    Action::ApproveOrder => { if !rejected { approved = true; } Reply::OrderApproved }
-                    Action::RejectOrder => { if !approved { rejected = true; } Reply::OrderRejected }
-                };
-                replies.push(reply);
+                replies.push(world.apply(c.action));
             }
             let input = if replies.is_empty() { on_timeout(&def, &state, &timing) } else { on_reply(&def, &state, replies.remove(0), Some("no")) };
             if let Outcome::Applied(t) = input {
@@ -399,12 +408,11 @@ proptest::proptest! {
         proptest::prop_assert!(state.status.is_terminal() || state.status == Status::Stuck, "ended {:?}", state);
         // Commands still in flight at the end land too (late deliveries).
         for c in in_flight {
-            match c.action {
-                Action::ReserveStock => { participant_apply(&mut stock, true, stock_ok); }
-                Action::AuthorizePayment => { participant_apply(&mut payment, true, payment_ok); }
-                _ => {}
+            if matches!(c.action, Action::ReserveStock | Action::AuthorizePayment) {
+                world.apply(c.action);
             }
         }
+        let World { stock, payment, approved, rejected, .. } = world;
         match state.status {
             Status::Completed => {
                 proptest::prop_assert!(stock_ok && payment_ok);
