@@ -51,6 +51,12 @@ struct Topic {
     partitions: Vec<Mutex<PartitionLog>>,
 }
 
+impl Topic {
+    fn partition(&self, index: i32) -> Option<&Mutex<PartitionLog>> {
+        self.partitions.get(usize::try_from(index).ok()?)
+    }
+}
+
 struct State {
     config: BrokerConfig,
     addr: SocketAddr,
@@ -182,10 +188,9 @@ async fn handle(state: &State, mut buf: Bytes) -> anyhow::Result<Option<Bytes>> 
         body.api_keys = api_versions();
         return encode(correlation_id, api, 0, ResponseKind::ApiVersions(body)).map(Some);
     }
-    let Some((min, max)) = supported.filter(|(min, max)| (*min..=*max).contains(&version)) else {
+    if !supported.is_some_and(|(min, max)| (min..=max).contains(&version)) {
         anyhow::bail!("{api:?} v{version} is not supported (supported: {supported:?})");
-    };
-    let _ = (min, max);
+    }
     let header = RequestHeader::decode(&mut buf, api.request_header_version(version))?;
     let client_id = header.client_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default();
     let request = RequestKind::decode(api, &mut buf, version)?;
@@ -372,7 +377,7 @@ impl State {
                 pr.base_offset = -1;
                 pr.log_append_time_ms = -1;
                 pr.log_start_offset = -1;
-                let log = topic.as_ref().and_then(|t| t.partitions.get(usize::try_from(pd.index).ok()?));
+                let log = topic.as_ref().and_then(|t| t.partition(pd.index));
                 match (log, pd.records) {
                     (None, _) => pr.error_code = Code::UnknownTopicOrPartition.value(),
                     (Some(_), None) => pr.error_code = Code::CorruptMessage.value(),
@@ -434,7 +439,7 @@ impl State {
                 pr.log_start_offset = -1;
                 pr.aborted_transactions = Some(Vec::new());
                 pr.preferred_read_replica = BrokerId(-1);
-                match topic.as_ref().and_then(|t| t.partitions.get(usize::try_from(fp.partition).ok()?)) {
+                match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
                     None => {
                         pr.error_code = Code::UnknownTopicOrPartition.value();
                         errors = true;
@@ -481,7 +486,7 @@ impl State {
                 pr.timestamp = -1;
                 pr.offset = -1;
                 pr.leader_epoch = 0;
-                match topic.as_ref().and_then(|t| t.partitions.get(usize::try_from(lp.partition_index).ok()?)) {
+                match topic.as_ref().and_then(|t| t.partition(lp.partition_index)) {
                     None => pr.error_code = Code::UnknownTopicOrPartition.value(),
                     Some(log) => {
                         let log = log.lock().expect("partition lock");
@@ -508,7 +513,7 @@ impl State {
             for p in t.partitions {
                 let mut pr = offset_for_leader_epoch_response::EpochEndOffset::default();
                 pr.partition = p.partition;
-                match topic.as_ref().and_then(|t| t.partitions.get(usize::try_from(p.partition).ok()?)) {
+                match topic.as_ref().and_then(|t| t.partition(p.partition)) {
                     None => {
                         pr.error_code = Code::UnknownTopicOrPartition.value();
                         pr.leader_epoch = -1;
