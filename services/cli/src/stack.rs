@@ -1,7 +1,7 @@
 //! The whole system in one process: broker, registry, four services, seeded databases.
 //!
 //! `sagactl dev`, `sagactl bench` and the end-to-end tests all run this. The broker is either
-//! librdkafka's in-process mock cluster or an external Kafka-protocol broker (tansu in CI); the
+//! the in-process [`saga_broker`] or an external Kafka-protocol broker (tansu in CI); the
 //! databases are SQLite files in a directory or fresh PostgreSQL databases.
 
 use std::net::SocketAddr;
@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saga_contracts::{Message, PlaceOrder, TopicKind, Topics};
 use saga_runtime::codec::Codec;
@@ -25,7 +24,7 @@ use crate::seed::Seed;
 /// Where the broker comes from.
 #[derive(Debug, Clone)]
 pub enum BrokerChoice {
-    /// librdkafka's in-process mock cluster, with the topics created in it.
+    /// The in-process broker ([`saga_broker`]), with the topics created in it.
     Embedded,
     /// An external broker at these bootstrap servers; topics are created through the admin API.
     External(String),
@@ -179,10 +178,6 @@ impl Stack {
         settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
         // Four services in one process cannot share one health address; the stack has none.
         settings.http.bind = String::new();
-        if let BrokerChoice::Embedded = options.broker {
-            // The mock cluster answers a fetch only at its deadline: keep the deadline short.
-            settings.kafka.fetch_wait_max_ms = 2;
-        }
         settings.registry.url = registry_url.clone();
         settings.topics.prefix = options.topic_prefix.clone();
         settings.consumer.batch_size = options.batch_size;
@@ -322,40 +317,55 @@ async fn spawn<H: Handler>(
     Ok((task, metrics))
 }
 
-/// librdkafka's mock cluster, owned by a thread of its own (its handle is not `Send`).
+/// The in-process broker ([`saga_broker`]), with the stack's topics created in it, served by a
+/// runtime of its own: librdkafka clients close synchronously (dropping a consumer blocks its
+/// thread until the group is left), and a broker on the services' runtime could then be starved
+/// of the threads it needs to answer them.
 struct EmbeddedBroker {
     bootstrap: String,
-    stop: std::sync::mpsc::Sender<()>,
+    stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
     fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new().name("mock-broker".into()).spawn(move || {
-            let cluster = match MockCluster::new(1) {
-                Ok(c) => c,
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new().name("broker".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("starting the in-process broker: {e}")));
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("starting the in-process broker's runtime: {e}")));
                     return;
                 }
             };
-            for t in &topics {
-                if let Err(e) = cluster.create_topic(t, partitions, 1) {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("creating topic {t}: {e}")));
-                    return;
+            runtime.block_on(async move {
+                let config = saga_broker::BrokerConfig { default_partitions: partitions, auto_create_partitions: None, ..Default::default() };
+                let broker = match saga_broker::Broker::start(config).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("starting the in-process broker: {e}")));
+                        return;
+                    }
+                };
+                for t in &topics {
+                    if let Err(code) = broker.create_topic(t, partitions) {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("creating topic {t}: {code:?}")));
+                        return;
+                    }
                 }
-            }
-            let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-            let _ = stop_rx.recv();
+                let _ = ready_tx.send(Ok(broker.bootstrap_servers()));
+                stopped.cancelled().await;
+                broker.stop();
+            });
         })?;
         let bootstrap = ready_rx.recv().context("the in-process broker thread died")??;
-        Ok(EmbeddedBroker { bootstrap, stop: stop_tx, thread })
+        Ok(EmbeddedBroker { bootstrap, stop, thread })
     }
 
     fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         let _ = self.thread.join();
     }
 }
