@@ -1,24 +1,42 @@
 //! `sagactl bench`: drives sagas through the embedded stack and prints throughput and latency.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use saga_contracts::TopicKind;
 use serde::Serialize;
 
-use crate::sample::sample_order;
-use crate::seed::{Seed, StockItem};
+use saga_contracts::PlaceOrder;
+
+use crate::sample::{place_order, sample_order, Expect};
+use crate::seed::Seed;
 use crate::stack::{Stack, StackOptions};
 use crate::watch::watch_outcomes;
+
+/// How load is offered.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// A fixed number of sagas in flight: each outcome starts the next one.
+    Closed {
+        /// Sagas in flight at once.
+        concurrency: usize,
+    },
+    /// Sagas started on a schedule, whatever the system does. Latency counts from the scheduled
+    /// start, so a stall is charged to every saga it delays (no coordinated omission).
+    Open {
+        /// Sagas started per second.
+        rate: f64,
+    },
+}
 
 /// Options of `sagactl bench`.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     /// Sagas to run.
     pub sagas: usize,
-    /// Sagas in flight at once.
-    pub concurrency: usize,
+    /// Closed or open loop.
+    pub load: Load,
     /// Partitions per topic.
     pub partitions: i32,
     /// Records per consumer transaction.
@@ -28,22 +46,132 @@ pub struct BenchOptions {
 /// What the benchmark measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// `closed` or `open`.
+    pub load: &'static str,
+    /// In flight at once (closed loop), else 0.
+    pub concurrency: usize,
+    /// Offered sagas per second (open loop), else 0.
+    pub rate: f64,
     /// Sagas that finished.
     pub sagas: usize,
-    /// In flight at once.
-    pub concurrency: usize,
+    /// Of those, approved (every step done).
+    pub completed: usize,
+    /// Of those, rejected (a step failed and what was done before it was compensated).
+    pub compensated: usize,
     /// Sagas that did not finish within the wait.
     pub unfinished: usize,
     /// Wall time, seconds.
     pub elapsed_s: f64,
     /// Finished sagas per second.
     pub sagas_per_sec: f64,
-    /// End-to-end latency (PlaceOrder published → outcome read), percentiles in milliseconds.
+    /// End-to-end latency (PlaceOrder published, or due to be in an open loop, to its outcome
+    /// read), nearest-rank percentiles in milliseconds.
     pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
     /// 95th percentile.
     pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p99_9_ms: f64,
+    /// The slowest.
+    pub max_ms: f64,
+    /// CPU of this process (every service, the broker and the load) over the run, in cores.
+    pub cpu_cores: f64,
+    /// Peak resident set of this process, MiB.
+    pub peak_rss_mib: f64,
+    /// Mean time per observation of each runtime stage (`saga_stage_seconds`), over all four
+    /// services, during the measured run.
+    pub stages: Vec<StageFigure>,
+}
+
+/// One stage's figures (see `saga_runtime::metrics::Stage`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StageFigure {
+    /// The stage's label.
+    pub stage: String,
+    /// Observations: one per record for `deliver` and `handoff`, one per batch or burst otherwise.
+    pub count: u64,
+    /// Mean, milliseconds.
+    pub mean_ms: f64,
+}
+
+/// Sums and counts of `saga_stage_seconds` by stage, from Prometheus text.
+fn stage_totals(text: &str) -> HashMap<String, (f64, f64)> {
+    let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
+    for line in text.lines() {
+        let (is_sum, rest) = if let Some(rest) = line.strip_prefix("saga_stage_seconds_sum{") {
+            (true, rest)
+        } else if let Some(rest) = line.strip_prefix("saga_stage_seconds_count{") {
+            (false, rest)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+        let Some(stage) = labels.split(',').find_map(|l| l.strip_prefix("stage=\"")).map(|v| v.trim_end_matches('"')) else { continue };
+        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let entry = totals.entry(stage.to_string()).or_default();
+        if is_sum {
+            entry.0 += value;
+        } else {
+            entry.1 += value;
+        }
+    }
+    totals
+}
+
+/// What each stage took between two snapshots of the metrics, in the order of the stages.
+fn stage_figures(before: &str, after: &str) -> Vec<StageFigure> {
+    let (before, after) = (stage_totals(before), stage_totals(after));
+    saga_runtime::metrics::Stage::ALL
+        .iter()
+        .map(|s| {
+            let label = s.label();
+            let (sum0, n0) = before.get(label).copied().unwrap_or_default();
+            let (sum1, n1) = after.get(label).copied().unwrap_or_default();
+            let n = (n1 - n0).max(0.0);
+            StageFigure { stage: label.to_string(), count: n as u64, mean_ms: if n > 0.0 { (sum1 - sum0) * 1000.0 / n } else { 0.0 } }
+        })
+        .collect()
+}
+
+impl BenchReport {
+    /// One line of `key=value` pairs.
+    pub fn render_text(&self) -> String {
+        let load = match self.load {
+            "open" => format!("rate={:.0}", self.rate),
+            _ => format!("concurrency={}", self.concurrency),
+        };
+        let stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
+        format!(
+            "load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
+             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
+            self.load,
+            self.sagas,
+            self.completed,
+            self.compensated,
+            self.unfinished,
+            self.elapsed_s,
+            self.sagas_per_sec,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p99_9_ms,
+            self.max_ms,
+            self.cpu_cores,
+            self.peak_rss_mib,
+        )
+    }
+}
+
+/// The `i`-th order of a benchmark: the peers' mix, nine in ten approved, one in ten declined by
+/// payment and so compensated (stock released, order rejected).
+fn bench_order(run: &str, i: usize) -> PlaceOrder {
+    // sample_order's 0th is approved and its 6th declined (see crate::sample).
+    let (like, expect) = sample_order(run, if i % 10 == 9 { 6 } else { 0 });
+    debug_assert!(matches!(expect, Expect::Approved | Expect::Declined));
+    place_order(&format!("{run}-{i:06}"), &like.customer_id, like.lines)
 }
 
 /// Runs the benchmark on a fresh embedded stack (SQLite with `synchronous=FULL`: every commit is
@@ -53,35 +181,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut stack_options = StackOptions::embedded(dir.path().to_path_buf());
     stack_options.partitions = options.partitions;
     stack_options.batch_size = options.batch_size;
-    // Enough of the scarce sku that the mix stays the same however many sagas run.
-    let mut seed = Seed::dev();
-    seed.stock.retain(|s| s.sku != "RARE-GEM");
-    seed.stock.push(StockItem { sku: "RARE-GEM".into(), on_hand: 3 });
-    stack_options.seed = seed;
+    stack_options.seed = bench_seed();
     let stack = Arc::new(Stack::start(stack_options).await?);
     let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
     let run_id = format!("bench{}", saga_store::now_ms());
-    let mut sent_at: HashMap<String, Instant> = HashMap::new();
-    let mut latencies = Vec::with_capacity(options.sagas);
-    let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut next = 0;
-    let send = |i: usize, sent_at: &mut HashMap<String, Instant>| {
-        let (order, _) = sample_order(&run_id, i);
-        sent_at.insert(order.order_id.clone(), Instant::now());
-        let stack = stack.clone();
-        let errors = errors_tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = stack.publish(&order.into()).await {
-                let _ = errors.send(e);
-            }
-        });
-    };
     // Warm up: the consumer groups form and the schemas are cached before the clock starts.
     let warmup = 20;
     for i in 0..warmup {
-        let (order, _) = sample_order(&format!("{run_id}-warmup"), i);
-        stack.publish(&order.into()).await?;
+        stack.publish(&bench_order(&format!("{run_id}-warmup"), i).into()).await?;
     }
     let mut warmed = 0;
     while warmed < warmup {
@@ -90,11 +198,47 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!("warm-up sagas did not finish within 60 s"),
         }
     }
+
+    let cpu_before = process_cpu_seconds();
+    let metrics_before = stack.metrics_text();
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel();
+    let send = {
+        let (stack, sent_at, run_id) = (stack.clone(), sent_at.clone(), run_id.clone());
+        move |i: usize, at: Instant| {
+            let order = bench_order(&run_id, i);
+            sent_at.lock().expect("sent_at").insert(order.order_id.clone(), at);
+            let (stack, errors) = (stack.clone(), errors_tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = stack.publish(&order.into()).await {
+                    let _ = errors.send(e);
+                }
+            });
+        }
+    };
     let started = Instant::now();
-    while next < options.concurrency.min(options.sagas) {
-        send(next, &mut sent_at);
-        next += 1;
-    }
+    let mut next = 0;
+    let scheduler = match options.load {
+        Load::Closed { concurrency } => {
+            while next < concurrency.min(options.sagas) {
+                send(next, Instant::now());
+                next += 1;
+            }
+            None
+        }
+        Load::Open { rate } => {
+            let (sagas, send) = (options.sagas, send.clone());
+            Some(tokio::spawn(async move {
+                for i in 0..sagas {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    send(i, due);
+                }
+            }))
+        }
+    };
+    let mut latencies = Vec::with_capacity(options.sagas);
+    let mut completed = 0;
     let wait = Duration::from_secs(60);
     while latencies.len() < options.sagas {
         let outcome = tokio::select! {
@@ -102,14 +246,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             e = errors_rx.recv() => return Err(e.unwrap_or_else(|| anyhow::anyhow!("publisher stopped"))),
             _ = tokio::time::sleep(wait) => break,
         };
-        let Some(at) = sent_at.remove(&outcome.order_id) else { continue };
+        let Some(at) = sent_at.lock().expect("sent_at").remove(&outcome.order_id) else { continue };
         latencies.push(outcome.seen_at.duration_since(at));
-        if next < options.sagas {
-            send(next, &mut sent_at);
+        completed += usize::from(outcome.approved);
+        if matches!(options.load, Load::Closed { .. }) && next < options.sagas {
+            send(next, Instant::now());
             next += 1;
         }
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu_seconds() - cpu_before;
+    let stages = stage_figures(&metrics_before, &stack.metrics_text());
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     watch.close().await;
     if let Ok(stack) = Arc::try_unwrap(stack) {
         stack.stop().await;
@@ -122,14 +272,87 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i].as_secs_f64() * 1000.0
     };
+    let (load, concurrency, rate) = match options.load {
+        Load::Closed { concurrency } => ("closed", concurrency, 0.0),
+        Load::Open { rate } => ("open", 0, rate),
+    };
     Ok(BenchReport {
+        load,
+        concurrency,
+        rate,
         sagas: latencies.len(),
-        concurrency: options.concurrency,
+        completed,
+        compensated: latencies.len() - completed,
         unfinished: options.sagas - latencies.len(),
         elapsed_s: elapsed.as_secs_f64(),
         sagas_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
+        p99_9_ms: pct(0.999),
+        max_ms: pct(1.0),
+        cpu_cores: cpu / elapsed.as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        stages,
     })
+}
+
+/// The shipped seed, with stock and credit enough that no approved benchmark order is refused
+/// however many run (bob's low credit limit still declines his).
+fn bench_seed() -> Seed {
+    let mut seed = Seed::dev();
+    for item in &mut seed.stock {
+        item.on_hand = item.on_hand.max(1_000_000_000);
+    }
+    for customer in seed.customers.iter_mut().filter(|c| c.customer_id != "bob") {
+        customer.credit_limit_minor = customer.credit_limit_minor.max(1_000_000_000_000_000);
+    }
+    seed
+}
+
+/// User and system CPU time of this process so far, in seconds (0 where /proc is not there).
+fn process_cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the command name in parentheses, in clock ticks
+    // of 1/100 s (USER_HZ, fixed at 100 on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident set of this process (VmHWM), MiB (0 where /proc is not there).
+fn peak_rss_mib() -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0.0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_figures_are_the_difference_of_two_snapshots_over_every_service() {
+        let before = "saga_stage_seconds_sum{service=\"order\",stage=\"apply\"} 1\n\
+                      saga_stage_seconds_count{service=\"order\",stage=\"apply\"} 10\n";
+        let after = "# TYPE saga_stage_seconds histogram\n\
+                     saga_stage_seconds_bucket{service=\"order\",stage=\"apply\",le=\"0.1\"} 20\n\
+                     saga_stage_seconds_sum{service=\"order\",stage=\"apply\"} 1.5\n\
+                     saga_stage_seconds_count{service=\"order\",stage=\"apply\"} 20\n\
+                     saga_stage_seconds_sum{service=\"payment\",stage=\"apply\"} 0.5\n\
+                     saga_stage_seconds_count{service=\"payment\",stage=\"apply\"} 10\n";
+        let figures = stage_figures(before, after);
+        let apply = figures.iter().find(|f| f.stage == "apply").expect("apply is reported");
+        // (1.5 - 1 + 0.5) s over (20 - 10 + 10) observations.
+        assert_eq!(apply.count, 20);
+        assert!((apply.mean_ms - 50.0).abs() < 1e-9, "{apply:?}");
+        let publish = figures.iter().find(|f| f.stage == "publish").expect("every stage is reported");
+        assert_eq!((publish.count, publish.mean_ms), (0, 0.0));
+    }
 }

@@ -93,14 +93,22 @@ enum Command {
         #[command(subcommand)]
         command: DltCommand,
     },
-    /// Drive sagas through the embedded stack; print sagas per second and latency percentiles.
+    /// Drive sagas through the embedded stack; print sagas per second, latency percentiles, CPU
+    /// and memory. Closed loop (`--concurrency`) or open loop (`--rate`).
     Bench {
-        /// Sagas to run.
+        /// Sagas to run (with --rate, or instead --duration).
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
         sagas: u64,
-        /// Sagas in flight at once.
-        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Closed loop: sagas in flight at once.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "rate")]
         concurrency: u64,
+        /// Open loop: sagas started per second, on schedule whatever the system does; latency
+        /// counts from each saga's scheduled start.
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+        /// With --rate: run this many seconds (sagas = rate x duration) instead of --sagas.
+        #[arg(long, requires = "rate", value_parser = clap::value_parser!(u64).range(1..=3600))]
+        duration: Option<u64>,
         /// Partitions per topic.
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=1024))]
         partitions: i32,
@@ -250,21 +258,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
             }
         }
-        Command::Bench { sagas, concurrency, partitions, batch_size, json } => {
-            let report = bench::run(bench::BenchOptions {
-                sagas: sagas as usize,
-                concurrency: concurrency as usize,
-                partitions,
-                batch_size: batch_size as usize,
-            })
-            .await?;
+        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, json } => {
+            let (load, sagas) = match rate {
+                Some(rate) => (bench::Load::Open { rate }, duration.map_or(sagas as usize, |d| (rate * d as f64).ceil() as usize)),
+                None => (bench::Load::Closed { concurrency: concurrency as usize }, sagas as usize),
+            };
+            let report = bench::run(bench::BenchOptions { sagas, load, partitions, batch_size: batch_size as usize }).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                println!(
-                    "sagas={} concurrency={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1}",
-                    report.sagas, report.concurrency, report.unfinished, report.elapsed_s, report.sagas_per_sec, report.p50_ms, report.p95_ms, report.p99_ms
-                );
+                println!("{}", report.render_text());
             }
             if report.unfinished > 0 {
                 std::process::exit(2);
@@ -272,4 +275,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `--rate`: a positive number of sagas per second.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("expected a positive number of sagas per second, found {s:?}")),
+    }
 }

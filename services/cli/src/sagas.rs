@@ -68,7 +68,7 @@ impl Operator {
         let trace: Vec<(String, String)> = result.before.trace_parent.iter().map(|tp| ("traceparent".to_string(), tp.clone())).collect();
         let mut out = String::new();
         for command in &result.commands {
-            saga_runtime::outbox::write_to_outbox(&mut tx, &self.codec, &self.topics, command, &trace)
+            saga_runtime::outbox::write_to_outbox(&mut tx, &self.codec, &self.topics, command, &trace, None)
                 .await
                 .with_context(|| format!("writing {} to the outbox", command.short_name()))?;
             writeln!(out, "sent {} {} to {}", command.short_name(), command.envelope().message_id, self.topics.name(command.topic_kind()))?;

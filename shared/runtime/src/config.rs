@@ -149,8 +149,12 @@ pub struct ConsumerSettings {
 pub struct RelaySettings {
     /// Most outbox rows published in one burst.
     pub batch_size: usize,
-    /// How often the relay looks for rows when nothing wakes it, in milliseconds.
+    /// How often the relay looks in the outbox table for rows other programs wrote (`sagactl
+    /// sagas retry/abort`), in milliseconds. Rows this service writes reach the relay in memory.
     pub poll_interval_ms: u64,
+    /// How old a row written by another instance must be before this relay publishes it (that
+    /// instance is taken to have died before publishing), in milliseconds.
+    pub orphan_after_ms: u64,
 }
 
 impl ServiceSettings {
@@ -175,7 +179,7 @@ impl ServiceSettings {
             database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
             topics: TopicSettings { prefix: "saga".into() },
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
-            relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100 },
+            relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
             http: HttpSettings { bind: default_http_bind(service).into() },
             saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500 },
         }
@@ -232,6 +236,12 @@ impl ServiceSettings {
         }
         if self.relay.batch_size < 1 {
             return invalid("relay.batch_size", "must be at least 1");
+        }
+        if self.relay.poll_interval_ms < 1 {
+            return invalid("relay.poll_interval_ms", "must be at least 1");
+        }
+        if self.relay.orphan_after_ms < 1000 {
+            return invalid("relay.orphan_after_ms", "must be at least 1000: a live instance must have time to publish its own rows");
         }
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.bind", "must be host:port with a numeric address, e.g. 127.0.0.1:9101, or empty");
@@ -395,6 +405,8 @@ impl fmt::Debug for ServiceSettings {
             .field("topics.prefix", &self.topics.prefix)
             .field("consumer.batch_size", &self.consumer.batch_size)
             .field("relay.batch_size", &self.relay.batch_size)
+            .field("relay.poll_interval_ms", &self.relay.poll_interval_ms)
+            .field("relay.orphan_after_ms", &self.relay.orphan_after_ms)
             .field("http.bind", &self.http.bind)
             .field("saga.step_timeout_ms", &self.saga.step_timeout_ms)
             .field("saga.compensation_max_attempts", &self.saga.compensation_max_attempts)

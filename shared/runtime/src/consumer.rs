@@ -19,15 +19,15 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message as _;
 use saga_contracts::{Message, TopicKind, Topics};
 use sqlx::{Acquire, AnyConnection};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::codec::{Codec, DecodeError};
 use crate::dlt::{DeadLetter, DeadLetters};
 use crate::kafka::LoggingContext;
-use crate::metrics::Metrics;
-use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError};
+use crate::metrics::{Metrics, Stage};
+use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError, OutboxRow};
+use crate::relay::HandOff;
 
 /// A decoded record, as a handler sees it.
 #[derive(Debug, Clone)]
@@ -152,8 +152,8 @@ pub struct ConsumeLoop<H: Handler> {
     pub topics: Topics,
     /// Where poison records go.
     pub dead_letters: DeadLetters,
-    /// Woken after each commit that wrote outbox rows.
-    pub relay_wakeup: Arc<Notify>,
+    /// Where committed outbox rows go to the relay, and published ones come back to be deleted.
+    pub outbox: Arc<HandOff>,
     /// Most records per transaction.
     pub batch_size: usize,
     /// Counts of what was consumed, skipped and dead-lettered.
@@ -229,6 +229,13 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Processes one batch to the end; false when shutdown interrupted a retry.
     async fn process(&self, records: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
+        let now_ms = saga_store::now_ms();
+        for record in &records {
+            if let Some(at) = record.timestamp().to_millis() {
+                self.metrics.observe(Stage::Deliver, Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64));
+            }
+        }
+        let decoding = std::time::Instant::now();
         // 1. Decode; poison goes to the dead-letter topic before anything after it is committed.
         let mut good = Vec::with_capacity(records.len());
         let mut good_records = Vec::with_capacity(records.len());
@@ -261,6 +268,7 @@ impl<H: Handler> ConsumeLoop<H> {
                 }
             }
         }
+        self.metrics.observe(Stage::Decode, decoding.elapsed());
         for letter in &poison {
             tracing::warn!(service = H::SERVICE, topic = %letter.topic, partition = letter.partition, offset = letter.offset, class = letter.class, error = %letter.message, "dead-lettering record");
             if !self.dead_letters.send_until_acked(letter, shutdown).await {
@@ -271,7 +279,10 @@ impl<H: Handler> ConsumeLoop<H> {
 
         // 2. Apply the good ones in one transaction; on a non-transient failure, one by one.
         if !good.is_empty() {
-            match self.apply_until_done(&good, shutdown).await {
+            let applying = std::time::Instant::now();
+            let applied = self.apply_until_done(&good, shutdown).await;
+            self.metrics.observe(Stage::Apply, applying.elapsed());
+            match applied {
                 None => return false,
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
@@ -298,8 +309,9 @@ impl<H: Handler> ConsumeLoop<H> {
         true
     }
 
-    /// Applies `batch` in one transaction; counts it once committed.
-    async fn apply(&self, batch: &[Incoming]) -> Result<bool, BatchError> {
+    /// Applies `batch` in one transaction; counts it once committed. Returns the outbox rows it
+    /// wrote.
+    async fn apply(&self, batch: &[Incoming]) -> Result<Vec<OutboxRow>, BatchError> {
         let mut duplicates = Vec::new();
         let result = self.apply_in_transaction(batch, &mut duplicates).await;
         match result {
@@ -317,23 +329,28 @@ impl<H: Handler> ConsumeLoop<H> {
         result
     }
 
-    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], duplicates: &mut Vec<&'b str>) -> Result<bool, BatchError> {
+    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], duplicates: &mut Vec<&'b str>) -> Result<Vec<OutboxRow>, BatchError> {
         let mut conn = self.db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
-        let mut wrote = false;
+        // What the relay published since the last transaction is deleted in this one.
+        let deleting = self.outbox.delete_published(&mut tx).await?;
+        let mut rows = Vec::new();
         for incoming in batch {
             match self.apply_in(&mut tx, incoming).await? {
-                Some(w) => wrote |= w,
+                Some(written) => rows.extend(written),
                 None => duplicates.push(&incoming.topic),
             }
         }
+        let committing = std::time::Instant::now();
         tx.commit().await?;
-        Ok(wrote)
+        self.metrics.observe(Stage::Commit, committing.elapsed());
+        deleting.committed();
+        Ok(rows)
     }
 
-    /// `None` for a duplicate; otherwise whether it wrote outbox rows. Runs in the message's
-    /// span, a child of the trace context the record carried; what it sends carries this span's.
-    async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Option<bool>, BatchError> {
+    /// `None` for a duplicate; otherwise the outbox rows it wrote. Runs in the message's span, a
+    /// child of the trace context the record carried; what it sends carries this span's.
+    async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Option<Vec<OutboxRow>>, BatchError> {
         let span = process_span(H::SERVICE, &self.group_id, incoming);
         async {
             let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
@@ -341,10 +358,11 @@ impl<H: Handler> ConsumeLoop<H> {
                 return Ok(None);
             };
             let headers = crate::telemetry::headers_of(&tracing::Span::current());
+            let mut rows = Vec::with_capacity(out.len());
             for message in &out {
-                write_to_outbox(conn, &self.codec, &self.topics, message, &headers).await?;
+                rows.push(write_to_outbox(conn, &self.codec, &self.topics, message, &headers, Some(self.outbox.owner())).await?);
             }
-            Ok(Some(!out.is_empty()))
+            Ok(Some(rows))
         }
         .instrument(span)
         .await
@@ -374,10 +392,8 @@ impl<H: Handler> ConsumeLoop<H> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.apply(batch).await {
-                Ok(wrote) => {
-                    if wrote {
-                        self.relay_wakeup.notify_one();
-                    }
+                Ok(rows) => {
+                    self.outbox.push(rows, shutdown).await;
                     return Some(Ok(()));
                 }
                 Err(BatchError::Transient(e)) => {

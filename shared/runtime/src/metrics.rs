@@ -4,7 +4,9 @@
 //! of `sagactl dev`, which share one process, stay apart. Counters count work that committed:
 //! a record is consumed once its transaction committed, produced once the broker acknowledged it.
 
-use prometheus::{Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::time::Duration;
+
+use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use rdkafka::statistics::Statistics;
 
 /// The runtime's metrics; handlers register their own into [`Metrics::registry`].
@@ -34,6 +36,45 @@ pub struct Metrics {
     pub broker_rtt: GaugeVec,
     /// `saga_kafka_queued_messages`: messages in the client's queues (librdkafka `msg_cnt`).
     pub queued_messages: IntGauge,
+    /// `saga_stage_seconds{stage}`: where a message's time goes in this service, stage by stage
+    /// (see [`Stage`]).
+    pub stage: HistogramVec,
+}
+
+/// The stages of a message's way through a service, in order: the labels of `saga_stage_seconds`.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage {
+    /// From the record's timestamp (set by the producer, in milliseconds) to the consumer taking
+    /// it: time in the broker and the fetch. Millisecond resolution; one clock only when the
+    /// producer runs on the same host.
+    Deliver,
+    /// Decoding one batch (the registry's schemas are cached after the first).
+    Decode,
+    /// One batch's transaction: inbox, handler, outbox, commit; retries included.
+    Apply,
+    /// The commit of that transaction alone (part of `apply`): on SQLite, the WAL's fsync.
+    Commit,
+    /// From a row's commit to its relay taking it (queued behind earlier rows).
+    Handoff,
+    /// From sending one burst to the broker acknowledging all of it.
+    Publish,
+}
+
+impl Stage {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Deliver => "deliver",
+            Stage::Decode => "decode",
+            Stage::Apply => "apply",
+            Stage::Commit => "commit",
+            Stage::Handoff => "handoff",
+            Stage::Publish => "publish",
+        }
+    }
+
+    /// Every stage, in order.
+    pub const ALL: [Stage; 6] = [Stage::Deliver, Stage::Decode, Stage::Apply, Stage::Commit, Stage::Handoff, Stage::Publish];
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,6 +106,17 @@ impl Metrics {
         ] {
             registry.register(m).expect("metric registered once");
         }
+        // 50 µs to about 13 s, doubling.
+        let stage = HistogramVec::new(
+            HistogramOpts::new("saga_stage_seconds", "Time a message spends in each stage of this service.")
+                .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 19).expect("valid buckets")),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(stage.clone())).expect("metric registered once");
+        for s in Stage::ALL {
+            stage.with_label_values(&[s.label()]);
+        }
         let retries = counter(&registry, "saga_retries_total", "Waits before retrying after a transient failure.", &["reason"]);
         // Known reasons start at 0, so `rate()` sees the first retry.
         for reason in ["database", "registry", "publish"] {
@@ -82,8 +134,14 @@ impl Metrics {
             outbox_oldest_age,
             queued_messages,
             broker_rtt,
+            stage,
             registry,
         }
+    }
+
+    /// Records that something spent `took` in `stage`.
+    pub fn observe(&self, stage: Stage, took: Duration) {
+        self.stage.with_label_values(&[stage.label()]).observe(took.as_secs_f64());
     }
 
     /// Where handlers register their own metrics.

@@ -46,15 +46,33 @@ pub enum OutboxError {
     Encode(#[from] EncodeError),
 }
 
-/// Writes an outgoing message, encoded, into the outbox in the caller's transaction. It is
-/// published to its topic, keyed by its order id, after the transaction commits.
+/// One outbox row: what the relay publishes.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Its id: publication follows id order.
+    pub id: i64,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (the order id).
+    pub key: String,
+    /// Encoded value.
+    pub payload: Vec<u8>,
+    /// Record headers, as a JSON list of pairs.
+    pub headers: String,
+}
+
+/// Writes an outgoing message, encoded, into the outbox in the caller's transaction, and returns
+/// the row. It is published to its topic, keyed by its order id, after the transaction commits:
+/// by the writer's own relay when `owner` names it (the writer hands the row over once it has
+/// committed), otherwise (`None`, another program) by whichever relay next looks in the table.
 pub async fn write_to_outbox(
     conn: &mut AnyConnection,
     codec: &Codec,
     topics: &Topics,
     message: &Message,
     headers: &[(String, String)],
-) -> Result<(), OutboxError> {
+    owner: Option<&str>,
+) -> Result<OutboxRow, OutboxError> {
     let payload = codec.encode(message).await?;
     let mut all_headers = vec![
         ("message_id".to_string(), message.envelope().message_id.clone()),
@@ -62,19 +80,31 @@ pub async fn write_to_outbox(
     ];
     all_headers.extend(headers.iter().cloned());
     let headers = serde_json::to_string(&all_headers).expect("string pairs always serialize");
-    sqlx::query(
-        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let topic = topics.name(message.topic_kind());
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(&message.envelope().message_id)
     .bind(message.full_name())
-    .bind(topics.name(message.topic_kind()))
+    .bind(&topic)
     .bind(message.order_id())
-    .bind(payload)
-    .bind(headers)
+    .bind(&payload)
+    .bind(&headers)
     .bind(saga_store::now_ms())
-    .execute(&mut *conn)
+    .bind(owner)
+    .fetch_one(&mut *conn)
     .await?;
+    Ok(OutboxRow { id, topic, key: message.order_id().to_string(), payload, headers })
+}
+
+/// Deletes the outbox rows `ids` (published ones) in the caller's transaction.
+pub async fn delete_from_outbox(conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM outbox WHERE id IN ({list})"))).execute(&mut *conn).await?;
     Ok(())
 }
 

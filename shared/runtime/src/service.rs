@@ -7,7 +7,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use saga_contracts::Topics;
 use saga_store::{Db, Migrations};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -17,7 +16,7 @@ use crate::consumer::{ConsumeLoop, Handler};
 use crate::dlt::DeadLetters;
 use crate::kafka::{self, LoggingContext};
 use crate::metrics::Metrics;
-use crate::relay::Relay;
+use crate::relay::{HandOff, Relay};
 
 /// Why a service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -191,13 +190,14 @@ impl<H: Handler> Service<H> {
                 }
             }
         }
-        let wakeup = Arc::new(Notify::new());
+        let handoff = HandOff::new(self.settings.relay.batch_size * 10);
         let relay = Relay {
             db: self.db.clone(),
             producer: self.producer.clone(),
-            wakeup: wakeup.clone(),
+            handoff: handoff.clone(),
             batch_size: self.settings.relay.batch_size,
             poll_interval: Duration::from_millis(self.settings.relay.poll_interval_ms),
+            orphan_after: Duration::from_millis(self.settings.relay.orphan_after_ms),
             service: H::SERVICE,
             metrics: self.metrics.clone(),
         };
@@ -218,7 +218,7 @@ impl<H: Handler> Service<H> {
                 db: self.db.clone(),
                 codec: self.codec.clone(),
                 topics: self.topics.clone(),
-                relay_wakeup: wakeup.clone(),
+                outbox: handoff.clone(),
                 interval,
             };
             side_tasks.push(tokio::spawn(timers.run(side_stop.clone())));
@@ -234,7 +234,7 @@ impl<H: Handler> Service<H> {
             topics: self.topics,
             dead_letters: DeadLetters { producer: self.producer, group_id: self.settings.kafka.group_id.clone() },
             group_id: self.settings.kafka.group_id.clone(),
-            relay_wakeup: wakeup,
+            outbox: handoff,
             batch_size: self.settings.consumer.batch_size,
             metrics: self.metrics,
         };

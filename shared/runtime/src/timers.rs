@@ -16,7 +16,6 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message as _;
 use saga_contracts::Topics;
 use sqlx::Acquire;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -24,7 +23,8 @@ use crate::codec::Codec;
 use crate::consumer::{header, HandleError, Handler};
 use crate::dlt::headers;
 use crate::kafka::LoggingContext;
-use crate::outbox::{write_to_outbox, OutboxError};
+use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
+use crate::relay::HandOff;
 
 /// An item of work that fell due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +87,8 @@ pub struct Timers<H: Handler> {
     pub codec: Arc<Codec>,
     /// Topic names.
     pub topics: Topics,
-    /// Woken after a commit that wrote outbox rows.
-    pub relay_wakeup: Arc<Notify>,
+    /// Where committed outbox rows go to the relay.
+    pub outbox: Arc<HandOff>,
     /// How often to look.
     pub interval: Duration,
 }
@@ -104,7 +104,7 @@ impl<H: Handler> Timers<H> {
                         if stop.is_cancelled() {
                             return;
                         }
-                        self.fire(&item, now).await;
+                        self.fire(&item, now, &stop).await;
                     }
                 }
                 Err(e) => tracing::warn!(service = H::SERVICE, error = %e, "looking for due deadlines failed; will retry"),
@@ -116,7 +116,7 @@ impl<H: Handler> Timers<H> {
         }
     }
 
-    async fn fire(&self, item: &Due, now: i64) {
+    async fn fire(&self, item: &Due, now: i64, stop: &CancellationToken) {
         let span = tracing::info_span!("deadline", otel.name = "saga deadline", saga.id = %item.id, order.id = %item.id, service = H::SERVICE);
         if let Some(tp) = &item.trace_parent {
             crate::telemetry::set_parent_from(&span, &[("traceparent".to_string(), tp.clone())]);
@@ -126,23 +126,23 @@ impl<H: Handler> Timers<H> {
             let mut tx = conn.begin().await.map_err(HandleError::Store)?;
             let out = self.handler.fire(&mut tx, &item.id, now).await?;
             let trace = crate::telemetry::headers_of(&tracing::Span::current());
+            let mut rows = Vec::with_capacity(out.len());
             for message in &out {
-                write_to_outbox(&mut tx, &self.codec, &self.topics, message, &trace).await.map_err(|e| match e {
+                let row = write_to_outbox(&mut tx, &self.codec, &self.topics, message, &trace, Some(self.outbox.owner())).await.map_err(|e| match e {
                     OutboxError::Store(e) => HandleError::Store(e),
                     OutboxError::Encode(e) => HandleError::Reject(e.to_string()),
                 })?;
+                rows.push(row);
             }
             tx.commit().await.map_err(HandleError::Store)?;
-            Ok::<bool, HandleError>(!out.is_empty())
+            Ok::<Vec<OutboxRow>, HandleError>(rows)
         }
         .instrument(span)
         .await;
         match result {
-            Ok(wrote) => {
+            Ok(rows) => {
                 self.handler.committed();
-                if wrote {
-                    self.relay_wakeup.notify_one();
-                }
+                self.outbox.push(rows, stop).await;
             }
             Err(e) => {
                 self.handler.rolled_back();

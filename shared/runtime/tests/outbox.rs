@@ -4,7 +4,6 @@
 //! project's schema registry, started in-process on 127.0.0.1:0.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -17,12 +16,13 @@ use saga_contracts::{Message, PaymentVoided, StockReleased, StockReservationFail
 use saga_runtime::codec::Codec;
 use saga_runtime::config::KafkaSettings;
 use saga_runtime::consumer::header;
-use saga_runtime::outbox::{backlog, prune_inbox, record_in_inbox, write_to_outbox};
-use saga_runtime::relay::{Relay, RelayError};
+use saga_runtime::outbox::{backlog, prune_inbox, record_in_inbox, write_to_outbox, OutboxRow};
+use saga_runtime::relay::{HandOff, Relay, RelayError};
 use saga_store::testing::TestDb;
 use saga_store::Db;
 use sqlx::Acquire;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 saga_store::backend_tests!(
     the_inbox_takes_a_message_id_once,
@@ -33,6 +33,10 @@ saga_store::backend_tests!(
     the_relay_publishes_in_id_order_and_deletes,
     the_relay_publishes_at_most_a_batch_per_burst,
     a_failed_publish_keeps_the_rows,
+    handed_over_rows_are_published_and_deleted_by_the_next_transaction,
+    a_rolled_back_transaction_leaves_published_rows_to_the_next,
+    rows_of_an_earlier_run_go_out_before_this_runs,
+    rows_of_a_live_instance_are_left_to_it,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -94,22 +98,45 @@ impl Kit {
         Relay {
             db: self.db().clone(),
             producer: saga_runtime::kafka::producer(&self.kafka, "outbox-test").expect("producer"),
-            wakeup: Arc::new(Notify::new()),
+            handoff: HandOff::new(100),
             batch_size,
             poll_interval: Duration::from_millis(50),
+            orphan_after: Duration::from_secs(10),
             service: "outbox-test",
             metrics: saga_runtime::Metrics::new("outbox-test"),
         }
     }
 
-    /// Writes `messages` to the outbox in one committed transaction.
+    /// Writes `messages` to the outbox in one committed transaction, as another program does.
     async fn write(&self, messages: &[Message], extra_headers: &[(String, String)]) {
+        self.write_as(None, messages, extra_headers).await;
+    }
+
+    /// Writes `messages` to the outbox in one committed transaction, as `owner`; returns the rows.
+    async fn write_as(&self, owner: Option<&str>, messages: &[Message], extra_headers: &[(String, String)]) -> Vec<OutboxRow> {
         let mut conn = self.db().pool().acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
+        let mut rows = Vec::new();
         for m in messages {
-            write_to_outbox(&mut tx, &self.codec, &self.topics, m, extra_headers).await.expect("write to outbox");
+            rows.push(write_to_outbox(&mut tx, &self.codec, &self.topics, m, extra_headers, owner).await.expect("write to outbox"));
         }
         tx.commit().await.unwrap();
+        rows
+    }
+
+    /// Runs a writer's transaction that deletes what the relay has published; returns how many.
+    async fn delete_published(&self, handoff: &HandOff, commit: bool) -> usize {
+        let mut conn = self.db().pool().acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let deleting = handoff.delete_published(&mut tx).await.expect("delete published rows");
+        let n = deleting.len();
+        if commit {
+            tx.commit().await.unwrap();
+            deleting.committed();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        n
     }
 
     /// Reads the first `n` records of a topic's only partition, then checks nothing follows.
@@ -224,7 +251,7 @@ async fn a_rolled_back_transaction_leaves_no_inbox_or_outbox_row(test_db: TestDb
     let mut conn = kit.db().pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
     assert!(record_in_inbox(&mut tx, &messages[0], "t", 0, 7).await.unwrap());
-    write_to_outbox(&mut tx, &kit.codec, &kit.topics, &messages[1], &[]).await.unwrap();
+    write_to_outbox(&mut tx, &kit.codec, &kit.topics, &messages[1], &[], None).await.unwrap();
     tx.rollback().await.unwrap();
 
     assert_eq!(kit.backlog().await, 0);
@@ -335,6 +362,85 @@ async fn a_failed_publish_keeps_the_rows(test_db: TestDb) {
     assert_eq!((published, kit.backlog().await), (3, 0));
     let records = kit.read(TopicKind::InventoryEvents, 3).await;
     assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+}
+
+async fn handed_over_rows_are_published_and_deleted_by_the_next_transaction(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(3);
+    let relay = kit.relay(10);
+    let stop = CancellationToken::new();
+    let rows = kit.write_as(Some(relay.handoff.owner()), &messages, &[]).await;
+    assert_eq!(relay.publish_burst().await.expect("scan"), 0, "a scan leaves this process's own rows to the hand-off");
+    relay.handoff.push(rows, &stop).await;
+
+    assert_eq!(relay.publish_handed_over().await.expect("publish"), 3);
+    assert_eq!(kit.backlog().await, 3, "published rows wait for a transaction to delete them");
+    let records = kit.read(TopicKind::InventoryEvents, 3).await;
+    assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+
+    assert_eq!(kit.delete_published(&relay.handoff, true).await, 3);
+    assert_eq!(kit.backlog().await, 0, "the writer's transaction deleted them");
+    assert_eq!(kit.delete_published(&relay.handoff, true).await, 0, "nothing is deleted twice");
+    assert_eq!(relay.publish_handed_over().await.expect("publish again"), 0, "nothing is published twice");
+}
+
+async fn a_rolled_back_transaction_leaves_published_rows_to_the_next(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(2);
+    let relay = kit.relay(10);
+    let rows = kit.write_as(Some(relay.handoff.owner()), &messages, &[]).await;
+    relay.handoff.push(rows, &CancellationToken::new()).await;
+    assert_eq!(relay.publish_handed_over().await.expect("publish"), 2);
+
+    assert_eq!(kit.delete_published(&relay.handoff, false).await, 2);
+    assert_eq!(kit.backlog().await, 2, "the rollback undid the delete");
+    assert_eq!(kit.delete_published(&relay.handoff, true).await, 2, "the next transaction deletes them");
+    assert_eq!(kit.backlog().await, 0);
+    kit.read(TopicKind::InventoryEvents, 2).await;
+}
+
+async fn rows_of_an_earlier_run_go_out_before_this_runs(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    // The same keys in both runs: a key's records must stay in order across the restart.
+    let earlier = inventory_events(3);
+    let later: Vec<Message> = earlier
+        .iter()
+        .map(|e| {
+            let order_id = e.order_id().to_string();
+            let id = format!("{order_id}:release_stock:undo:1/reply");
+            StockReleased { envelope: envelope(&id, StockReleased::FULL_NAME, &order_id), order_id, released: true }.into()
+        })
+        .collect();
+    kit.write_as(Some("a-process-that-died"), &earlier, &[]).await;
+    let relay = kit.relay(2);
+    let handoff = relay.handoff.clone();
+    let rows = kit.write_as(Some(handoff.owner()), &later, &[]).await;
+    // Handed over before the relay starts: it must still publish the earlier run's rows first.
+    handoff.push(rows, &CancellationToken::new()).await;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(relay.run(stop.clone()));
+
+    let records = kit.read(TopicKind::InventoryEvents, 6).await;
+    let published: Vec<String> = records.iter().filter_map(|r| header(r, "message_id")).collect();
+    let mut expected = ids(&earlier);
+    expected.extend(ids(&later));
+    assert_eq!(published, expected, "the earlier run's rows first, each in id order");
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(kit.backlog().await, 0, "a stopping relay deletes what it published");
+}
+
+async fn rows_of_a_live_instance_are_left_to_it(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let messages = inventory_events(2);
+    kit.write_as(Some("another-instance"), &messages, &[]).await;
+    let mut relay = kit.relay(10);
+    assert_eq!(relay.publish_burst().await.expect("scan"), 0, "younger than orphan_after: its writer publishes them");
+    relay.orphan_after = Duration::ZERO;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(relay.publish_burst().await.expect("scan"), 2, "past orphan_after: taken over");
+    assert_eq!(kit.backlog().await, 0);
+    kit.read(TopicKind::InventoryEvents, 2).await;
 }
 
 async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
