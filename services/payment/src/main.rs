@@ -1,4 +1,4 @@
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     saga_runtime::service::service_main(saga_payment::PaymentHandler, &saga_payment::MIGRATIONS).await
 }

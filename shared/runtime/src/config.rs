@@ -259,10 +259,31 @@ impl ServiceSettings {
     }
 }
 
+/// librdkafka keys the delivery guarantee rests on, with why none may be overridden through
+/// `kafka.client`: set there, each would quietly turn at-least-once into at-most-once (or lose
+/// order, or records).
+pub const GUARANTEE_KEYS: &[(&str, &str)] = &[
+    ("enable.auto.commit", "offsets are committed in the background only after the transaction that applied a record is durable"),
+    ("enable.auto.offset.store", "an offset is stored only after the transaction that applied its record committed"),
+    ("auto.commit.interval.ms", "the background commit of stored offsets is part of the delivery guarantee"),
+    ("group.id", "set kafka.group_id (SAGA_KAFKA__GROUP_ID) instead"),
+    ("auto.offset.reset", "a new consumer group must start at the earliest record, or records are skipped"),
+    ("isolation.level", "consumers must read only committed records"),
+    ("enable.idempotence", "the relay's retries must neither duplicate nor reorder a partition's records"),
+    ("acks", "a record counts as published only once every in-sync replica has it"),
+    ("partitioner", "every client must put a key on the same partition (murmur2, as the Java client)"),
+];
+
 impl KafkaSettings {
-    /// Checks the security settings: a known protocol, and with SASL a mechanism and credentials.
+    /// Checks the security settings (a known protocol, and with SASL a mechanism and
+    /// credentials), and that `client` overrides no key of [`GUARANTEE_KEYS`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, why: &str| Err(ConfigError::Invalid { key: key.into(), reason: why.into() });
+        for key in self.client.keys() {
+            if let Some((_, why)) = GUARANTEE_KEYS.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+                return invalid(&format!("kafka.client.{key}"), &format!("cannot be overridden: {why}"));
+            }
+        }
         let sasl = match self.security_protocol.to_ascii_lowercase().as_str() {
             "plaintext" | "ssl" => false,
             "sasl_plaintext" | "sasl_ssl" => true,
@@ -452,6 +473,16 @@ mod tests {
     fn unknown_key_names_the_key() {
         let e = load("[kafka]\nbootstrap_server = \"typo:1\"\n").unwrap_err().to_string();
         assert!(e.contains("bootstrap_server"), "{e}");
+    }
+
+    #[test]
+    fn a_passthrough_of_a_guarantee_key_is_refused_with_the_key_named() {
+        for (key, _) in GUARANTEE_KEYS {
+            let e = load(&format!("[kafka.client]\n\"{key}\" = \"x\"\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("kafka.client.{key}")) && e.contains("cannot be overridden"), "{key}: {e}");
+        }
+        let s = load("[kafka.client]\n\"message.timeout.ms\" = \"8000\"\n").expect("other keys pass through");
+        assert_eq!(s.kafka.client["message.timeout.ms"], "8000");
     }
 
     #[test]

@@ -45,21 +45,24 @@ fn base_config(settings: &KafkaSettings) -> ClientConfig {
 }
 
 /// An idempotent producer: retries never duplicate or reorder records of a partition.
+/// Settings validation refuses `kafka.client` overrides of the keys set last here (see
+/// [`crate::config::GUARANTEE_KEYS`]); applying them after the passthrough keeps them even so.
 pub fn producer(settings: &KafkaSettings, client_id: &str) -> KafkaResult<FutureProducer> {
     let mut config = ClientConfig::new();
     config
         .set("client.id", client_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
         // No wait for a batch to fill: the relay hands a whole burst over at once, and librdkafka
         // batches what queues up while a request is in flight. A 2 ms linger cost every hop 2 ms.
         .set("linger.ms", "0")
-        // The Java client's partitioner, so every client puts a key on the same partition.
-        .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "30000");
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The Java client's partitioner, so every client puts a key on the same partition.
+        .set("partitioner", "murmur2_random");
     config.create()
 }
 
@@ -69,11 +72,6 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
     let mut config = ClientConfig::new();
     config
         .set("client.id", client_id)
-        .set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
@@ -82,6 +80,14 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }
+    // Last, over any passthrough (which validation refuses for these keys anyway).
+    config
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
     config
 }
 

@@ -280,7 +280,29 @@ pub struct ServiceArgs {
 
 /// The whole `main` of a service binary: parse arguments, load settings, build, run until
 /// Ctrl-C or SIGTERM. A bad setting stops startup with the key that is wrong.
-pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> Result<(), Box<dyn std::error::Error>> {
+///
+/// An error that stops it is printed as a sentence with its causes (`error: invalid
+/// configuration: kafka.partitions must be at least 1`), and the exit code is 1.
+pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> std::process::ExitCode {
+    match run_service::<H>(handler, migrations).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = format!("error: {e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !message.ends_with(&text) {
+                    message.push_str(&format!(": {text}"));
+                }
+                source = cause.source();
+            }
+            eprintln!("{message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_service<H: Handler>(handler: H, migrations: &Migrations) -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     let args = ServiceArgs::parse();
     let _telemetry = crate::telemetry::init(H::SERVICE)?;
