@@ -84,6 +84,17 @@ pub struct BenchReport {
     /// Mean time per observation of each runtime stage (`saga_stage_seconds`), over all four
     /// services, during the measured run.
     pub stages: Vec<StageFigure>,
+    /// Per service, the fraction of the run its consume loop was busy decoding and applying.
+    pub busy: Vec<ServiceBusy>,
+}
+
+/// How busy one service's consume loop was.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceBusy {
+    /// The service.
+    pub service: String,
+    /// Seconds decoding and applying per second of the run (at most 1: the loop is serial).
+    pub fraction: f64,
 }
 
 /// One stage's figures (see `saga_runtime::metrics::Stage`).
@@ -97,9 +108,9 @@ pub struct StageFigure {
     pub mean_ms: f64,
 }
 
-/// Sums and counts of `saga_stage_seconds` by stage, from Prometheus text.
-fn stage_totals(text: &str) -> HashMap<String, (f64, f64)> {
-    let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
+/// Sums and counts of `saga_stage_seconds` by (service, stage), from Prometheus text.
+fn stage_totals(text: &str) -> HashMap<(String, String), (f64, f64)> {
+    let mut totals: HashMap<(String, String), (f64, f64)> = HashMap::new();
     for line in text.lines() {
         let (is_sum, rest) = if let Some(rest) = line.strip_prefix("saga_stage_seconds_sum{") {
             (true, rest)
@@ -109,9 +120,10 @@ fn stage_totals(text: &str) -> HashMap<String, (f64, f64)> {
             continue;
         };
         let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
-        let Some(stage) = labels.split(',').find_map(|l| l.strip_prefix("stage=\"")).map(|v| v.trim_end_matches('"')) else { continue };
+        let label = |name: &str| labels.split(',').find_map(|l| l.strip_prefix(&format!("{name}=\""))).map(|v| v.trim_end_matches('"').to_string());
+        let (Some(service), Some(stage)) = (label("service"), label("stage")) else { continue };
         let Ok(value) = value.trim().parse::<f64>() else { continue };
-        let entry = totals.entry(stage.to_string()).or_default();
+        let entry = totals.entry((service, stage)).or_default();
         if is_sum {
             entry.0 += value;
         } else {
@@ -121,9 +133,34 @@ fn stage_totals(text: &str) -> HashMap<String, (f64, f64)> {
     totals
 }
 
+/// Per service, the fraction of `elapsed` its consume loop spent decoding and applying batches
+/// between two snapshots: near 1, that loop is what the run waits for.
+fn loop_busy(before: &str, after: &str, elapsed_s: f64) -> Vec<ServiceBusy> {
+    let (before, after) = (stage_totals(before), stage_totals(after));
+    let mut busy: HashMap<String, f64> = HashMap::new();
+    for ((service, stage), (sum, _)) in &after {
+        if stage == "decode" || stage == "apply" {
+            let earlier = before.get(&(service.clone(), stage.clone())).map_or(0.0, |t| t.0);
+            *busy.entry(service.clone()).or_default() += sum - earlier;
+        }
+    }
+    let mut busy: Vec<ServiceBusy> = busy.into_iter().map(|(service, s)| ServiceBusy { service, fraction: if elapsed_s > 0.0 { s / elapsed_s } else { 0.0 } }).collect();
+    busy.sort_by(|a, b| a.service.cmp(&b.service));
+    busy
+}
+
 /// What each stage took between two snapshots of the metrics, in the order of the stages.
 fn stage_figures(before: &str, after: &str) -> Vec<StageFigure> {
-    let (before, after) = (stage_totals(before), stage_totals(after));
+    let by_stage = |totals: HashMap<(String, String), (f64, f64)>| {
+        let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+        for ((_, stage), (sum, n)) in totals {
+            let e = out.entry(stage).or_default();
+            e.0 += sum;
+            e.1 += n;
+        }
+        out
+    };
+    let (before, after) = (by_stage(stage_totals(before)), by_stage(stage_totals(after)));
     saga_runtime::metrics::Stage::ALL
         .iter()
         .map(|s| {
@@ -143,7 +180,8 @@ impl BenchReport {
             "open" => format!("rate={:.0}", self.rate),
             _ => format!("concurrency={}", self.concurrency),
         };
-        let stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
+        let mut stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
+        stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
         format!(
             "load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
              p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
@@ -256,7 +294,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu_seconds() - cpu_before;
-    let stages = stage_figures(&metrics_before, &stack.metrics_text());
+    let metrics_after = stack.metrics_text();
+    let stages = stage_figures(&metrics_before, &metrics_after);
+    let busy = loop_busy(&metrics_before, &metrics_after, elapsed.as_secs_f64());
     if let Some(scheduler) = scheduler {
         scheduler.abort();
     }
@@ -295,6 +335,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         cpu_cores: cpu / elapsed.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
         stages,
+        busy,
     })
 }
 
@@ -354,5 +395,9 @@ mod tests {
         assert!((apply.mean_ms - 50.0).abs() < 1e-9, "{apply:?}");
         let publish = figures.iter().find(|f| f.stage == "publish").expect("every stage is reported");
         assert_eq!((publish.count, publish.mean_ms), (0, 0.0));
+        // Over 2 s, order's loop applied for 0.5 s more, payment's for 0.5 s.
+        let busy = loop_busy(before, after, 2.0);
+        let fractions: Vec<(&str, f64)> = busy.iter().map(|b| (b.service.as_str(), b.fraction)).collect();
+        assert_eq!(fractions, vec![("order", 0.25), ("payment", 0.25)]);
     }
 }
