@@ -105,10 +105,6 @@ pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
 
 /// True when the consuming service's inbox holds `message_id` (the message was applied).
 pub async fn in_inbox(db: &saga_store::Db, message_id: &str) -> bool {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE message_id = $1")
-        .bind(message_id)
-        .fetch_one(db.pool())
-        .await
-        .expect("inbox readable");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE message_id = $1").bind(message_id).fetch_one(db.pool()).await.expect("inbox readable");
     n == 1
 }

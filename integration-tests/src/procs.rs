@@ -107,7 +107,6 @@ pub fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
-
 /// The binary of a service.
 pub fn service_binary(service: &str) -> &'static str {
     match service {

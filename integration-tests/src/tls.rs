@@ -38,13 +38,7 @@ impl Pki {
         let other_ca_pem = dir.path().join("other-ca.pem");
         std::fs::write(&ca_pem, ca.to_pem().unwrap()).unwrap();
         std::fs::write(&other_ca_pem, other_ca.to_pem().unwrap()).unwrap();
-        Pki {
-            _dir: dir,
-            ca_pem,
-            other_ca_pem,
-            server_cert_pem: server.to_pem().unwrap(),
-            server_key_pem: server_key.private_key_to_pem_pkcs8().unwrap(),
-        }
+        Pki { _dir: dir, ca_pem, other_ca_pem, server_cert_pem: server.to_pem().unwrap(), server_key_pem: server_key.private_key_to_pem_pkcs8().unwrap() }
     }
 
     /// Listens on a free loopback port, terminates TLS with the server certificate, and forwards

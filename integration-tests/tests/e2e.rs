@@ -149,10 +149,8 @@ async fn poison_records_are_dead_lettered(infra: Infra) {
     let (stack, _dir) = start(infra, None).await;
     let codec = stack.codec();
     // A valid record of another topic's type: well-formed, but it does not belong here.
-    let stray_type = codec
-        .encode(&StockReleased { envelope: envelope("x", StockReleased::FULL_NAME, "k"), order_id: "k".into(), released: false }.into())
-        .await
-        .unwrap();
+    let stray_type =
+        codec.encode(&StockReleased { envelope: envelope("x", StockReleased::FULL_NAME, "k"), order_id: "k".into(), released: false }.into()).await.unwrap();
     // The right schema id for the topic, then a body that cannot be read: its first string claims
     // a length of gigabytes, which the decoder's allocation limit refuses.
     let malformed_like = |wire: Vec<u8>| {
@@ -161,10 +159,8 @@ async fn poison_records_are_dead_lettered(infra: Infra) {
         m
     };
     let order_cmd = codec.encode(&place_order("k", "alice", vec![line("A", 1, 1)]).into()).await.unwrap();
-    let pay_cmd = codec
-        .encode(&VoidPayment { envelope: envelope("y", VoidPayment::FULL_NAME, "k"), order_id: "k".into(), reason: "r".into() }.into())
-        .await
-        .unwrap();
+    let pay_cmd =
+        codec.encode(&VoidPayment { envelope: envelope("y", VoidPayment::FULL_NAME, "k"), order_id: "k".into(), reason: "r".into() }.into()).await.unwrap();
     let cases: Vec<(TopicKind, Vec<u8>, &str)> = vec![
         (TopicKind::OrderCommands, b"not avro at all".to_vec(), "not-wire-format"),
         (TopicKind::OrderCommands, vec![0, 0, 0x0f, 0x42, 0x40, 2, 4], "unknown-schema-id"),
@@ -178,10 +174,8 @@ async fn poison_records_are_dead_lettered(infra: Infra) {
     ];
     // Well-formed but impossible: approving an order that does not exist. Its batch fails, is
     // replayed one message per transaction, and only this record is dead-lettered.
-    let ghost = codec
-        .encode(&ApproveOrder { envelope: envelope("approve-ghost", ApproveOrder::FULL_NAME, "ghost"), order_id: "ghost".into() }.into())
-        .await
-        .unwrap();
+    let ghost =
+        codec.encode(&ApproveOrder { envelope: envelope("approve-ghost", ApproveOrder::FULL_NAME, "ghost"), order_id: "ghost".into() }.into()).await.unwrap();
     let mut cases = cases;
     cases.push((TopicKind::OrderCommands, ghost, "handler-failed"));
     for (kind, payload, _) in &cases {
@@ -190,8 +184,14 @@ async fn poison_records_are_dead_lettered(infra: Infra) {
     // Valid messages after the poison, on the same partitions (same key).
     let follow_ups: Vec<(Message, &saga_store::Db)> = vec![
         (place_order("poison-key", "alice", vec![line("WIDGET-1", 1, 100)]).into(), &stack.dbs.order),
-        (ReleaseStock { envelope: envelope("follow-inv", ReleaseStock::FULL_NAME, "poison-key"), order_id: "poison-key".into(), reason: "t".into() }.into(), &stack.dbs.inventory),
-        (VoidPayment { envelope: envelope("follow-pay", VoidPayment::FULL_NAME, "poison-key"), order_id: "poison-key".into(), reason: "t".into() }.into(), &stack.dbs.payment),
+        (
+            ReleaseStock { envelope: envelope("follow-inv", ReleaseStock::FULL_NAME, "poison-key"), order_id: "poison-key".into(), reason: "t".into() }.into(),
+            &stack.dbs.inventory,
+        ),
+        (
+            VoidPayment { envelope: envelope("follow-pay", VoidPayment::FULL_NAME, "poison-key"), order_id: "poison-key".into(), reason: "t".into() }.into(),
+            &stack.dbs.payment,
+        ),
     ];
     for (m, _) in &follow_ups {
         stack.publish(m).await.unwrap();

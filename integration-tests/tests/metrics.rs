@@ -83,11 +83,8 @@ async fn a_scrape_after_a_run_counts_what_happened() {
     // Every reply a saga applied is one step observation: approved 3 (stock reserved, payment
     // authorized, order approved) × 5, out of stock 2, declined 4 (reserved, declined, released,
     // rejected).
-    let steps: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("saga_step_duration_seconds_count{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let steps: f64 =
+        text.lines().filter(|l| l.starts_with("saga_step_duration_seconds_count{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
     assert_eq!(steps, 21.0, "{text}");
     assert_eq!(value(&text, "saga_sagas_in_state", &[orch[0], ("state", "RUNNING")]), 0.0);
     // The order service: 8 PlaceOrder records (one a duplicate) and 7 approvals or rejections.

@@ -110,9 +110,16 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     let (ok, refused) = run(&["abort", &a_id, "--dry-run"]);
     assert!(!ok && refused.contains("already compensating"), "{refused}");
     let (ok, plan) = run(&["abort", &b_id, "--dry-run"]);
-    let want = [format!("1. ReleaseStock (undo of step reserve_stock) key {b_id}:reserve_stock:undo:1"), format!("2. RejectOrder (finalize of step finalize) key {b_id}:finalize:finalize:1")];
+    let want = [
+        format!("1. ReleaseStock (undo of step reserve_stock) key {b_id}:reserve_stock:undo:1"),
+        format!("2. RejectOrder (finalize of step finalize) key {b_id}:finalize:finalize:1"),
+    ];
     assert!(ok && want.iter().all(|w| plan.contains(w.as_str())), "{plan}");
-    assert_eq!(rt.block_on(saga_orchestrator::store::get_saga(&orchestrator_db, &b_id)).unwrap().unwrap().state.status, Status::Parked, "a dry run changes nothing");
+    assert_eq!(
+        rt.block_on(saga_orchestrator::store::get_saga(&orchestrator_db, &b_id)).unwrap().unwrap().state.status,
+        Status::Parked,
+        "a dry run changes nothing"
+    );
     let (ok, aborted) = run(&["abort", &b_id, "--reason", "customer called"]);
     assert!(ok && aborted.contains(&format!("sent ReleaseStock {b_id}:reserve_stock:undo:1 to ops.inventory.commands")), "{aborted}");
     let (ok, retried) = run(&["retry", &a_id]);

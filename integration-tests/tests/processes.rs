@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
+use saga_integration_tests::procs::{
+    binary, free_port, http_get, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, try_http_get, OrderClient, Proc, TestBroker,
+};
 use saga_order::domain::OrderStatus;
-use saga_integration_tests::procs::{binary, free_port, http_get, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, try_http_get, OrderClient, Proc, TestBroker};
 
 #[test]
 fn services_run_as_separate_processes() {
@@ -116,11 +118,7 @@ fn services_run_as_separate_processes() {
 /// Sum of the samples of `metric` whose labels contain `label` (e.g. `topic="x"`), from a
 /// `/metrics` response.
 fn metric_sum(response: &str, metric: &str, label: &str) -> f64 {
-    response
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    response.lines().filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// Starts instance `i` of `service` on PostgreSQL database `db`; returns it and its HTTP port.
@@ -153,7 +151,10 @@ fn service_databases(rt: &tokio::runtime::Runtime) -> Vec<String> {
         let mut urls = Vec::new();
         for _ in 0..4 {
             urls.push(saga_store::testing::create_postgres_database().await.unwrap_or_else(|e| {
-                panic!("no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start", saga_store::testing::postgres_admin_url())
+                panic!(
+                    "no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                    saga_store::testing::postgres_admin_url()
+                )
             }));
         }
         seed(&urls[1], &urls[2]).await;

@@ -26,10 +26,8 @@ use saga_store::Db;
 
 /// The embedded registry with basic authentication, behind a TLS proxy: `https://localhost:port`.
 async fn secured_registry(pki: &Pki, dir: &Path) -> String {
-    let settings = saga_registry::RegistrySettings {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.join("registry.db").display()),
-    };
+    let settings =
+        saga_registry::RegistrySettings { bind: "127.0.0.1:0".parse().unwrap(), database_url: format!("sqlite://{}", dir.join("registry.db").display()) };
     let registry = saga_registry::Registry::build(&settings).await.unwrap().with_basic_auth("svc", "s3cret-reg");
     let plain = registry.local_addr();
     tokio::spawn(registry.run_until_stopped(std::future::pending()));
@@ -107,9 +105,9 @@ async fn the_registry_refuses_requests_without_credentials_but_answers_probes() 
 #[ignore = "needs PostgreSQL with ssl = on at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
 async fn postgres_connections_use_tls_and_verify_the_server() {
     let admin_url = saga_store::testing::postgres_admin_url();
-    let admin = Db::connect(&admin_url, 1).await.unwrap_or_else(|e| {
-        panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-    });
+    let admin = Db::connect(&admin_url, 1)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"));
     let ssl: String = sqlx::query_scalar("SELECT current_setting('ssl')").fetch_one(admin.pool()).await.unwrap();
     assert_eq!(ssl, "on", "the test server must have ssl = on (Debian's default, with its snakeoil certificate)");
     let cert_file: String = sqlx::query_scalar("SELECT current_setting('ssl_cert_file')").fetch_one(admin.pool()).await.unwrap();
@@ -206,9 +204,8 @@ fn start_tansu_in(dir: tempfile::TempDir, port: u16, advertised: Option<&str>, a
     if authentication {
         cmd.arg("--authentication");
     }
-    let child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("cannot start tansu ({e}); install it with `cargo install --locked tansu --features dynostore,libsql,postgres`")
-    });
+    let child =
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot start tansu ({e}); install it with `cargo install --locked tansu --features dynostore,libsql,postgres`"));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let tansu = Tansu { child, dir: Some(dir), addr };
     for _ in 0..100 {
@@ -235,10 +232,7 @@ async fn round_trip(settings: &KafkaSettings) -> Result<(), String> {
         .await
         .map_err(|e| format!("create topic: {e}"))?;
     let producer = saga_runtime::kafka::producer(settings, "security-test").map_err(|e| e.to_string())?;
-    producer
-        .send(FutureRecord::to(&topic).key("k").payload("secured"), Duration::from_secs(8))
-        .await
-        .map_err(|(e, _)| format!("produce: {e}"))?;
+    producer.send(FutureRecord::to(&topic).key("k").payload("secured"), Duration::from_secs(8)).await.map_err(|(e, _)| format!("produce: {e}"))?;
     let mut config = saga_runtime::kafka::consumer_config(&KafkaSettings { group_id: format!("g-{topic}"), ..settings.clone() }, "security-test");
     config.set("enable.auto.offset.store", "true");
     let consumer: StreamConsumer = config.create().map_err(|e| e.to_string())?;
@@ -320,10 +314,7 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || SharedWriter(sink.clone()))
-            .init();
+        tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(move || SharedWriter(sink.clone())).init();
         logs
     })
     .clone()
@@ -353,7 +344,8 @@ async fn librdkafka_configuration_dumps_and_our_own_output_redact_secrets() {
     k.client.insert("debug".into(), "conf".into());
     let mut settings = ServiceSettings::defaults_for("order");
     settings.kafka = k;
-    settings.registry = RegistrySettings { url: "https://registry:8081".into(), username: "svc".into(), password: "r3g1stry-pa55".into(), ca_location: String::new() };
+    settings.registry =
+        RegistrySettings { url: "https://registry:8081".into(), username: "svc".into(), password: "r3g1stry-pa55".into(), ca_location: String::new() };
     settings.database.url = "postgres://svc:d4tabase-pa55@db/order".into();
     tracing::info!(settings = ?settings, "starting");
     let producer = saga_runtime::kafka::producer(&settings.kafka, "secrets-test").expect("producer");

@@ -221,8 +221,16 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     assert_eq!(
         chain,
         [
-            "PlaceOrder", "OrderCreated", "ReserveStock", "StockReserved", "AuthorizePayment", "PaymentDeclined", "ReleaseStock", "StockReleased",
-            "RejectOrder", "OrderRejected"
+            "PlaceOrder",
+            "OrderCreated",
+            "ReserveStock",
+            "StockReserved",
+            "AuthorizePayment",
+            "PaymentDeclined",
+            "ReleaseStock",
+            "StockReleased",
+            "RejectOrder",
+            "OrderRejected"
         ]
     );
     let saga = rt.block_on(async {

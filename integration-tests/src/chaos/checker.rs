@@ -122,7 +122,11 @@ pub fn check(snap: &Snapshot, placed: &[Placed], initial_stock: &BTreeMap<String
                 }
             }
             "STUCK" | "PARKED" => {
-                if saga.status == "STUCK" { stuck += 1 } else { parked += 1 }
+                if saga.status == "STUCK" {
+                    stuck += 1
+                } else {
+                    parked += 1
+                }
                 if saga.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                     bad(format!("order {id}: saga {} without a recorded reason", saga.status));
                 }
@@ -232,12 +236,8 @@ pub async fn gather_databases(dbs: &Dbs, snap: &mut Snapshot) -> Result<(), sqlx
         snap.sagas.insert(r.get(0), Saga { status: r.get(1), reason: r.get(2) });
     }
     // Otherwise the reason is in the saga log.
-    let without_reason: Vec<String> = snap
-        .sagas
-        .iter()
-        .filter(|(_, s)| !matches!(s.status.as_str(), "COMPLETED" | "COMPENSATED") && s.reason.is_none())
-        .map(|(id, _)| id.clone())
-        .collect();
+    let without_reason: Vec<String> =
+        snap.sagas.iter().filter(|(_, s)| !matches!(s.status.as_str(), "COMPLETED" | "COMPENSATED") && s.reason.is_none()).map(|(id, _)| id.clone()).collect();
     for id in without_reason {
         let detail: Option<Option<String>> = sqlx::query_scalar("SELECT detail FROM saga_log WHERE saga_id = $1 ORDER BY seq DESC LIMIT 1")
             .bind(&id)

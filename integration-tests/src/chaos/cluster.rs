@@ -166,12 +166,8 @@ impl Cluster {
                 let Ok(mut slot) = slot.try_lock() else { continue };
                 let Some(status) = slot.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) else { continue };
                 slot.child = None;
-                let exit = UnexpectedExit {
-                    name,
-                    status: status.to_string(),
-                    at_secs: self.started.elapsed().as_secs_f64(),
-                    log_tail: self.log_tail(name, 12),
-                };
+                let exit =
+                    UnexpectedExit { name, status: status.to_string(), at_secs: self.started.elapsed().as_secs_f64(), log_tail: self.log_tail(name, 12) };
                 eprintln!("chaos: {name} exited by itself ({}) at +{:.1}s; restarting it in 1 s", exit.status, exit.at_secs);
                 self.exits.lock().unwrap().push(exit);
                 tokio::time::sleep(Duration::from_secs(1)).await;

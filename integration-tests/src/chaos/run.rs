@@ -122,9 +122,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let base = opts.postgres_url.rsplit_once('/').map_or(opts.postgres_url.as_str(), |(b, _)| b).to_string();
     let db_urls: BTreeMap<&str, String> = SERVICES.iter().map(|s| (*s, format!("{base}/chaos_{run_id}_{s}"))).collect();
 
-    let admin = saga_store::Db::connect(&opts.postgres_url, 1)
-        .await
-        .with_context(|| format!("no PostgreSQL at {}: start it with `pg_ctlcluster --skip-systemctl-redirect {pg_version} main start`", saga_store::redact_url(&opts.postgres_url)))?;
+    let admin = saga_store::Db::connect(&opts.postgres_url, 1).await.with_context(|| {
+        format!(
+            "no PostgreSQL at {}: start it with `pg_ctlcluster --skip-systemctl-redirect {pg_version} main start`",
+            saga_store::redact_url(&opts.postgres_url)
+        )
+    })?;
     for s in SERVICES {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
     }
@@ -409,14 +412,7 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
             // partitions) at once, as a StatefulSet pod would. See `--dynamic-membership`.
             env.push(("SAGA_KAFKA_CLIENT_GROUP_INSTANCE_ID".into(), format!("{name}-0")));
         }
-        specs.push(Spec {
-            name,
-            program: bins.join(name),
-            args: vec![],
-            env,
-            cwd: dir.to_path_buf(),
-            port: Some(http),
-        });
+        specs.push(Spec { name, program: bins.join(name), args: vec![], env, cwd: dir.to_path_buf(), port: Some(http) });
     }
     specs
 }
@@ -445,7 +441,10 @@ fn binaries(no_build: bool) -> anyhow::Result<PathBuf> {
     }
     for b in ["saga-registry", "saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"] {
         if !dir.join(b).exists() {
-            bail!("{} is missing: build the services in the harness's profile (`cargo build --bins`, with --release for a release harness)", dir.join(b).display());
+            bail!(
+                "{} is missing: build the services in the harness's profile (`cargo build --bins`, with --release for a release harness)",
+                dir.join(b).display()
+            );
         }
     }
     Ok(dir)
@@ -457,7 +456,10 @@ fn tansu_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("tansu"));
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    on_path.chain(home).find(|p| p.is_file()).context("tansu not found: install it with `cargo install --locked tansu --features dynostore,libsql,postgres` or pass --tansu")
+    on_path
+        .chain(home)
+        .find(|p| p.is_file())
+        .context("tansu not found: install it with `cargo install --locked tansu --features dynostore,libsql,postgres` or pass --tansu")
 }
 
 fn postgres_version() -> anyhow::Result<String> {

@@ -149,9 +149,7 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         out.push(Planned { at: at(&mut rng, 0.1, 1.0), fault: Fault::Duplicates { count } });
     }
     for count in split(amounts.poison, 10) {
-        let records = (0..count)
-            .map(|_| (rng.below(6) as usize, PoisonKind::ALL[rng.below(PoisonKind::ALL.len() as u64) as usize]))
-            .collect();
+        let records = (0..count).map(|_| (rng.below(6) as usize, PoisonKind::ALL[rng.below(PoisonKind::ALL.len() as u64) as usize])).collect();
         out.push(Planned { at: at(&mut rng, 0.0, 1.0), fault: Fault::Poison { records } });
     }
     out.sort_by_key(|p| p.at);

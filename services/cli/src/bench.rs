@@ -144,7 +144,8 @@ fn loop_busy(before: &str, after: &str, elapsed_s: f64) -> Vec<ServiceBusy> {
             *busy.entry(service.clone()).or_default() += sum - earlier;
         }
     }
-    let mut busy: Vec<ServiceBusy> = busy.into_iter().map(|(service, s)| ServiceBusy { service, fraction: if elapsed_s > 0.0 { s / elapsed_s } else { 0.0 } }).collect();
+    let mut busy: Vec<ServiceBusy> =
+        busy.into_iter().map(|(service, s)| ServiceBusy { service, fraction: if elapsed_s > 0.0 { s / elapsed_s } else { 0.0 } }).collect();
     busy.sort_by(|a, b| a.service.cmp(&b.service));
     busy
 }
@@ -367,11 +368,7 @@ fn process_cpu_seconds() -> f64 {
 /// Peak resident set of this process (VmHWM), MiB (0 where /proc is not there).
 fn peak_rss_mib() -> f64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0.0 };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
 }
 
 #[cfg(test)]

@@ -245,10 +245,9 @@ pub fn resolve_topic(topics: &Topics, name: &str) -> Result<String, DltError> {
     let base = name.strip_suffix(saga_contracts::topics::DLT_SUFFIX).unwrap_or(name);
     match topics.kind_of(base) {
         Some(_) => Ok(Topics::dlt(base)),
-        None => Err(DltError::UnknownTopic {
-            topic: name.to_string(),
-            expected: TopicKind::ALL.iter().map(|k| topics.name(*k)).collect::<Vec<_>>().join(", "),
-        }),
+        None => {
+            Err(DltError::UnknownTopic { topic: name.to_string(), expected: TopicKind::ALL.iter().map(|k| topics.name(*k)).collect::<Vec<_>>().join(", ") })
+        }
     }
 }
 

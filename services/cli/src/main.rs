@@ -187,17 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = saga_runtime::telemetry::init_with_default("sagactl", "warn")?;
     match cli.command {
         Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs, web } => {
-            let summary = dev::run(dev::DevOptions {
-                orders,
-                exit,
-                json,
-                data_dir,
-                registry_port,
-                partitions,
-                timeout: Duration::from_secs(timeout_secs),
-                web,
-            })
-            .await?;
+            let summary =
+                dev::run(dev::DevOptions { orders, exit, json, data_dir, registry_port, partitions, timeout: Duration::from_secs(timeout_secs), web }).await?;
             if summary.stuck > 0 {
                 std::process::exit(2);
             }

@@ -75,7 +75,13 @@ impl Operator {
         }
         tx.commit().await?;
         let after = store::get_saga(db, saga_id).await?.context("the saga vanished")?;
-        writeln!(out, "saga {saga_id} {done}: {} -> {} at {}", result.before.state.status.as_str(), after.state.status.as_str(), after.state.position.encode())?;
+        writeln!(
+            out,
+            "saga {saga_id} {done}: {} -> {} at {}",
+            result.before.state.status.as_str(),
+            after.state.status.as_str(),
+            after.state.position.encode()
+        )?;
         Ok(out)
     }
 }
@@ -142,7 +148,14 @@ fn render(saga: &SagaRecord, log: &[LogEntry]) -> String {
     if let Some(d) = saga.deadline_at_ms {
         let _ = writeln!(out, "deadline: {d} (attempt {})", saga.state.attempt);
     }
-    let _ = writeln!(out, "order: customer {}, {} {} minor units, {} line(s)", saga.data.customer_id, saga.data.total_minor, saga.data.currency, saga.data.lines.len());
+    let _ = writeln!(
+        out,
+        "order: customer {}, {} {} minor units, {} line(s)",
+        saga.data.customer_id,
+        saga.data.total_minor,
+        saga.data.currency,
+        saga.data.lines.len()
+    );
     for e in log {
         let _ = writeln!(
             out,

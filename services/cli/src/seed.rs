@@ -66,8 +66,7 @@ impl Seed {
 
     /// Loads the accounts into a payment database.
     pub async fn apply_accounts(&self, db: &saga_store::Db) -> Result<(), sqlx::Error> {
-        let accounts: Vec<_> =
-            self.customers.iter().map(|c| (c.customer_id.clone(), c.currency.clone(), c.credit_limit_minor)).collect();
+        let accounts: Vec<_> = self.customers.iter().map(|c| (c.customer_id.clone(), c.currency.clone(), c.credit_limit_minor)).collect();
         saga_payment::set_accounts(db, &accounts).await
     }
 }

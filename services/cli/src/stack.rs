@@ -189,9 +189,7 @@ impl Stack {
             services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, &dbs.order, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, &dbs.inventory, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, &dbs.payment, &shutdown).await?);
-            services.push(
-                spawn(&settings, &options.group_suffix, saga_orchestrator::Orchestrator::default(), &dbs.orchestrator, &shutdown).await?,
-            );
+            services.push(spawn(&settings, &options.group_suffix, saga_orchestrator::Orchestrator::default(), &dbs.orchestrator, &shutdown).await?);
         }
         let (services, metrics): (Vec<_>, Vec<_>) = services.into_iter().unzip();
         let codec = Arc::new(Codec::new(&registry_url)?);

@@ -47,9 +47,7 @@ pub fn watch_outcomes(kafka: &KafkaSettings, topic: String, codec: Arc<Codec>) -
     let stop = CancellationToken::new();
     let mut settings = kafka.clone();
     settings.group_id = format!("sagactl-watch-{}", uuid::Uuid::new_v4().simple());
-    let consumer: StreamConsumer = saga_runtime::kafka::consumer_config(&settings, "sagactl-watch")
-        .set("enable.auto.offset.store", "true")
-        .create()?;
+    let consumer: StreamConsumer = saga_runtime::kafka::consumer_config(&settings, "sagactl-watch").set("enable.auto.offset.store", "true").create()?;
     consumer.subscribe(&[&topic])?;
     let (tx, rx) = mpsc::unbounded_channel();
     let stopped = stop.clone();

@@ -67,7 +67,15 @@ impl Kit {
         for (k, v) in extra {
             h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
-        let record = OwnedMessage::new(Some(value_of(key)), Some(key.as_bytes().to_vec()), self.topic(kind), Timestamp::CreateTime(1_700_000_000_000), 1, offset, Some(h));
+        let record = OwnedMessage::new(
+            Some(value_of(key)),
+            Some(key.as_bytes().to_vec()),
+            self.topic(kind),
+            Timestamp::CreateTime(1_700_000_000_000),
+            1,
+            offset,
+            Some(h),
+        );
         self.send(&DeadLetter::new(&record, class, why.into())).await;
     }
 
@@ -165,7 +173,11 @@ async fn a_redriven_record_lands_on_its_original_topic_and_counts_its_redrives()
     assert!(report.all_ok(), "{}", report.render_text());
     let Outcome::Redriven { topic, count, .. } = &report.outcomes[0].1 else { panic!("{:?}", report.outcomes) };
     assert_eq!((topic.as_str(), *count), (kit.topic(kind).as_str(), 1));
-    assert!(report.render_text().starts_with(&format!("redriven {}/{partition}@{offset} -> {}/", kit.dlt_topic(kind), kit.topic(kind))), "{}", report.render_text());
+    assert!(
+        report.render_text().starts_with(&format!("redriven {}/{partition}@{offset} -> {}/", kit.dlt_topic(kind), kit.topic(kind))),
+        "{}",
+        report.render_text()
+    );
 
     let landed = kit.read_all(&kit.topic(kind)).await;
     assert_eq!(landed.len(), 1);
@@ -219,7 +231,11 @@ async fn a_dry_run_selects_but_produces_nothing() {
 
     let by_class = RedriveArgs { topic: Some(kit.topic(kind)), class: Some("handler-failed".into()), dry_run: true, ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&by_class).await.expect("dry run");
-    assert!(matches!(report.outcomes.as_slice(), [(r, Outcome::WouldRedrive { count: 1, .. })] if r.key_text().as_deref() == Some("o-a")), "{:?}", report.outcomes);
+    assert!(
+        matches!(report.outcomes.as_slice(), [(r, Outcome::WouldRedrive { count: 1, .. })] if r.key_text().as_deref() == Some("o-a")),
+        "{:?}",
+        report.outcomes
+    );
     assert!(report.render_text().contains("would redrive"), "{}", report.render_text());
     let everything = RedriveArgs { all: true, dry_run: true, ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&everything).await.expect("dry run");
@@ -275,7 +291,12 @@ async fn errors_name_the_topic_the_partition_and_the_offset() {
     let e = dlt.list(&list(Some("saga.nope"), false)).await.unwrap_err().to_string();
     assert!(e.contains("unknown topic saga.nope") && e.contains(&kit.topic(TopicKind::OrderCommands)), "{e}");
 
-    let one = |partition, offset| RedriveArgs { topic: Some(kit.topic(TopicKind::OrderCommands)), partition: Some(partition), offset: Some(offset), ..RedriveArgs::default() };
+    let one = |partition, offset| RedriveArgs {
+        topic: Some(kit.topic(TopicKind::OrderCommands)),
+        partition: Some(partition),
+        offset: Some(offset),
+        ..RedriveArgs::default()
+    };
     let (partition, _) = kit.locate(TopicKind::OrderCommands, "o-e").await;
     let e = dlt.redrive(&one(partition, 99)).await.unwrap_err().to_string();
     assert_eq!(e, format!("no record at {}/{partition}@99 (the partition holds offsets 0..1)", kit.dlt_topic(TopicKind::OrderCommands)));
@@ -314,7 +335,11 @@ async fn the_command_reads_the_settings_file_lists_redrives_and_exits_non_zero_o
     kit.dead_letter(TopicKind::OrderCommands, 6, "o-max", &[(headers::REDRIVE_COUNT, "3")], "handler-failed", "x").await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sagactl.toml");
-    std::fs::write(&config, format!("[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 10\n[topics]\nprefix = \"{}\"\n", kit.kafka.bootstrap_servers, kit.prefix)).unwrap();
+    std::fs::write(
+        &config,
+        format!("[kafka]\nbootstrap_servers = \"{}\"\nfetch_wait_max_ms = 10\n[topics]\nprefix = \"{}\"\n", kit.kafka.bootstrap_servers, kit.prefix),
+    )
+    .unwrap();
     let config = config.to_str().unwrap();
 
     let out = sagactl(&["dlt", "list", "--config", config, "--json"], &[]);

@@ -14,19 +14,14 @@ pub mod domain;
 
 use std::collections::BTreeMap;
 
-use saga_contracts::{
-    Envelope, Message, ReserveStock, StockLine, StockReleased, StockReservationFailed, StockReserved, TopicKind,
-};
+use saga_contracts::{Envelope, Message, ReserveStock, StockLine, StockReleased, StockReservationFailed, StockReserved, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
 use sqlx::{AnyConnection, Row};
 
 use crate::domain::{decide_reservation, merge_lines};
 
 /// Migrations of the inventory tables (versions 2100–2199).
-pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
-    sqlite: &sqlx::migrate!("./migrations"),
-    postgres: &sqlx::migrate!("./migrations"),
-};
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations"), postgres: &sqlx::migrate!("./migrations") };
 
 /// Applies inventory commands.
 pub struct InventoryHandler;
@@ -56,12 +51,7 @@ fn reserved(cause: &Envelope, order_id: &str) -> Message {
 }
 
 fn failed(cause: &Envelope, order_id: &str, reason: String) -> Message {
-    StockReservationFailed {
-        envelope: Envelope::reply_to(cause, StockReservationFailed::FULL_NAME),
-        order_id: order_id.into(),
-        reason,
-    }
-    .into()
+    StockReservationFailed { envelope: Envelope::reply_to(cause, StockReservationFailed::FULL_NAME), order_id: order_id.into(), reason }.into()
 }
 
 async fn reserve(conn: &mut AnyConnection, m: &ReserveStock) -> Result<Message, HandleError> {
@@ -120,14 +110,12 @@ async fn release(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> 
             let pairs: Vec<(String, i32)> = lines.into_iter().map(|l| (l.sku, l.quantity)).collect();
             let merged = merge_lines(&pairs).map_err(HandleError::Reject)?;
             for (sku, quantity) in merged {
-                sqlx::query(
-                    "UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $1, updated_at_ms = $2 WHERE sku = $3",
-                )
-                .bind(quantity)
-                .bind(now)
-                .bind(&sku)
-                .execute(&mut *conn)
-                .await?;
+                sqlx::query("UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $1, updated_at_ms = $2 WHERE sku = $3")
+                    .bind(quantity)
+                    .bind(now)
+                    .bind(&sku)
+                    .execute(&mut *conn)
+                    .await?;
             }
             sqlx::query("UPDATE reservations SET status = 'RELEASED', updated_at_ms = $1 WHERE order_id = $2")
                 .bind(now)
@@ -143,26 +131,15 @@ async fn release(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> 
             false
         }
     };
-    Ok(StockReleased { envelope: Envelope::reply_to(cause, StockReleased::FULL_NAME), order_id: order_id.into(), released }
-        .into())
+    Ok(StockReleased { envelope: Envelope::reply_to(cause, StockReleased::FULL_NAME), order_id: order_id.into(), released }.into())
 }
 
 async fn load_reservation(conn: &mut AnyConnection, order_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT status, reason FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query("SELECT status, reason FROM reservations WHERE order_id = $1").bind(order_id).fetch_optional(&mut *conn).await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-async fn save_reservation(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    status: &str,
-    lines: &str,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<(), sqlx::Error> {
+async fn save_reservation(conn: &mut AnyConnection, order_id: &str, status: &str, lines: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO reservations (order_id, status, lines, reason, updated_at_ms) VALUES ($1, $2, $3, $4, $5)")
         .bind(order_id)
         .bind(status)

@@ -40,10 +40,7 @@ async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Messag
 async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     let message = message.into();
     let id = message.envelope().message_id.clone();
-    let mut out = apply(db, message)
-        .await
-        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
-        .unwrap_or_else(|| panic!("{id} was taken for a duplicate"));
+    let mut out = apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"));
     assert_eq!(out.len(), 1, "{id}: one reply per command, got {out:?}");
     let reply = out.remove(0);
     let short = reply.short_name();
@@ -63,11 +60,7 @@ fn reserve(message_id: &str, order_id: &str, lines: &[(&str, i32)]) -> ReserveSt
 }
 
 fn release(message_id: &str, order_id: &str) -> ReleaseStock {
-    ReleaseStock {
-        envelope: envelope(message_id, ReleaseStock::FULL_NAME, order_id),
-        order_id: order_id.into(),
-        reason: "insufficient credit".into(),
-    }
+    ReleaseStock { envelope: envelope(message_id, ReleaseStock::FULL_NAME, order_id), order_id: order_id.into(), reason: "insufficient credit".into() }
 }
 
 async fn seed(db: &Db, items: &[(&str, i64)]) {
@@ -292,10 +285,8 @@ async fn a_release_before_the_reservation_makes_it_fail(test_db: TestDb) {
 
 async fn other_messages_are_refused(test_db: TestDb) {
     let db = migrated(&test_db).await;
-    let not_ours = saga_contracts::StockReserved {
-        envelope: envelope("x/StockReserved", saga_contracts::StockReserved::FULL_NAME, "o1"),
-        order_id: "o1".into(),
-    };
+    let not_ours =
+        saga_contracts::StockReserved { envelope: envelope("x/StockReserved", saga_contracts::StockReserved::FULL_NAME, "o1"), order_id: "o1".into() };
     match apply(db, not_ours).await {
         Err(HandleError::Reject(why)) => assert!(why.contains("StockReserved"), "{why}"),
         other => panic!("expected a rejection, got {other:?}"),

@@ -127,8 +127,11 @@ pub async fn abort(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str,
 pub async fn abort_plan(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str) -> Result<Vec<(Command, String)>, OperatorError> {
     let saga = load_for_operator(conn, saga_id).await?;
     let plan = saga::abort_plan(orch.definition(), &saga.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
-    Ok(plan.into_iter().map(|c| {
-        let key = c.key(saga_id);
-        (c, key)
-    }).collect())
+    Ok(plan
+        .into_iter()
+        .map(|c| {
+            let key = c.key(saga_id);
+            (c, key)
+        })
+        .collect())
 }

@@ -117,8 +117,12 @@ impl SagaDefinition {
                 StepKind::Compensatable if s.compensation.is_none() => return Err(format!("{}: compensatable step {} has no compensation", self.name, s.name)),
                 StepKind::Compensatable if pivot.is_some_and(|p| i > p) => return Err(format!("{}: compensatable step {} after the pivot", self.name, s.name)),
                 StepKind::Retriable if pivot.is_some_and(|p| i < p) => return Err(format!("{}: retriable step {} before the pivot", self.name, s.name)),
-                StepKind::Pivot | StepKind::Retriable if s.compensation.is_some() => return Err(format!("{}: step {} cannot be compensated", self.name, s.name)),
-                StepKind::Compensatable | StepKind::Retriable if s.cancel.is_some() => return Err(format!("{}: only a pivot has a cancel action ({})", self.name, s.name)),
+                StepKind::Pivot | StepKind::Retriable if s.compensation.is_some() => {
+                    return Err(format!("{}: step {} cannot be compensated", self.name, s.name))
+                }
+                StepKind::Compensatable | StepKind::Retriable if s.cancel.is_some() => {
+                    return Err(format!("{}: only a pivot has a cancel action ({})", self.name, s.name))
+                }
                 _ if s.timeout_ms == 0 => return Err(format!("{}: step {} has no timeout", self.name, s.name)),
                 _ => {}
             }

@@ -19,8 +19,7 @@ pub mod store;
 pub mod web;
 
 use saga_contracts::{
-    ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine,
-    TopicKind, VoidPayment,
+    ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine, TopicKind, VoidPayment,
 };
 use saga_runtime::{HandleError, Handler, Incoming};
 use sqlx::AnyConnection;
@@ -33,10 +32,7 @@ use crate::saga::{Command, Outcome, Timing, Transition};
 use crate::store::{LogEntry, SagaData, SagaRecord};
 
 /// Migrations of the saga tables (versions 2300–2399).
-pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
-    sqlite: &sqlx::migrate!("./migrations"),
-    postgres: &sqlx::migrate!("./migrations"),
-};
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations"), postgres: &sqlx::migrate!("./migrations") };
 
 /// Drives order sagas.
 pub struct Orchestrator {
@@ -188,13 +184,7 @@ impl Orchestrator {
         Ok(commands)
     }
 
-    async fn on_reply(
-        &self,
-        conn: &mut AnyConnection,
-        message: &Message,
-        reply: Reply,
-        reason: Option<&str>,
-    ) -> Result<Vec<Message>, HandleError> {
+    async fn on_reply(&self, conn: &mut AnyConnection, message: &Message, reply: Reply, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
         let envelope = message.envelope();
         let saga_id = message.order_id();
         let Some(saga) = store::load(conn, saga_id).await? else {
@@ -299,11 +289,7 @@ impl Orchestrator {
     }
 
     fn commands(&self, saga: &SagaRecord, transition: &Transition, cause: &Cause<'_>) -> Vec<Message> {
-        transition
-            .commands
-            .iter()
-            .map(|c| build_command(c, saga, transition.state.failure.as_deref(), cause.id))
-            .collect()
+        transition.commands.iter().map(|c| build_command(c, saga, transition.state.failure.as_deref(), cause.id)).collect()
     }
 }
 
@@ -385,12 +371,9 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
     let order_id = saga.data.order_id.clone();
     let reason = failure.unwrap_or("saga compensation").to_string();
     match command.action {
-        Action::ReserveStock => ReserveStock {
-            envelope,
-            order_id,
-            lines: saga.data.lines.iter().map(|l| StockLine { sku: l.sku.clone(), quantity: l.quantity }).collect(),
+        Action::ReserveStock => {
+            ReserveStock { envelope, order_id, lines: saga.data.lines.iter().map(|l| StockLine { sku: l.sku.clone(), quantity: l.quantity }).collect() }.into()
         }
-        .into(),
         Action::ReleaseStock => ReleaseStock { envelope, order_id, reason }.into(),
         Action::AuthorizePayment => AuthorizePayment {
             envelope,

@@ -468,10 +468,7 @@ fn compensate_from(def: &SagaDefinition, from: usize) -> (Position, Vec<Command>
             let c = def.steps[j].compensation.expect("found by is_some");
             (Position::Compensation(j), vec![Command { action: c.action, step: def.steps[j].name, phase: Phase::Undo, attempt: 1 }])
         }
-        None => (
-            Position::Finalizing,
-            vec![Command { action: def.on_compensated.action, step: "finalize", phase: Phase::Finalize, attempt: 1 }],
-        ),
+        None => (Position::Finalizing, vec![Command { action: def.on_compensated.action, step: "finalize", phase: Phase::Finalize, attempt: 1 }]),
     }
 }
 

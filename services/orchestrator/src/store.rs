@@ -148,13 +148,7 @@ pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), s
 
 /// Moves a saga from `version` to `version + 1`, with the deadline of its new wait. Returns false
 /// when another writer moved it first (the caller retries with a fresh read).
-pub async fn update(
-    conn: &mut AnyConnection,
-    saga_id: &str,
-    version: i64,
-    state: &SagaState,
-    deadline_at_ms: Option<i64>,
-) -> Result<bool, sqlx::Error> {
+pub async fn update(conn: &mut AnyConnection, saga_id: &str, version: i64, state: &SagaState, deadline_at_ms: Option<i64>) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
          deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9",
@@ -208,14 +202,16 @@ pub async fn due(db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<(St
 
 /// Records a reply for a saga that does not exist.
 pub async fn record_stray(conn: &mut AnyConnection, message_id: &str, saga_id: &str, message_type: &str, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO stray_messages (message_id, saga_id, message_type, at_ms, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING")
-        .bind(message_id)
-        .bind(saga_id)
-        .bind(message_type)
-        .bind(saga_store::now_ms())
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO stray_messages (message_id, saga_id, message_type, at_ms, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(saga_id)
+    .bind(message_type)
+    .bind(saga_store::now_ms())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

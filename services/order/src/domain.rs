@@ -67,12 +67,7 @@ pub fn validate(order_id: &str, customer_id: &str, currency: &str, lines: &[Orde
             return Err(format!("line {} ({}) has a negative unit price", i + 1, line.sku));
         }
         if line.currency != currency {
-            return Err(format!(
-                "line {} ({}) is priced in {}, the order is in {currency}",
-                i + 1,
-                line.sku,
-                line.currency
-            ));
+            return Err(format!("line {} ({}) is priced in {}, the order is in {currency}", i + 1, line.sku, line.currency));
         }
         total = i64::from(line.quantity)
             .checked_mul(line.unit_price_minor)

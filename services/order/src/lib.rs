@@ -9,19 +9,14 @@
 
 pub mod domain;
 
-use saga_contracts::{
-    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PlaceOrder, TopicKind,
-};
+use saga_contracts::{Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PlaceOrder, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
 use sqlx::{AnyConnection, Row};
 
 use crate::domain::{decide, validate, Decision, OrderStatus};
 
 /// Migrations of the `orders` table (versions 2000–2999).
-pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
-    sqlite: &sqlx::migrate!("./migrations"),
-    postgres: &sqlx::migrate!("./migrations"),
-};
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations"), postgres: &sqlx::migrate!("./migrations") };
 
 /// Applies order commands.
 pub struct OrderHandler;
@@ -41,9 +36,7 @@ impl Handler for OrderHandler {
         match &incoming.message {
             Message::PlaceOrder(m) => place(conn, m).await,
             Message::ApproveOrder(m) => finish(conn, &m.envelope, &m.order_id, OrderStatus::Approved, None).await,
-            Message::RejectOrder(m) => {
-                finish(conn, &m.envelope, &m.order_id, OrderStatus::Rejected, Some(&m.reason)).await
-            }
+            Message::RejectOrder(m) => finish(conn, &m.envelope, &m.order_id, OrderStatus::Rejected, Some(&m.reason)).await,
             other => Err(HandleError::Reject(format!("{} is not an order command", other.short_name()))),
         }
     }
@@ -76,12 +69,7 @@ async fn place(conn: &mut AnyConnection, m: &PlaceOrder) -> Result<Vec<Message>,
         Err(reason) => {
             tracing::info!(order_id = %m.order_id, %reason, "order refused by validation");
             insert(conn, m, 0, OrderStatus::Rejected, Some(&reason), &lines, now).await?;
-            Ok(vec![OrderRejected {
-                envelope: Envelope::reply_to(&cause, OrderRejected::FULL_NAME),
-                order_id: m.order_id.clone(),
-                reason,
-            }
-            .into()])
+            Ok(vec![OrderRejected { envelope: Envelope::reply_to(&cause, OrderRejected::FULL_NAME), order_id: m.order_id.clone(), reason }.into()])
         }
     }
 }
@@ -112,13 +100,7 @@ async fn insert(
     Ok(())
 }
 
-async fn finish(
-    conn: &mut AnyConnection,
-    cause: &Envelope,
-    order_id: &str,
-    target: OrderStatus,
-    reason: Option<&str>,
-) -> Result<Vec<Message>, HandleError> {
+async fn finish(conn: &mut AnyConnection, cause: &Envelope, order_id: &str, target: OrderStatus, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
     let Some(status) = load_status(conn, order_id).await? else {
         return Err(HandleError::Reject(format!("order {order_id} does not exist")));
     };
@@ -134,19 +116,11 @@ async fn finish(
         }
         Decision::Repeat(_) => {}
         Decision::Contradicts(current) => {
-            return Err(HandleError::Reject(format!(
-                "order {order_id} is {}, it cannot become {}",
-                current.as_str(),
-                target.as_str()
-            )))
+            return Err(HandleError::Reject(format!("order {order_id} is {}, it cannot become {}", current.as_str(), target.as_str())))
         }
     }
     let reply: Message = match target {
-        OrderStatus::Approved => OrderApproved {
-            envelope: Envelope::reply_to(cause, OrderApproved::FULL_NAME),
-            order_id: order_id.to_string(),
-        }
-        .into(),
+        OrderStatus::Approved => OrderApproved { envelope: Envelope::reply_to(cause, OrderApproved::FULL_NAME), order_id: order_id.to_string() }.into(),
         _ => OrderRejected {
             envelope: Envelope::reply_to(cause, OrderRejected::FULL_NAME),
             order_id: order_id.to_string(),

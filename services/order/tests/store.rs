@@ -38,10 +38,7 @@ async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Messag
 async fn applied(db: &Db, message: impl Into<Message>) -> Vec<Message> {
     let message = message.into();
     let id = message.envelope().message_id.clone();
-    apply(db, message)
-        .await
-        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
-        .unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
+    apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
 }
 
 /// Applies a message the handler must refuse; returns the reason.
@@ -77,17 +74,12 @@ fn valid_lines() -> Vec<OrderLine> {
     vec![line("WIDGET-1", 2, 1250, "EUR"), line("GADGET-2", 1, 4999, "EUR")]
 }
 
-
 fn approve(message_id: &str, order_id: &str) -> ApproveOrder {
     ApproveOrder { envelope: saga_runtime::testing::envelope(message_id, ApproveOrder::FULL_NAME, order_id), order_id: order_id.into() }
 }
 
 fn reject(message_id: &str, order_id: &str, reason: &str) -> RejectOrder {
-    RejectOrder {
-        envelope: saga_runtime::testing::envelope(message_id, RejectOrder::FULL_NAME, order_id),
-        order_id: order_id.into(),
-        reason: reason.into(),
-    }
+    RejectOrder { envelope: saga_runtime::testing::envelope(message_id, RejectOrder::FULL_NAME, order_id), order_id: order_id.into(), reason: reason.into() }
 }
 
 async fn status_of(db: &Db, order_id: &str) -> OrderStatus {

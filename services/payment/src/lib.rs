@@ -11,19 +11,14 @@
 
 pub mod domain;
 
-use saga_contracts::{
-    AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, TopicKind,
-};
+use saga_contracts::{AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
 use sqlx::{AnyConnection, Row};
 
 use crate::domain::{decide_authorization, Account};
 
 /// Migrations of the payment tables (versions 2200–2299).
-pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
-    sqlite: &sqlx::migrate!("./migrations"),
-    postgres: &sqlx::migrate!("./migrations"),
-};
+pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations"), postgres: &sqlx::migrate!("./migrations") };
 
 /// Applies payment commands.
 pub struct PaymentHandler;
@@ -78,11 +73,11 @@ async fn authorize(conn: &mut AnyConnection, m: &AuthorizePayment) -> Result<Mes
     }
     let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1{lock}");
-    let account = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&m.customer_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| Account { currency: r.get(0), credit_limit_minor: r.get(1), authorized_minor: r.get(2) });
+    let account = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&m.customer_id).fetch_optional(&mut *conn).await?.map(|r| Account {
+        currency: r.get(0),
+        credit_limit_minor: r.get(1),
+        authorized_minor: r.get(2),
+    });
     let now = saga_store::now_ms();
     let authorization_id = format!("auth-{}", m.order_id);
     match decide_authorization(account.as_ref(), &m.customer_id, m.amount_minor, &m.currency) {
@@ -130,10 +125,7 @@ async fn save(conn: &mut AnyConnection, m: &AuthorizePayment, authorization_id: 
 
 async fn void(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
     let now = saga_store::now_ms();
-    let row = sqlx::query("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1").bind(order_id).fetch_optional(&mut *conn).await?;
     let voided = match row {
         Some(r) if r.get::<String, _>(0) == "AUTHORIZED" => {
             let customer: String = r.get(1);
@@ -195,8 +187,7 @@ pub async fn authorization_of(db: &saga_store::Db, order_id: &str) -> Result<Opt
 
 /// Sum of AUTHORIZED amounts, and how many authorizations that is.
 pub async fn authorized_total(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
-    let (sum, n): (Option<i64>, i64) = sqlx::query_as("SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM authorizations WHERE status = 'AUTHORIZED'")
-        .fetch_one(db.pool())
-        .await?;
+    let (sum, n): (Option<i64>, i64) =
+        sqlx::query_as("SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM authorizations WHERE status = 'AUTHORIZED'").fetch_one(db.pool()).await?;
     Ok((sum.unwrap_or(0), n))
 }

@@ -24,16 +24,9 @@ saga_store::backend_tests!(
 
 async fn migrated(test_db: &TestDb) -> &Db {
     saga_runtime::testing::migrate(&test_db.db, &saga_payment::MIGRATIONS).await;
-    set_accounts(
-        &test_db.db,
-        &[
-            ("alice".into(), "EUR".into(), 10_000),
-            ("bob".into(), "EUR".into(), 5_000),
-            ("dave".into(), "USD".into(), 10_000),
-        ],
-    )
-    .await
-    .expect("seed accounts");
+    set_accounts(&test_db.db, &[("alice".into(), "EUR".into(), 10_000), ("bob".into(), "EUR".into(), 5_000), ("dave".into(), "USD".into(), 10_000)])
+        .await
+        .expect("seed accounts");
     &test_db.db
 }
 
@@ -46,10 +39,7 @@ async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Messag
 async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     let message = message.into();
     let id = message.envelope().message_id.clone();
-    let mut out = apply(db, message)
-        .await
-        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
-        .unwrap_or_else(|| panic!("{id} was taken for a duplicate"));
+    let mut out = apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"));
     assert_eq!(out.len(), 1, "{id}: one reply per command, got {out:?}");
     let reply = out.remove(0);
     let short = reply.short_name();
@@ -71,20 +61,12 @@ fn authorize(message_id: &str, order_id: &str, customer: &str, amount_minor: i64
 }
 
 fn void(message_id: &str, order_id: &str) -> VoidPayment {
-    VoidPayment {
-        envelope: envelope(message_id, VoidPayment::FULL_NAME, order_id),
-        order_id: order_id.into(),
-        reason: "order rejected".into(),
-    }
+    VoidPayment { envelope: envelope(message_id, VoidPayment::FULL_NAME, order_id), order_id: order_id.into(), reason: "order rejected".into() }
 }
 
 /// Credit a customer has in use. The crate has no reader for it, so the test reads the table.
 async fn credit_used(db: &Db, customer: &str) -> i64 {
-    sqlx::query_scalar("SELECT authorized_minor FROM accounts WHERE customer_id = $1")
-        .bind(customer)
-        .fetch_one(db.pool())
-        .await
-        .expect("read account")
+    sqlx::query_scalar("SELECT authorized_minor FROM accounts WHERE customer_id = $1").bind(customer).fetch_one(db.pool()).await.expect("read account")
 }
 
 async fn authorization(db: &Db, order_id: &str) -> Option<(String, i64)> {

@@ -26,12 +26,8 @@ use crate::schema::{self as avro_schema, ParsedSchema};
 use crate::store::{Store, VersionRow};
 
 /// Request bodies the registry reads. Confluent clients send the first; people with curl the others.
-const ACCEPTED_CONTENT_TYPES: [&str; 4] = [
-    "application/vnd.schemaregistry.v1+json",
-    "application/vnd.schemaregistry+json",
-    "application/json",
-    "application/octet-stream",
-];
+const ACCEPTED_CONTENT_TYPES: [&str; 4] =
+    ["application/vnd.schemaregistry.v1+json", "application/vnd.schemaregistry+json", "application/json", "application/octet-stream"];
 
 /// Requires HTTP basic authentication with `expected` (the whole `Authorization` header value) on
 /// every route but `/healthz`, which probes call without credentials.
@@ -65,37 +61,14 @@ pub(crate) fn router(store: Store) -> Router {
         .route("/schemas/ids/{id}/versions", get(schemas::versions_of_id))
         .route("/schemas/ids/{id}/subjects", get(schemas::subjects_of_id))
         .route("/subjects", get(subjects::list))
-        .route(
-            "/subjects/{subject}",
-            post(subjects::lookup).delete(subjects::delete_subject),
-        )
-        .route(
-            "/subjects/{subject}/versions",
-            get(subjects::versions).post(subjects::register),
-        )
-        .route(
-            "/subjects/{subject}/versions/{version}",
-            get(subjects::version).delete(subjects::delete_version),
-        )
-        .route(
-            "/subjects/{subject}/versions/{version}/schema",
-            get(subjects::version_schema),
-        )
-        .route(
-            "/compatibility/subjects/{subject}/versions",
-            post(config::check_all),
-        )
-        .route(
-            "/compatibility/subjects/{subject}/versions/{version}",
-            post(config::check_version),
-        )
+        .route("/subjects/{subject}", post(subjects::lookup).delete(subjects::delete_subject))
+        .route("/subjects/{subject}/versions", get(subjects::versions).post(subjects::register))
+        .route("/subjects/{subject}/versions/{version}", get(subjects::version).delete(subjects::delete_version))
+        .route("/subjects/{subject}/versions/{version}/schema", get(subjects::version_schema))
+        .route("/compatibility/subjects/{subject}/versions", post(config::check_all))
+        .route("/compatibility/subjects/{subject}/versions/{version}", post(config::check_version))
         .route("/config", get(config::global).put(config::set_global))
-        .route(
-            "/config/{subject}",
-            get(config::subject)
-                .put(config::set_subject)
-                .delete(config::delete_subject),
-        )
+        .route("/config/{subject}", get(config::subject).put(config::set_subject).delete(config::delete_subject))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(store)
@@ -113,19 +86,11 @@ pub(crate) struct SchemaRequest {
 impl SchemaRequest {
     /// The Avro schema in the request, or why the registry cannot take it.
     fn parse(&self) -> Result<ParsedSchema, ApiError> {
-        if let Some(kind) = self
-            .schema_type
-            .as_deref()
-            .filter(|k| !k.eq_ignore_ascii_case("AVRO"))
-        {
-            return Err(ApiError::InvalidSchema(format!(
-                "schemaType '{kind}' is not supported: this registry only supports AVRO"
-            )));
+        if let Some(kind) = self.schema_type.as_deref().filter(|k| !k.eq_ignore_ascii_case("AVRO")) {
+            return Err(ApiError::InvalidSchema(format!("schemaType '{kind}' is not supported: this registry only supports AVRO")));
         }
         if self.references.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(ApiError::InvalidSchema(
-                "schema references are not supported by this registry".to_string(),
-            ));
+            return Err(ApiError::InvalidSchema("schema references are not supported by this registry".to_string()));
         }
         match self.schema.as_deref() {
             None | Some("") => Err(ApiError::InvalidSchema("Empty schema".to_string())),
@@ -170,27 +135,18 @@ impl VersionSelector {
 
 /// The rows a request may see: live ones, plus soft-deleted ones when it asked for `deleted=true`.
 fn visible(rows: Vec<VersionRow>, include_deleted: bool) -> Vec<VersionRow> {
-    rows.into_iter()
-        .filter(|r| include_deleted || !r.deleted)
-        .collect()
+    rows.into_iter().filter(|r| include_deleted || !r.deleted).collect()
 }
 
 /// Why `candidate` is incompatible with `targets` under `level`; empty when it is compatible.
-fn incompatibilities(
-    level: CompatibilityLevel,
-    candidate: &Schema,
-    targets: &[VersionRow],
-) -> Vec<String> {
+fn incompatibilities(level: CompatibilityLevel, candidate: &Schema, targets: &[VersionRow]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut parsed = Vec::with_capacity(targets.len());
     for row in targets {
         match Schema::parse_str(&row.schema) {
             Ok(schema) => parsed.push((row.version, schema)),
             // Only parsed schemas are stored, so this means the table was edited by hand.
-            Err(e) => problems.push(format!(
-                "stored version {} no longer parses: {e}",
-                row.version
-            )),
+            Err(e) => problems.push(format!("stored version {} no longer parses: {e}", row.version)),
         }
     }
     problems.extend(compat::check(level, candidate, &parsed));
@@ -206,25 +162,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if let Some(value) = req.headers().get(header::CONTENT_TYPE) {
             let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            let mime = raw
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
+            let mime = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
             if !ACCEPTED_CONTENT_TYPES.contains(&mime.as_str()) {
                 return Err(ApiError::UnsupportedMediaType(raw));
             }
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::MalformedBody(e.body_text()))?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
-                _ => ApiError::MalformedBody(e.to_string()),
-            })
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| ApiError::MalformedBody(e.body_text()))?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+            _ => ApiError::MalformedBody(e.to_string()),
+        })
     }
 }
 
@@ -235,10 +182,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(t)| PathParams(t))
-            .map_err(|e| ApiError::Unprocessable(e.body_text()))
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(t)| PathParams(t)).map_err(|e| ApiError::Unprocessable(e.body_text()))
     }
 }
 
@@ -248,9 +192,7 @@ pub(crate) struct Params(HashMap<String, String>);
 impl Params {
     /// True when the query says `name=true`.
     fn flag(&self, name: &str) -> bool {
-        self.0
-            .get(name)
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.0.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 }
 
@@ -271,23 +213,11 @@ mod tests {
 
     #[test]
     fn versions_parse_like_confluent() {
-        assert_eq!(
-            VersionSelector::parse("latest").unwrap(),
-            VersionSelector::Latest
-        );
-        assert_eq!(
-            VersionSelector::parse("-1").unwrap(),
-            VersionSelector::Latest
-        );
-        assert_eq!(
-            VersionSelector::parse("7").unwrap(),
-            VersionSelector::Number(7)
-        );
+        assert_eq!(VersionSelector::parse("latest").unwrap(), VersionSelector::Latest);
+        assert_eq!(VersionSelector::parse("-1").unwrap(), VersionSelector::Latest);
+        assert_eq!(VersionSelector::parse("7").unwrap(), VersionSelector::Number(7));
         for bad in ["0", "-2", "x", "", "2147483648", "1.5"] {
-            assert!(
-                matches!(VersionSelector::parse(bad), Err(ApiError::InvalidVersion(v)) if v == bad),
-                "{bad:?} must be rejected"
-            );
+            assert!(matches!(VersionSelector::parse(bad), Err(ApiError::InvalidVersion(v)) if v == bad), "{bad:?} must be rejected");
         }
     }
 
@@ -296,18 +226,11 @@ mod tests {
         let request = |body: &str| serde_json::from_str::<SchemaRequest>(body).unwrap().parse();
         assert!(request(r#"{"schema":"\"string\""}"#).is_ok());
         assert!(request(r#"{"schema":"\"string\"","schemaType":"AVRO","references":[]}"#).is_ok());
-        let Err(ApiError::InvalidSchema(why)) =
-            request(r#"{"schema":"{}","schemaType":"PROTOBUF"}"#)
-        else {
+        let Err(ApiError::InvalidSchema(why)) = request(r#"{"schema":"{}","schemaType":"PROTOBUF"}"#) else {
             panic!("protobuf must be refused");
         };
         assert!(why.contains("only supports AVRO"), "{why}");
-        assert!(matches!(
-            request(
-                r#"{"schema":"\"string\"","references":[{"name":"a","subject":"b","version":1}]}"#
-            ),
-            Err(ApiError::InvalidSchema(_))
-        ));
+        assert!(matches!(request(r#"{"schema":"\"string\"","references":[{"name":"a","subject":"b","version":1}]}"#), Err(ApiError::InvalidSchema(_))));
         assert!(matches!(request("{}"), Err(ApiError::InvalidSchema(_))));
     }
 }

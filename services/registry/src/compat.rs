@@ -63,32 +63,15 @@ impl CompatibilityLevel {
 
     /// True when the level checks against every live version, not only the latest.
     pub fn is_transitive(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::BackwardTransitive
-                | CompatibilityLevel::ForwardTransitive
-                | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::BackwardTransitive | CompatibilityLevel::ForwardTransitive | CompatibilityLevel::FullTransitive)
     }
 
     fn checks_backward(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::Backward
-                | CompatibilityLevel::BackwardTransitive
-                | CompatibilityLevel::Full
-                | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::Backward | CompatibilityLevel::BackwardTransitive | CompatibilityLevel::Full | CompatibilityLevel::FullTransitive)
     }
 
     fn checks_forward(self) -> bool {
-        matches!(
-            self,
-            CompatibilityLevel::Forward
-                | CompatibilityLevel::ForwardTransitive
-                | CompatibilityLevel::Full
-                | CompatibilityLevel::FullTransitive
-        )
+        matches!(self, CompatibilityLevel::Forward | CompatibilityLevel::ForwardTransitive | CompatibilityLevel::Full | CompatibilityLevel::FullTransitive)
     }
 }
 
@@ -97,10 +80,7 @@ impl FromStr for CompatibilityLevel {
 
     /// Case-insensitive, as Confluent accepts `backward` as well as `BACKWARD`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        CompatibilityLevel::ALL
-            .into_iter()
-            .find(|level| level.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownLevel(s.to_string()))
+        CompatibilityLevel::ALL.into_iter().find(|level| level.as_str().eq_ignore_ascii_case(s.trim())).ok_or_else(|| UnknownLevel(s.to_string()))
     }
 }
 
@@ -127,25 +107,17 @@ pub fn versions_to_check<T>(level: CompatibilityLevel, live: &[T]) -> &[T] {
 /// Returns why the candidate is incompatible, one line per failed check; empty means compatible.
 /// Which versions to pass is the caller's choice (see [`versions_to_check`]): this function checks
 /// every one it is given.
-pub fn check(
-    level: CompatibilityLevel,
-    candidate: &Schema,
-    existing: &[(i64, Schema)],
-) -> Vec<String> {
+pub fn check(level: CompatibilityLevel, candidate: &Schema, existing: &[(i64, Schema)]) -> Vec<String> {
     let mut problems = Vec::new();
     for (version, schema) in existing {
         if level.checks_backward() {
             if let Err(why) = can_read(schema, candidate) {
-                problems.push(format!(
-                    "the new schema cannot read data written with version {version} (backward): {why}"
-                ));
+                problems.push(format!("the new schema cannot read data written with version {version} (backward): {why}"));
             }
         }
         if level.checks_forward() {
             if let Err(why) = can_read(candidate, schema) {
-                problems.push(format!(
-                    "version {version} cannot read data written with the new schema (forward): {why}"
-                ));
+                problems.push(format!("version {version} cannot read data written with the new schema (forward): {why}"));
             }
         }
     }
@@ -160,10 +132,7 @@ pub fn check(
 fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
     match SchemaCompatibility::can_read(writer, reader) {
         Ok(Compatibility::Full) => Ok(()),
-        Ok(Compatibility::Partial) => Err(
-            "some union branches or enum symbols of the writer have no match in the reader"
-                .to_string(),
-        ),
+        Ok(Compatibility::Partial) => Err("some union branches or enum symbols of the writer have no match in the reader".to_string()),
         Err(e) => Err(error_chain(&e)),
     }
 }
@@ -185,28 +154,20 @@ mod tests {
     use CompatibilityLevel::*;
 
     fn record(fields: &str) -> Schema {
-        Schema::parse_str(&format!(
-            r#"{{"type":"record","name":"Order","fields":[{fields}]}}"#
-        ))
-        .expect("test schema parses")
+        Schema::parse_str(&format!(r#"{{"type":"record","name":"Order","fields":[{fields}]}}"#)).expect("test schema parses")
     }
 
     fn v1() -> Schema {
         record(r#"{"name":"id","type":"string"}"#)
     }
 
-    fn compatible(
-        level: CompatibilityLevel,
-        candidate: &Schema,
-        existing: &[(i64, Schema)],
-    ) -> bool {
+    fn compatible(level: CompatibilityLevel, candidate: &Schema, existing: &[(i64, Schema)]) -> bool {
         check(level, candidate, existing).is_empty()
     }
 
     #[test]
     fn adding_a_field_with_default_is_backward_and_forward_compatible() {
-        let new =
-            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}"#);
+        let new = record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":1}"#);
         let old = [(1, v1())];
         assert!(compatible(Backward, &new, &old));
         assert!(compatible(Forward, &new, &old));
@@ -220,11 +181,7 @@ mod tests {
         let problems = check(Backward, &new, &old);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("version 1"), "{}", problems[0]);
-        assert!(
-            problems[0].contains("qty"),
-            "names the field: {}",
-            problems[0]
-        );
+        assert!(problems[0].contains("qty"), "names the field: {}", problems[0]);
         // Old readers ignore the extra field, so the change is still forward compatible.
         assert!(compatible(Forward, &new, &old));
         assert!(!compatible(Full, &new, &old));
@@ -232,15 +189,9 @@ mod tests {
 
     #[test]
     fn removing_a_field_without_default_breaks_forward_only() {
-        let old = [(
-            1,
-            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int"}"#),
-        )];
+        let old = [(1, record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int"}"#))];
         let new = v1();
-        assert!(
-            compatible(Backward, &new, &old),
-            "new readers ignore the written field"
-        );
+        assert!(compatible(Backward, &new, &old), "new readers ignore the written field");
         let problems = check(Forward, &new, &old);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("forward"), "{}", problems[0]);
@@ -248,10 +199,7 @@ mod tests {
 
     #[test]
     fn removing_a_field_that_had_a_default_stays_forward_compatible() {
-        let old = [(
-            1,
-            record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":0}"#),
-        )];
+        let old = [(1, record(r#"{"name":"id","type":"string"},{"name":"qty","type":"int","default":0}"#))];
         assert!(compatible(Full, &v1(), &old));
     }
 
@@ -260,20 +208,12 @@ mod tests {
         let old = [(1, record(r#"{"name":"n","type":"int"}"#))];
         let new = record(r#"{"name":"n","type":"long"}"#);
         assert!(compatible(Backward, &new, &old));
-        assert!(
-            !compatible(Forward, &new, &old),
-            "an int reader cannot read a long"
-        );
+        assert!(!compatible(Forward, &new, &old), "an int reader cannot read a long");
     }
 
     #[test]
     fn adding_an_enum_symbol_is_backward_but_not_forward_compatible() {
-        let enum_of = |symbols: &str| {
-            Schema::parse_str(&format!(
-                r#"{{"type":"enum","name":"Status","symbols":[{symbols}]}}"#
-            ))
-            .expect("test enum parses")
-        };
+        let enum_of = |symbols: &str| Schema::parse_str(&format!(r#"{{"type":"enum","name":"Status","symbols":[{symbols}]}}"#)).expect("test enum parses");
         let old = [(1, enum_of(r#""NEW","PAID""#))];
         let new = enum_of(r#""NEW","PAID","SHIPPED""#);
         assert!(compatible(Backward, &new, &old));
@@ -297,16 +237,8 @@ mod tests {
         // v1 {a:int} -> v2 {} -> v3 {a:string=""}: v3 reads v2 data (default) but not v1's int.
         let live = vec![(1, record(r#"{"name":"a","type":"int"}"#)), (2, record(""))];
         let new = record(r#"{"name":"a","type":"string","default":""}"#);
-        assert!(compatible(
-            Backward,
-            &new,
-            versions_to_check(Backward, &live)
-        ));
-        let problems = check(
-            BackwardTransitive,
-            &new,
-            versions_to_check(BackwardTransitive, &live),
-        );
+        assert!(compatible(Backward, &new, versions_to_check(Backward, &live)));
+        let problems = check(BackwardTransitive, &new, versions_to_check(BackwardTransitive, &live));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("version 1"), "{}", problems[0]);
     }
@@ -324,15 +256,9 @@ mod tests {
     fn levels_parse_case_insensitively_and_round_trip() {
         for level in CompatibilityLevel::ALL {
             assert_eq!(level.as_str().parse::<CompatibilityLevel>(), Ok(level));
-            assert_eq!(
-                level.as_str().to_lowercase().parse::<CompatibilityLevel>(),
-                Ok(level)
-            );
+            assert_eq!(level.as_str().to_lowercase().parse::<CompatibilityLevel>(), Ok(level));
         }
-        assert_eq!(
-            "SIDEWAYS".parse::<CompatibilityLevel>(),
-            Err(UnknownLevel("SIDEWAYS".into()))
-        );
+        assert_eq!("SIDEWAYS".parse::<CompatibilityLevel>(), Err(UnknownLevel("SIDEWAYS".into())));
         assert_eq!(CompatibilityLevel::DEFAULT, Backward);
     }
 }

@@ -53,10 +53,7 @@ pub(crate) enum ApiError {
     #[error("Subject '{0}' does not have subject-level compatibility configured")]
     SubjectConfigNotFound(String),
     #[error("Schema being registered is incompatible with an earlier schema for subject '{subject}': {}", .details.join("; "))]
-    Incompatible {
-        subject: String,
-        details: Vec<String>,
-    },
+    Incompatible { subject: String, details: Vec<String> },
     #[error("Invalid schema: {0}")]
     InvalidSchema(String),
     #[error("The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
@@ -88,9 +85,7 @@ impl ApiError {
         match self {
             ApiError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
             ApiError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, 40402),
-            ApiError::SchemaIdNotFound(_) | ApiError::SchemaNotFound(_) => {
-                (StatusCode::NOT_FOUND, 40403)
-            }
+            ApiError::SchemaIdNotFound(_) | ApiError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
             ApiError::SubjectSoftDeleted(_) => (StatusCode::NOT_FOUND, 40404),
             ApiError::SubjectNotSoftDeleted(_) => (StatusCode::NOT_FOUND, 40405),
             ApiError::VersionNotSoftDeleted { .. } => (StatusCode::NOT_FOUND, 40407),
@@ -122,31 +117,16 @@ impl IntoResponse for ApiError {
         if let ApiError::Storage(e) = &self {
             tracing::error!(error = %e, transient = saga_store::is_transient(e), "registry storage failed");
         }
-        json_response(
-            status,
-            &ErrorBody {
-                error_code,
-                message: self.to_string(),
-            },
-        )
+        json_response(status, &ErrorBody { error_code, message: self.to_string() })
     }
 }
 
 /// A JSON response with the registry's content type.
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (
-            status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-            bytes,
-        )
-            .into_response(),
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], bytes).into_response(),
         // Only a non-string map key could fail here, and no response type has one.
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode response: {e}"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode response: {e}")).into_response(),
     }
 }
 
@@ -162,10 +142,7 @@ mod tests {
 
     #[test]
     fn incompatibility_lists_every_reason() {
-        let e = ApiError::Incompatible {
-            subject: "s".into(),
-            details: vec!["a".into(), "b".into()],
-        };
+        let e = ApiError::Incompatible { subject: "s".into(), details: vec!["a".into(), "b".into()] };
         assert_eq!(e.codes(), (StatusCode::CONFLICT, 409));
         assert!(e.to_string().ends_with("'s': a; b"), "{e}");
     }

@@ -40,10 +40,7 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The registry's tables, versions 3000 to 3999; [`Registry::build_with_db`] runs them.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: &SQLITE_MIGRATIONS,
-    postgres: &POSTGRES_MIGRATIONS,
-};
+pub static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE_MIGRATIONS, postgres: &POSTGRES_MIGRATIONS };
 
 /// Connections the registry opens when it owns its database; a dev registry is lightly used.
 const MAX_CONNECTIONS: u32 = 8;
@@ -60,10 +57,7 @@ pub struct RegistrySettings {
 impl Default for RegistrySettings {
     /// Confluent's port on loopback, and a SQLite file in the working directory.
     fn default() -> Self {
-        RegistrySettings {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            database_url: "sqlite://registry.db".to_string(),
-        }
+        RegistrySettings { bind: SocketAddr::from(([127, 0, 0, 1], 8081)), database_url: "sqlite://registry.db".to_string() }
     }
 }
 
@@ -90,18 +84,9 @@ impl Registry {
     /// the registry next to their own tables.
     pub async fn build_with_db(db: Db, bind: SocketAddr) -> Result<Registry, RegistryError> {
         db.migrate(&MIGRATIONS).await?;
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(|source| RegistryError::Bind { addr: bind, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| RegistryError::Bind { addr: bind, source })?;
-        Ok(Registry {
-            listener,
-            local_addr,
-            db,
-            authorization: None,
-        })
+        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| RegistryError::Bind { addr: bind, source })?;
+        let local_addr = listener.local_addr().map_err(|source| RegistryError::Bind { addr: bind, source })?;
+        Ok(Registry { listener, local_addr, db, authorization: None })
     }
 
     /// Requires HTTP basic authentication as `username`/`password` on every route but `/healthz`.
@@ -124,18 +109,12 @@ impl Registry {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), RegistryError> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RegistryError> {
         let mut app = api::router(store::Store::new(self.db));
         if let Some(expected) = self.authorization {
             app = api::require_basic_auth(app, expected);
         }
         tracing::info!(addr = %self.local_addr, "schema registry serving");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(RegistryError::Serve)
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.map_err(RegistryError::Serve)
     }
 }

@@ -30,25 +30,15 @@ async fn main() -> anyhow::Result<()> {
     // Logs go to stderr; stdout carries only the line announcing the URL.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let settings = RegistrySettings {
-        bind: args.bind,
-        database_url: args.database_url,
-    };
-    let mut registry = Registry::build(&settings)
-        .await
-        .with_context(|| format!("start schema registry on {}", settings.bind))?;
+    let settings = RegistrySettings { bind: args.bind, database_url: args.database_url };
+    let mut registry = Registry::build(&settings).await.with_context(|| format!("start schema registry on {}", settings.bind))?;
     if let (Some(user), Some(password)) = (&args.basic_auth_username, &args.basic_auth_password) {
         registry = registry.with_basic_auth(user, password);
     }
     println!("schema registry listening on {}", registry.url());
-    registry
-        .run_until_stopped(shutdown_signal())
-        .await
-        .context("run schema registry")
+    registry.run_until_stopped(shutdown_signal()).await.context("run schema registry")
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -24,22 +24,16 @@ pub struct ParsedSchema {
 /// Parses an Avro schema given as JSON text.
 pub fn parse(text: &str) -> Result<ParsedSchema, String> {
     let schema = Schema::parse_str(text).map_err(|e| e.to_string())?;
-    let normalized =
-        serde_json::to_string(&schema).map_err(|e| format!("cannot normalize schema: {e}"))?;
+    let normalized = serde_json::to_string(&schema).map_err(|e| format!("cannot normalize schema: {e}"))?;
     let fingerprint = format!("{:x}", Sha256::digest(normalized.as_bytes()));
-    Ok(ParsedSchema {
-        schema,
-        text: text.to_string(),
-        fingerprint,
-    })
+    Ok(ParsedSchema { schema, text: text.to_string(), fingerprint })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ORDER: &str =
-        r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"}]}"#;
+    const ORDER: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string"}]}"#;
 
     #[test]
     fn whitespace_and_key_order_do_not_change_the_fingerprint() {
@@ -47,25 +41,14 @@ mod tests {
             "name": "Order", "type": "record",
             "fields": [ { "type": "string", "name": "id" } ]
         }"#;
-        assert_eq!(
-            parse(ORDER).unwrap().fingerprint,
-            parse(reformatted).unwrap().fingerprint
-        );
+        assert_eq!(parse(ORDER).unwrap().fingerprint, parse(reformatted).unwrap().fingerprint);
     }
 
     #[test]
     fn defaults_and_logical_types_change_the_fingerprint() {
         let with_default = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"string","default":""}]}"#;
-        assert_ne!(
-            parse(ORDER).unwrap().fingerprint,
-            parse(with_default).unwrap().fingerprint
-        );
-        assert_ne!(
-            parse(r#""long""#).unwrap().fingerprint,
-            parse(r#"{"type":"long","logicalType":"timestamp-millis"}"#)
-                .unwrap()
-                .fingerprint
-        );
+        assert_ne!(parse(ORDER).unwrap().fingerprint, parse(with_default).unwrap().fingerprint);
+        assert_ne!(parse(r#""long""#).unwrap().fingerprint, parse(r#"{"type":"long","logicalType":"timestamp-millis"}"#).unwrap().fingerprint);
     }
 
     #[test]
@@ -75,10 +58,7 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_avro() {
-        assert!(
-            parse("{\"type\":\"record\"}").is_err(),
-            "record without name"
-        );
+        assert!(parse("{\"type\":\"record\"}").is_err(), "record without name");
         assert!(parse("not json").is_err());
     }
 }

@@ -67,10 +67,7 @@ impl Store {
 
     /// Answers when the database does.
     pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(self.db.pool())
-            .await
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(self.db.pool()).await.map(|_| ())
     }
 
     /// Every version of `subject`, oldest first, soft-deleted ones included.
@@ -92,10 +89,7 @@ impl Store {
     /// The schema text registered under `id`. Ids outlive the versions that use them, so old
     /// messages stay decodable after a subject is deleted.
     pub(crate) async fn schema_by_id(&self, id: i64) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT schema_text FROM registry_schemas WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.db.pool())
-            .await
+        sqlx::query_scalar("SELECT schema_text FROM registry_schemas WHERE id = $1").bind(id).fetch_optional(self.db.pool()).await
     }
 
     /// The subject versions that use schema `id`, by subject then version.
@@ -107,14 +101,7 @@ impl Store {
         .bind(id)
         .fetch_all(self.db.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(subject, version, deleted_at)| Usage {
-                subject,
-                version,
-                deleted: deleted_at.is_some(),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|(subject, version, deleted_at)| Usage { subject, version, deleted: deleted_at.is_some() }).collect())
     }
 
     /// Registers `schema` under `subject` unless the subject already has it or `check` objects.
@@ -152,16 +139,9 @@ impl Store {
             Backend::Sqlite => self.db.pool().begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.db.pool().begin().await?,
         };
-        let live: Vec<VersionRow> = load_versions(&mut *tx, subject)
-            .await?
-            .into_iter()
-            .filter(|v| !v.deleted)
-            .collect();
+        let live: Vec<VersionRow> = load_versions(&mut *tx, subject).await?.into_iter().filter(|v| !v.deleted).collect();
         if let Some(found) = live.iter().find(|v| v.fingerprint == schema.fingerprint) {
-            return Ok(Registration::Existing {
-                id: found.schema_id,
-                version: found.version,
-            });
+            return Ok(Registration::Existing { id: found.schema_id, version: found.version });
         }
         let problems = check(&live);
         if !problems.is_empty() {
@@ -169,14 +149,11 @@ impl Store {
         }
         let now = now_ms();
         let existing_id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM registry_schemas WHERE fingerprint = $1")
-                .bind(&schema.fingerprint)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let id =
-            match existing_id {
-                Some(id) => id,
-                None => sqlx::query_scalar(
+            sqlx::query_scalar("SELECT id FROM registry_schemas WHERE fingerprint = $1").bind(&schema.fingerprint).fetch_optional(&mut *tx).await?;
+        let id = match existing_id {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar(
                     "INSERT INTO registry_schemas (id, fingerprint, schema_text, created_at_ms) \
                      VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM registry_schemas), $1, $2, $3) \
                      RETURNING id",
@@ -185,8 +162,9 @@ impl Store {
                 .bind(&schema.text)
                 .bind(now)
                 .fetch_one(&mut *tx)
-                .await?,
-            };
+                .await?
+            }
+        };
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO registry_versions (subject, version, schema_id, created_at_ms) \
              VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM registry_versions WHERE subject = $1), $2, $3) \
@@ -202,11 +180,7 @@ impl Store {
     }
 
     /// Soft-deletes the live versions of `subject` (all, or just `version`); returns those it hid.
-    pub(crate) async fn soft_delete(
-        &self,
-        subject: &str,
-        version: Option<i64>,
-    ) -> Result<Vec<i64>, sqlx::Error> {
+    pub(crate) async fn soft_delete(&self, subject: &str, version: Option<i64>) -> Result<Vec<i64>, sqlx::Error> {
         let mut versions: Vec<i64> = sqlx::query_scalar(
             "UPDATE registry_versions SET deleted_at_ms = $1 \
              WHERE subject = $2 AND deleted_at_ms IS NULL AND ($3 OR version = $4) RETURNING version",
@@ -223,11 +197,7 @@ impl Store {
 
     /// Removes soft-deleted versions of `subject` for good (all, or just `version`); returns them.
     /// The schemas stay, so their ids keep resolving.
-    pub(crate) async fn hard_delete(
-        &self,
-        subject: &str,
-        version: Option<i64>,
-    ) -> Result<Vec<i64>, sqlx::Error> {
+    pub(crate) async fn hard_delete(&self, subject: &str, version: Option<i64>) -> Result<Vec<i64>, sqlx::Error> {
         let mut versions: Vec<i64> = sqlx::query_scalar(
             "DELETE FROM registry_versions \
              WHERE subject = $1 AND deleted_at_ms IS NOT NULL AND ($2 OR version = $3) RETURNING version",
@@ -242,38 +212,24 @@ impl Store {
     }
 
     /// The level configured for `subject`, or the global one when `subject` is `None`.
-    pub(crate) async fn config(
-        &self,
-        subject: Option<&str>,
-    ) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
-        let level: Option<String> =
-            sqlx::query_scalar("SELECT compatibility FROM registry_config WHERE subject = $1")
-                .bind(subject.unwrap_or(GLOBAL))
-                .fetch_optional(self.db.pool())
-                .await?;
+    pub(crate) async fn config(&self, subject: Option<&str>) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
+        let level: Option<String> = sqlx::query_scalar("SELECT compatibility FROM registry_config WHERE subject = $1")
+            .bind(subject.unwrap_or(GLOBAL))
+            .fetch_optional(self.db.pool())
+            .await?;
         level.map(|l| parse_stored_level(&l)).transpose()
     }
 
     /// The level that applies to `subject`: its own, else the global one, else the default.
-    pub(crate) async fn effective_level(
-        &self,
-        subject: &str,
-    ) -> Result<CompatibilityLevel, sqlx::Error> {
+    pub(crate) async fn effective_level(&self, subject: &str) -> Result<CompatibilityLevel, sqlx::Error> {
         match self.config(Some(subject)).await? {
             Some(level) => Ok(level),
-            None => Ok(self
-                .config(None)
-                .await?
-                .unwrap_or(CompatibilityLevel::DEFAULT)),
+            None => Ok(self.config(None).await?.unwrap_or(CompatibilityLevel::DEFAULT)),
         }
     }
 
     /// Sets the level of `subject`, or the global one when `subject` is `None`.
-    pub(crate) async fn set_config(
-        &self,
-        subject: Option<&str>,
-        level: CompatibilityLevel,
-    ) -> Result<(), sqlx::Error> {
+    pub(crate) async fn set_config(&self, subject: Option<&str>, level: CompatibilityLevel) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO registry_config (subject, compatibility, updated_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (subject) DO UPDATE \
@@ -288,16 +244,9 @@ impl Store {
     }
 
     /// Removes the subject's own level; returns it, if there was one.
-    pub(crate) async fn delete_config(
-        &self,
-        subject: &str,
-    ) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
-        let level: Option<String> = sqlx::query_scalar(
-            "DELETE FROM registry_config WHERE subject = $1 RETURNING compatibility",
-        )
-        .bind(subject)
-        .fetch_optional(self.db.pool())
-        .await?;
+    pub(crate) async fn delete_config(&self, subject: &str) -> Result<Option<CompatibilityLevel>, sqlx::Error> {
+        let level: Option<String> =
+            sqlx::query_scalar("DELETE FROM registry_config WHERE subject = $1 RETURNING compatibility").bind(subject).fetch_optional(self.db.pool()).await?;
         level.map(|l| parse_stored_level(&l)).transpose()
     }
 }
@@ -316,15 +265,7 @@ where
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(version, schema_id, schema, fingerprint, deleted_at)| VersionRow {
-                version,
-                schema_id,
-                schema,
-                fingerprint,
-                deleted: deleted_at.is_some(),
-            },
-        )
+        .map(|(version, schema_id, schema, fingerprint, deleted_at)| VersionRow { version, schema_id, schema, fingerprint, deleted: deleted_at.is_some() })
         .collect())
 }
 

@@ -22,16 +22,10 @@ saga_store::backend_tests!(
 
 #[test]
 fn a_bad_argument_is_named() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_saga-registry"))
-        .args(["--bind", "not-an-address"])
-        .output()
-        .expect("run saga-registry");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_saga-registry")).args(["--bind", "not-an-address"]).output().expect("run saga-registry");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--bind"),
-        "the error names the argument: {stderr}"
-    );
+    assert!(stderr.contains("--bind"), "the error names the argument: {stderr}");
 }
 
 #[test]
@@ -42,37 +36,20 @@ fn the_binary_serves_until_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_saga-registry"))
         .env("SAGA_REGISTRY_BIND", "127.0.0.1:0")
-        .env(
-            "SAGA_REGISTRY_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("r.db").display()),
-        )
+        .env("SAGA_REGISTRY_DATABASE_URL", format!("sqlite://{}", dir.path().join("r.db").display()))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start saga-registry");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read startup line");
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("startup line ends with the url")
-        .to_string();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read startup line");
+    let url = line.trim().rsplit(' ').next().expect("startup line ends with the url").to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let health =
-        runtime.block_on(async { reqwest::get(format!("{url}/healthz")).await?.text().await });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let health = runtime.block_on(async { reqwest::get(format!("{url}/healthz")).await?.text().await });
     assert_eq!(health.expect("healthz answers"), "ok");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
     assert!(killed.success());
     let status = child.wait().expect("wait for saga-registry");
     assert!(status.success(), "graceful shutdown exits 0, got {status}");

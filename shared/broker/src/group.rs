@@ -297,7 +297,12 @@ impl Coordinator {
                 }
                 State::Stable => {
                     let m = &g.members[member_id];
-                    let _ = tx.send(Synced { error: Code::None, assignment: m.assignment.clone(), protocol: g.protocol.clone(), protocol_type: g.protocol_type.clone() });
+                    let _ = tx.send(Synced {
+                        error: Code::None,
+                        assignment: m.assignment.clone(),
+                        protocol: g.protocol.clone(),
+                        protocol_type: g.protocol_type.clone(),
+                    });
                 }
                 State::CompletingRebalance => {
                     g.members.get_mut(member_id).expect("checked").sync = Some(tx);
@@ -312,7 +317,12 @@ impl Coordinator {
                         for m in g.members.values_mut() {
                             m.last_seen = now;
                             if let Some(tx) = m.sync.take() {
-                                let _ = tx.send(Synced { error: Code::None, assignment: m.assignment.clone(), protocol: g.protocol.clone(), protocol_type: g.protocol_type.clone() });
+                                let _ = tx.send(Synced {
+                                    error: Code::None,
+                                    assignment: m.assignment.clone(),
+                                    protocol: g.protocol.clone(),
+                                    protocol_type: g.protocol_type.clone(),
+                                });
                             }
                         }
                     }
@@ -379,7 +389,8 @@ impl Coordinator {
     pub fn expire(&self, now: Instant) {
         let mut groups = self.groups.lock().expect("coordinator lock");
         for (name, g) in groups.iter_mut() {
-            let expired: Vec<String> = g.members.iter().filter(|(_, m)| m.join.is_none() && now.duration_since(m.last_seen) > m.session_timeout).map(|(id, _)| id.clone()).collect();
+            let expired: Vec<String> =
+                g.members.iter().filter(|(_, m)| m.join.is_none() && now.duration_since(m.last_seen) > m.session_timeout).map(|(id, _)| id.clone()).collect();
             for id in expired {
                 tracing::debug!(group = %name, member = %id, "member session expired");
                 g.remove(&id);
@@ -439,7 +450,7 @@ mod tests {
         assert_eq!(c.commit("g", &b_id, 2, vec![("t".into(), 0, 5, None)]), Code::None);
         assert_eq!(c.committed("g", "t", 0).0, 5);
 
-        assert_eq!(c.leave("g", &[a.member_id.clone()]), vec![Code::None]);
+        assert_eq!(c.leave("g", std::slice::from_ref(&a.member_id)), vec![Code::None]);
         assert_eq!(c.heartbeat("g", &b_id, 2), Code::RebalanceInProgress);
         assert_eq!(join(&c, &b_id).try_recv().unwrap().generation, 3);
     }

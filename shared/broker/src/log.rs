@@ -159,10 +159,7 @@ impl PartitionLog {
 
     /// The first offset whose batch has a record at or after `timestamp`; the high watermark if none.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> (i64, i64) {
-        self.batches
-            .iter()
-            .find(|b| b.max_timestamp >= timestamp)
-            .map_or((-1, self.next_offset), |b| (b.max_timestamp, b.base_offset))
+        self.batches.iter().find(|b| b.max_timestamp >= timestamp).map_or((-1, self.next_offset), |b| (b.max_timestamp, b.base_offset))
     }
 }
 

@@ -541,7 +541,11 @@ impl State {
             tr.num_partitions = partitions;
             tr.replication_factor = 1;
             let result = if r.validate_only {
-                if self.topic(t.name.0.as_str(), false).is_some() { Err(Code::TopicAlreadyExists) } else { Ok(()) }
+                if self.topic(t.name.0.as_str(), false).is_some() {
+                    Err(Code::TopicAlreadyExists)
+                } else {
+                    Ok(())
+                }
             } else {
                 self.create_topic(t.name.0.as_str(), partitions)
             };
@@ -670,7 +674,11 @@ impl State {
         let offsets = r
             .topics
             .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.as_str().to_string(), p.partition_index, p.committed_offset, p.committed_metadata.as_ref().map(|m| m.as_str().to_string()))))
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (t.name.0.as_str().to_string(), p.partition_index, p.committed_offset, p.committed_metadata.as_ref().map(|m| m.as_str().to_string()))
+                })
+            })
             .collect();
         let code = self.groups.commit(r.group_id.0.as_str(), r.member_id.as_str(), r.generation_id_or_member_epoch, offsets);
         let mut out = OffsetCommitResponse::default();

@@ -11,10 +11,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     ("saga.inventory.ReserveStock", include_str!("../../../schemas/inventory/ReserveStock.avsc")),
     ("saga.inventory.ReleaseStock", include_str!("../../../schemas/inventory/ReleaseStock.avsc")),
     ("saga.inventory.StockReserved", include_str!("../../../schemas/inventory/StockReserved.avsc")),
-    (
-        "saga.inventory.StockReservationFailed",
-        include_str!("../../../schemas/inventory/StockReservationFailed.avsc"),
-    ),
+    ("saga.inventory.StockReservationFailed", include_str!("../../../schemas/inventory/StockReservationFailed.avsc")),
     ("saga.inventory.StockReleased", include_str!("../../../schemas/inventory/StockReleased.avsc")),
     ("saga.payment.AuthorizePayment", include_str!("../../../schemas/payment/AuthorizePayment.avsc")),
     ("saga.payment.VoidPayment", include_str!("../../../schemas/payment/VoidPayment.avsc")),
@@ -68,11 +65,7 @@ mod tests {
         for (name, text) in SCHEMA_FILES {
             let file = Schema::parse_str(text).unwrap_or_else(|e| panic!("{name}: invalid schema file: {e}"));
             let derived = Message::schema_of(name).unwrap();
-            assert_eq!(
-                file.canonical_form(),
-                derived.canonical_form(),
-                "{name}: the Rust type and schemas/ disagree"
-            );
+            assert_eq!(file.canonical_form(), derived.canonical_form(), "{name}: the Rust type and schemas/ disagree");
             assert_eq!(file.name().map(|n| n.fullname(None)), Some(name.to_string()));
         }
     }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use apache_avro::schema::{Name, Schema};
 use apache_avro::types::Value;
 use proptest::prelude::*;
-use saga_contracts::{Message, TopicKind};
 use saga_contracts::wire::{decode_body, limit_allocations, reader_schemas, split, Poison};
+use saga_contracts::{Message, TopicKind};
 
 /// Classifies `bytes` as if read from `topic`, with the writer schema of message type `type_index`.
 fn classify(type_index: usize, topic: TopicKind, bytes: &[u8]) -> Result<Message, Poison> {

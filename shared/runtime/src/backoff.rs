@@ -38,10 +38,7 @@ impl Backoff {
 
 /// A number in [0, 1) from the clock's nanoseconds: jitter only needs to spread retries apart.
 fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     (nanos % 1_000_000) as f64 / 1_000_000.0
 }
 

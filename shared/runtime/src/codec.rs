@@ -123,21 +123,14 @@ impl Codec {
 
     fn strategy(full_name: &'static str) -> SubjectNameStrategy {
         let text = schemas::schema_file(full_name).expect("every message type has a schema file");
-        SubjectNameStrategy::RecordNameStrategyWithSchema(SuppliedSchema::new(
-            Some(full_name.to_string()),
-            SchemaType::Avro,
-            text.to_string(),
-        ))
+        SubjectNameStrategy::RecordNameStrategyWithSchema(SuppliedSchema::new(Some(full_name.to_string()), SchemaType::Avro, text.to_string()))
     }
 
     /// Registers the schemas of `types` (or finds them registered) so the first encode is fast and
     /// a registry problem shows at startup.
     pub async fn register(&self, types: &[&'static str]) -> Result<(), EncodeError> {
         for t in types {
-            self.encoder
-                .get_schema_and_id(t, Self::strategy(t))
-                .await
-                .map_err(|source| EncodeError { message_type: t, source })?;
+            self.encoder.get_schema_and_id(t, Self::strategy(t)).await.map_err(|source| EncodeError { message_type: t, source })?;
         }
         Ok(())
     }
@@ -146,10 +139,9 @@ impl Codec {
     pub async fn encode(&self, message: &Message) -> Result<Vec<u8>, EncodeError> {
         let full_name = message.full_name();
         let strategy = Self::strategy(full_name);
-        let value = message.to_avro_value().map_err(|e| EncodeError {
-            message_type: full_name,
-            source: SRCError::non_retryable_with_cause(e, "could not convert to an Avro value"),
-        })?;
+        let value = message
+            .to_avro_value()
+            .map_err(|e| EncodeError { message_type: full_name, source: SRCError::non_retryable_with_cause(e, "could not convert to an Avro value") })?;
         self.encoder.encode_value(value, &strategy).await.map_err(|source| {
             if source.retriable || source.cached {
                 self.encoder.remove_errors_from_cache();
@@ -164,12 +156,8 @@ impl Codec {
         let writer = match self.decoder.get_schema(id).await {
             Ok(s) => s,
             Err(e) => match classify(&e) {
-                RegistryFailure::NotFound => {
-                    return Err(poison("unknown-schema-id", format!("schema id {id} is not in the registry")))
-                }
-                RegistryFailure::Unusable => {
-                    return Err(poison("unusable-schema", format!("schema id {id} cannot be used: {e}")))
-                }
+                RegistryFailure::NotFound => return Err(poison("unknown-schema-id", format!("schema id {id} is not in the registry"))),
+                RegistryFailure::Unusable => return Err(poison("unusable-schema", format!("schema id {id} cannot be used: {e}"))),
                 RegistryFailure::Unavailable => {
                     // Never let a transient failure stick in the decoder's error cache.
                     self.decoder.remove_errors_from_cache();

@@ -188,9 +188,8 @@ impl ServiceSettings {
     /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables.
     pub fn load(service: &str, file: Option<&Path>) -> Result<ServiceSettings, ConfigError> {
         let sections = ["kafka", "registry", "database", "topics", "consumer", "relay", "http", "saga"];
-        let mut settings: ServiceSettings = layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections)
-            .extract()
-            .map_err(ConfigError::from_figment)?;
+        let mut settings: ServiceSettings =
+            layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections).extract().map_err(ConfigError::from_figment)?;
         settings.kafka.client.extend(kafka_client_from_env());
         settings.validate()?;
         Ok(settings)
@@ -353,22 +352,19 @@ pub fn layered(base: impl figment::Provider, file: Option<&Path>, sections: &[&s
     if let Some(path) = file {
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment
-        .merge(
-            Env::prefixed("SAGA_")
-                .filter(move |k| {
-                    let k = k.as_str().to_ascii_lowercase();
-                    !k.starts_with("kafka_client_") && sections.iter().any(|s| k.starts_with(s.as_str()))
-                })
-                .split("__"),
-        )
+    figment.merge(
+        Env::prefixed("SAGA_")
+            .filter(move |k| {
+                let k = k.as_str().to_ascii_lowercase();
+                !k.starts_with("kafka_client_") && sections.iter().any(|s| k.starts_with(s.as_str()))
+            })
+            .split("__"),
+    )
 }
 
 /// librdkafka settings from `SAGA_KAFKA_CLIENT_<NAME>` variables: `_` in the name becomes `.`.
 fn kafka_client_from_env() -> BTreeMap<String, String> {
-    std::env::vars()
-        .filter_map(|(k, v)| k.strip_prefix("SAGA_KAFKA_CLIENT_").map(|name| (name.to_ascii_lowercase().replace('_', "."), v)))
-        .collect()
+    std::env::vars().filter_map(|(k, v)| k.strip_prefix("SAGA_KAFKA_CLIENT_").map(|name| (name.to_ascii_lowercase().replace('_', "."), v))).collect()
 }
 
 /// A setting that stops startup.

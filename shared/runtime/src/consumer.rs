@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tracing::Instrument;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message as _;
 use saga_contracts::{Message, TopicKind, Topics};
 use sqlx::{Acquire, AnyConnection};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::codec::{Codec, DecodeError};
@@ -79,11 +79,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies one message; returns the messages to publish. Runs inside a transaction that also
     /// holds the inbox row and the outbox rows, so all of it commits or none does.
-    fn handle<'c>(
-        &'c self,
-        conn: &'c mut AnyConnection,
-        incoming: &'c Incoming,
-    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
+    fn handle<'c>(&'c self, conn: &'c mut AnyConnection, incoming: &'c Incoming) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
 
     /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
     fn register_metrics(&self, _registry: &prometheus::Registry) {}
@@ -133,7 +129,11 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// A record reached a dead-letter topic; runs in a transaction of its own.
-    fn on_dead_letter<'c>(&'c self, _conn: &'c mut AnyConnection, _letter: &'c crate::timers::DeadLetterSeen) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
+    fn on_dead_letter<'c>(
+        &'c self,
+        _conn: &'c mut AnyConnection,
+        _letter: &'c crate::timers::DeadLetterSeen,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
         async { Ok(()) }
     }
 }
@@ -409,7 +409,13 @@ impl<H: Handler> ConsumeLoop<H> {
 
     async fn wait(&self, backoff: &mut Backoff, error: &str, shutdown: &CancellationToken) -> bool {
         let delay = backoff.next_delay();
-        tracing::warn!(service = H::SERVICE, error, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64, "transient failure; retrying the batch");
+        tracing::warn!(
+            service = H::SERVICE,
+            error,
+            attempt = backoff.attempts(),
+            retry_in_ms = delay.as_millis() as u64,
+            "transient failure; retrying the batch"
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = shutdown.cancelled() => false,
@@ -447,11 +453,7 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
 
 /// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.
 /// `Ok(None)`: the inbox already held its message id, so nothing was applied.
-pub async fn apply_once<H: Handler>(
-    conn: &mut AnyConnection,
-    handler: &H,
-    incoming: &Incoming,
-) -> Result<Option<Vec<Message>>, HandleError> {
+pub async fn apply_once<H: Handler>(conn: &mut AnyConnection, handler: &H, incoming: &Incoming) -> Result<Option<Vec<Message>>, HandleError> {
     if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
         return Ok(None);
     }

@@ -80,14 +80,7 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, Json<Rea
 }
 
 /// Checks the dependencies every `every` until `stop`.
-pub async fn check_until(
-    readiness: Arc<Readiness>,
-    db: Db,
-    registry: RegistrySettings,
-    producer: FutureProducer,
-    every: Duration,
-    stop: CancellationToken,
-) {
+pub async fn check_until(readiness: Arc<Readiness>, db: Db, registry: RegistrySettings, producer: FutureProducer, every: Duration, stop: CancellationToken) {
     // The settings were validated at startup (the CA file was readable then); a CA that became
     // unreadable since leaves the system roots, and readiness says the registry is unreachable.
     let http = registry_http_client(&registry)
@@ -102,9 +95,7 @@ pub async fn check_until(
         let database = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(db.pool())).await.is_ok_and(|r| r.is_ok());
         let registry = registry_answers(&http, &registry).await;
         let p = producer.clone();
-        let broker = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(2)).is_ok())
-            .await
-            .unwrap_or(false);
+        let broker = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()).await.unwrap_or(false);
         readiness.database.store(database, Ordering::Relaxed);
         readiness.registry.store(registry, Ordering::Relaxed);
         readiness.broker.store(broker, Ordering::Relaxed);

@@ -7,9 +7,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{ConsumerContext, Rebalance};
-use rdkafka::statistics::Statistics;
 use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 
@@ -113,13 +113,8 @@ pub fn reader_config(settings: &KafkaSettings, client_id: &str, group_id: &str) 
 /// left as they are.
 pub async fn create_topics(settings: &KafkaSettings, topics: &[String]) -> Result<(), KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = base_config(settings).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
-        .await?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor))).collect();
+    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await?;
     for r in results {
         if let Err((topic, code)) = r {
             if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {

@@ -37,9 +37,9 @@ pub mod testing;
 pub mod timers;
 
 pub use config::ServiceSettings;
-pub use metrics::Metrics;
 pub use consumer::{HandleError, Handler, Incoming};
-pub use service::{Service, ServiceError};
-pub use tokio_util::sync::CancellationToken;
+pub use metrics::Metrics;
 /// The Prometheus client the runtime registers into, for handlers' own metrics.
 pub use prometheus;
+pub use service::{Service, ServiceError};
+pub use tokio_util::sync::CancellationToken;

@@ -97,7 +97,8 @@ impl Metrics {
         let outbox_backlog = IntGauge::new("saga_outbox_backlog", "Rows waiting in the outbox.").expect("valid metric");
         let outbox_oldest_age = Gauge::new("saga_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.").expect("valid metric");
         let queued_messages = IntGauge::new("saga_kafka_queued_messages", "Messages in the Kafka client's queues.").expect("valid metric");
-        let broker_rtt = GaugeVec::new(Opts::new("saga_kafka_broker_rtt_seconds", "Average request round trip to each broker."), &["broker"]).expect("valid metric");
+        let broker_rtt =
+            GaugeVec::new(Opts::new("saga_kafka_broker_rtt_seconds", "Average request round trip to each broker."), &["broker"]).expect("valid metric");
         for m in [
             Box::new(outbox_backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outbox_oldest_age.clone()),

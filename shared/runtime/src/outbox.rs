@@ -6,20 +6,12 @@ use sqlx::AnyConnection;
 use crate::codec::{Codec, EncodeError};
 
 /// Migrations of the inbox and outbox tables (versions 1000–1999).
-pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations {
-    sqlite: &sqlx::migrate!("./migrations/sqlite"),
-    postgres: &sqlx::migrate!("./migrations/postgres"),
-};
+pub static MIGRATIONS: saga_store::Migrations =
+    saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations/sqlite"), postgres: &sqlx::migrate!("./migrations/postgres") };
 
 /// Records a message as handled. Returns false when it was handled before: the caller must then
 /// apply nothing.
-pub async fn record_in_inbox(
-    conn: &mut AnyConnection,
-    message: &Message,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> Result<bool, sqlx::Error> {
+pub async fn record_in_inbox(conn: &mut AnyConnection, message: &Message, topic: &str, partition: i32, offset: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
@@ -74,10 +66,8 @@ pub async fn write_to_outbox(
     owner: Option<&str>,
 ) -> Result<OutboxRow, OutboxError> {
     let payload = codec.encode(message).await?;
-    let mut all_headers = vec![
-        ("message_id".to_string(), message.envelope().message_id.clone()),
-        ("message_type".to_string(), message.full_name().to_string()),
-    ];
+    let mut all_headers =
+        vec![("message_id".to_string(), message.envelope().message_id.clone()), ("message_type".to_string(), message.full_name().to_string())];
     all_headers.extend(headers.iter().cloned());
     let headers = serde_json::to_string(&all_headers).expect("string pairs always serialize");
     let topic = topics.name(message.topic_kind());
@@ -121,7 +111,6 @@ pub async fn prune_inbox(db: &saga_store::Db, cutoff_ms: i64) -> Result<u64, sql
 
 /// Rows waiting in the outbox, and the age of the oldest in milliseconds.
 pub async fn backlog(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
-    let (count, oldest): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COUNT(*), MIN(created_at_ms) FROM outbox").fetch_one(db.pool()).await?;
+    let (count, oldest): (i64, Option<i64>) = sqlx::query_as("SELECT COUNT(*), MIN(created_at_ms) FROM outbox").fetch_one(db.pool()).await?;
     Ok((count, oldest.map(|t| saga_store::now_ms() - t).unwrap_or(0)))
 }

@@ -465,13 +465,7 @@ impl Relay {
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
-            .map(|r| OutboxRow {
-                id: r.get("id"),
-                topic: r.get("topic"),
-                key: r.get("msg_key"),
-                payload: r.get("payload"),
-                headers: r.get("headers"),
-            })
+            .map(|r| OutboxRow { id: r.get("id"), topic: r.get("topic"), key: r.get("msg_key"), payload: r.get("payload"), headers: r.get("headers") })
             .collect();
         if rows.is_empty() {
             return Ok(0);

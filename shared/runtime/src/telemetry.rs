@@ -72,10 +72,8 @@ pub fn init_with_default(service: &str, level: &str) -> Result<Telemetry, Teleme
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
     // Each layer filters for itself: a quiet log level must not switch off the spans that carry
     // trace context from record to record.
-    let traces = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_error_records_to_exceptions(true)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let traces =
+        tracing_opentelemetry::layer().with_tracer(tracer).with_error_records_to_exceptions(true).with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces).try_init();
     Ok(Telemetry { provider })
 }

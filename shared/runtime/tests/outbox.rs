@@ -63,9 +63,7 @@ impl Kit {
     async fn start(test_db: TestDb) -> Kit {
         migrated(&test_db).await;
         let registry_db = TestDb::sqlite().await;
-        let registry = saga_registry::Registry::build_with_db(registry_db.db.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("build registry");
+        let registry = saga_registry::Registry::build_with_db(registry_db.db.clone(), "127.0.0.1:0".parse().unwrap()).await.expect("build registry");
         let codec = Codec::new(&registry.url()).expect("registry client");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(registry.run_until_stopped(async move {
@@ -171,12 +169,8 @@ fn inventory_events(n: usize) -> Vec<Message> {
             let id = format!("{order_id}:reserve_stock:do:1/reply");
             match i % 3 {
                 0 => StockReserved { envelope: envelope(&id, StockReserved::FULL_NAME, &order_id), order_id }.into(),
-                1 => StockReservationFailed {
-                    envelope: envelope(&id, StockReservationFailed::FULL_NAME, &order_id),
-                    order_id,
-                    reason: "out of stock".into(),
-                }
-                .into(),
+                1 => StockReservationFailed { envelope: envelope(&id, StockReservationFailed::FULL_NAME, &order_id), order_id, reason: "out of stock".into() }
+                    .into(),
                 _ => StockReleased { envelope: envelope(&id, StockReleased::FULL_NAME, &order_id), order_id, released: true }.into(),
             }
         })
@@ -278,22 +272,15 @@ async fn backlog_counts_the_outbox(test_db: TestDb) {
     let rows: Vec<(String, String, String, String)> =
         sqlx::query_as("SELECT message_id, message_type, topic, msg_key FROM outbox ORDER BY id").fetch_all(kit.db().pool()).await.unwrap();
     let topic = kit.topics.name(TopicKind::InventoryEvents);
-    let expected: Vec<_> = messages
-        .iter()
-        .map(|m| (m.envelope().message_id.clone(), m.full_name().to_string(), topic.clone(), m.order_id().to_string()))
-        .collect();
+    let expected: Vec<_> =
+        messages.iter().map(|m| (m.envelope().message_id.clone(), m.full_name().to_string(), topic.clone(), m.order_id().to_string())).collect();
     assert_eq!(rows, expected);
 }
 
 async fn the_relay_publishes_in_id_order_and_deletes(test_db: TestDb) {
     let kit = Kit::start(test_db).await;
     let inventory = inventory_events(6);
-    let voided: Message = PaymentVoided {
-        envelope: envelope("o9:void/reply", PaymentVoided::FULL_NAME, "o9"),
-        order_id: "o9".into(),
-        voided: false,
-    }
-    .into();
+    let voided: Message = PaymentVoided { envelope: envelope("o9:void/reply", PaymentVoided::FULL_NAME, "o9"), order_id: "o9".into(), voided: false }.into();
     // Three transactions, interleaving two topics; extra headers travel with the record.
     kit.write(&inventory[..3], &[]).await;
     kit.write(std::slice::from_ref(&voided), &[("traceparent".into(), "00-abc-def-01".into())]).await;

@@ -144,10 +144,7 @@ impl Db {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
         };
-        let mut migrator = Migrator {
-            migrations: migrator.migrations.clone(),
-            ..Migrator::DEFAULT
-        };
+        let mut migrator = Migrator { migrations: migrator.migrations.clone(), ..Migrator::DEFAULT };
         migrator.set_ignore_missing(true);
         migrator.run(&self.pool).await?;
         Ok(())
@@ -185,12 +182,7 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..]),
                 None => url.to_string(),
             }
         }
@@ -200,10 +192,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// Milliseconds since the Unix epoch, the one timestamp format stored in every table.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use crate::{Db, StoreError};
 
 /// The server the PostgreSQL test runs use.
 pub fn postgres_admin_url() -> String {
-    std::env::var("SAGA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    std::env::var("SAGA_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
 /// A database that lives as long as the test; a PostgreSQL one is dropped with it.

@@ -24,7 +24,12 @@ fn consistent() -> (Snapshot, Vec<Placed>, BTreeMap<String, i64>, Vec<PoisonReco
     s.stock.insert("W".into(), (7, 3));
     s.outbox.insert("order", 0);
     s.offsets.insert(("saga-order".into(), "t.order.commands".into(), 0), (5, 5));
-    s.dead_letters.push(DeadLetter { dlt: "t.order.commands.dlt".into(), key: "p1".into(), original_topic: Some("t.order.commands".into()), class: Some("not-wire-format".into()) });
+    s.dead_letters.push(DeadLetter {
+        dlt: "t.order.commands.dlt".into(),
+        key: "p1".into(),
+        original_topic: Some("t.order.commands".into()),
+        class: Some("not-wire-format".into()),
+    });
     let placed = vec![placed("a", 3, Expect::Approved), placed("b", 2, Expect::Declined)];
     let poison = vec![PoisonRecord { topic: "t.order.commands".into(), key: "p1".into(), kind: PoisonKind::Garbage }];
     (s, placed, BTreeMap::from([("W".to_string(), 10)]), poison)
@@ -45,16 +50,63 @@ type Breakage = (&'static str, Box<dyn Fn(&mut Snapshot)>);
 fn each_inconsistency_is_a_violation() {
     let cases: Vec<Breakage> = vec![
         ("not terminal", Box::new(|s| s.sagas.get_mut("a").unwrap().status = "RUNNING".into())),
-        ("completed saga disagrees", Box::new(|s| { s.reservations.insert("a".into(), "RELEASED".into()); })),
-        ("compensated saga disagrees", Box::new(|s| { s.authorizations.insert("b".into(), ("AUTHORIZED".into(), "bob".into(), 0)); })),
-        ("not conserved", Box::new(|s| { s.stock.insert("W".into(), (8, 3)); })),
-        ("approved orders hold", Box::new(|s| { s.stock.insert("W".into(), (6, 4)); })),
-        ("authorized on the account", Box::new(|s| { s.accounts.insert("alice".into(), 600); })),
-        ("outbox", Box::new(|s| { s.outbox.insert("order", 1); })),
-        ("lag 2", Box::new(|s| { s.offsets.insert(("saga-order".into(), "t.order.commands".into(), 0), (3, 5)); })),
-        ("no injected poison", Box::new(|s| { let mut d = s.dead_letters[0].clone(); d.key = "real".into(); s.dead_letters.push(d); })),
+        (
+            "completed saga disagrees",
+            Box::new(|s| {
+                s.reservations.insert("a".into(), "RELEASED".into());
+            }),
+        ),
+        (
+            "compensated saga disagrees",
+            Box::new(|s| {
+                s.authorizations.insert("b".into(), ("AUTHORIZED".into(), "bob".into(), 0));
+            }),
+        ),
+        (
+            "not conserved",
+            Box::new(|s| {
+                s.stock.insert("W".into(), (8, 3));
+            }),
+        ),
+        (
+            "approved orders hold",
+            Box::new(|s| {
+                s.stock.insert("W".into(), (6, 4));
+            }),
+        ),
+        (
+            "authorized on the account",
+            Box::new(|s| {
+                s.accounts.insert("alice".into(), 600);
+            }),
+        ),
+        (
+            "outbox",
+            Box::new(|s| {
+                s.outbox.insert("order", 1);
+            }),
+        ),
+        (
+            "lag 2",
+            Box::new(|s| {
+                s.offsets.insert(("saga-order".into(), "t.order.commands".into(), 0), (3, 5));
+            }),
+        ),
+        (
+            "no injected poison",
+            Box::new(|s| {
+                let mut d = s.dead_letters[0].clone();
+                d.key = "real".into();
+                s.dead_letters.push(d);
+            }),
+        ),
         ("is not in", Box::new(|s| s.dead_letters.clear())),
-        ("no saga", Box::new(|s| { s.sagas.remove("b"); })),
+        (
+            "no saga",
+            Box::new(|s| {
+                s.sagas.remove("b");
+            }),
+        ),
         ("without a recorded reason", Box::new(|s| s.sagas.get_mut("b").unwrap().status = "PARKED".into())),
     ];
     for (want, break_it) in cases {

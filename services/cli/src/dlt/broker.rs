@@ -19,8 +19,8 @@ use saga_runtime::config::KafkaSettings;
 use saga_runtime::kafka;
 
 use super::{
-    operator_group, resolve_topic, ConnectArgs, DeadLetterRecord, DltError, ListArgs, Listing, Outcome, PurgeArgs, PurgedPartition, Redrive,
-    RedriveArgs, RedriveReport,
+    operator_group, resolve_topic, ConnectArgs, DeadLetterRecord, DltError, ListArgs, Listing, Outcome, PurgeArgs, PurgedPartition, Redrive, RedriveArgs,
+    RedriveReport,
 };
 
 const CLIENT_ID: &str = "sagactl-dlt";
@@ -58,12 +58,7 @@ impl Dlt {
             timeout_secs: timeout.as_secs(),
             reason: e.to_string(),
         })?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none())
-            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
-            .collect();
+        let partitions = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| (t.name().to_string(), t.partitions().len() as i32)).collect();
         Ok(Dlt { kafka: kafka.clone(), prefix: prefix.into(), topics: Topics::new(prefix), group, consumer, partitions, timeout })
     }
 
@@ -167,8 +162,7 @@ impl Dlt {
             }
             return Ok(vec![dlt]);
         }
-        let existing: Vec<String> =
-            TopicKind::ALL.iter().map(|k| Topics::dlt(&self.topics.name(*k))).filter(|t| self.partitions.contains_key(t)).collect();
+        let existing: Vec<String> = TopicKind::ALL.iter().map(|k| Topics::dlt(&self.topics.name(*k))).filter(|t| self.partitions.contains_key(t)).collect();
         if existing.is_empty() {
             return Err(DltError::NoDeadLetterTopics { prefix: self.prefix.clone(), bootstrap: self.kafka.bootstrap_servers.clone() });
         }

@@ -141,12 +141,7 @@ impl DeadLetterRecord {
             return Err(format!("redriven {previous} time(s) already, the limit is {max_redrives} (--max-redrives)"));
         }
         let count = previous + 1;
-        let mut out: Vec<Header> = self
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with(headers::PREFIX) && k != headers::REDRIVE_COUNT)
-            .cloned()
-            .collect();
+        let mut out: Vec<Header> = self.headers.iter().filter(|(k, _)| !k.starts_with(headers::PREFIX) && k != headers::REDRIVE_COUNT).cloned().collect();
         out.push((headers::REDRIVE_COUNT.to_string(), Some(count.to_string().into_bytes())));
         Ok(Redrive { topic: self.original_topic(), key: self.key.clone(), value: self.value.clone(), headers: out, count })
     }
@@ -295,7 +290,12 @@ mod tests {
         assert_eq!(l.redrive_count(), Ok(0));
         let mut text = String::new();
         l.render(&mut text);
-        assert!(text.starts_with("acme.order.commands.dlt/0@7  key o-1  from acme.order.commands/2@41  group saga-order  failed 2024-05-01T12:00:00.250Z  redrives 0\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "acme.order.commands.dlt/0@7  key o-1  from acme.order.commands/2@41  group saga-order  failed 2024-05-01T12:00:00.250Z  redrives 0\n"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("    malformed-avro: bad body\n"), "{text}");
     }
 

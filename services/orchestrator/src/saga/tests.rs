@@ -298,10 +298,16 @@ enum Holding {
 
 fn participant_apply(held: &mut Holding, forward: bool, ok: bool) -> bool {
     match (*held, forward) {
-        (Holding::Nothing, true) if ok => { *held = Holding::Held; true }
+        (Holding::Nothing, true) if ok => {
+            *held = Holding::Held;
+            true
+        }
         (Holding::Held, true) => true,
         (_, true) => false,
-        (_, false) => { *held = Holding::Undone; true }
+        (_, false) => {
+            *held = Holding::Undone;
+            true
+        }
     }
 }
 
@@ -321,12 +327,24 @@ impl World {
         match action {
             Action::ReserveStock if participant_apply(&mut self.stock, true, self.stock_ok) => Reply::StockReserved,
             Action::ReserveStock => Reply::StockReservationFailed,
-            Action::ReleaseStock => { participant_apply(&mut self.stock, false, true); Reply::StockReleased }
+            Action::ReleaseStock => {
+                participant_apply(&mut self.stock, false, true);
+                Reply::StockReleased
+            }
             Action::AuthorizePayment if participant_apply(&mut self.payment, true, self.payment_ok) => Reply::PaymentAuthorized,
             Action::AuthorizePayment => Reply::PaymentDeclined,
-            Action::VoidPayment => { participant_apply(&mut self.payment, false, true); Reply::PaymentVoided }
-            Action::ApproveOrder => { self.approved |= !self.rejected; Reply::OrderApproved }
-            Action::RejectOrder => { self.rejected |= !self.approved; Reply::OrderRejected }
+            Action::VoidPayment => {
+                participant_apply(&mut self.payment, false, true);
+                Reply::PaymentVoided
+            }
+            Action::ApproveOrder => {
+                self.approved |= !self.rejected;
+                Reply::OrderApproved
+            }
+            Action::RejectOrder => {
+                self.rejected |= !self.approved;
+                Reply::OrderRejected
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use saga_contracts::{
-    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined,
-    StockReleased, StockReservationFailed, StockReserved,
+    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined, StockReleased, StockReservationFailed,
+    StockReserved,
 };
 use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{get_saga, saga_log};
@@ -26,10 +26,7 @@ pub async fn apply(db: &Db, message: &Message) -> Result<Option<Vec<Message>>, H
 /// Applies a new event; returns the commands it caused.
 pub async fn feed(db: &Db, message: &Message) -> Vec<Message> {
     let id = &message.envelope().message_id;
-    apply(db, message)
-        .await
-        .unwrap_or_else(|e| panic!("{id} failed: {e}"))
-        .unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
+    apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
 }
 
 /// Applies a new event that must cause exactly one command, with this message id.
@@ -129,7 +126,14 @@ pub async fn log(db: &Db, saga_id: &str) -> Vec<(i64, String, Option<String>, St
         .collect()
 }
 
-pub fn entry(seq: i64, event: &str, from: Option<&str>, to: &str, cause: &Message, sent: &[&Message]) -> (i64, String, Option<String>, String, String, Vec<String>) {
+pub fn entry(
+    seq: i64,
+    event: &str,
+    from: Option<&str>,
+    to: &str,
+    cause: &Message,
+    sent: &[&Message],
+) -> (i64, String, Option<String>, String, String, Vec<String>) {
     let sent = sent.iter().map(|m| m.envelope().message_id.clone()).collect();
     (seq, event.into(), from.map(str::to_string), to.into(), cause.envelope().message_id.clone(), sent)
 }
@@ -142,4 +146,3 @@ pub async fn strays(db: &Db, saga_id: &str) -> Vec<(String, String, String)> {
         .await
         .expect("read stray messages")
 }
-

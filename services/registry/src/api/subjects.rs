@@ -6,9 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{
-    incompatibilities, visible, JsonBody, Params, PathParams, SchemaRequest, VersionSelector,
-};
+use super::{incompatibilities, visible, JsonBody, Params, PathParams, SchemaRequest, VersionSelector};
 use crate::compat;
 use crate::error::{json_response, ApiError, CONTENT_TYPE};
 use crate::store::{Registration, Store, VersionRow};
@@ -24,12 +22,7 @@ struct VersionBody<'a> {
 
 impl<'a> VersionBody<'a> {
     fn new(subject: &'a str, row: &'a VersionRow) -> VersionBody<'a> {
-        VersionBody {
-            subject,
-            version: row.version,
-            id: row.schema_id,
-            schema: &row.schema,
-        }
+        VersionBody { subject, version: row.version, id: row.schema_id, schema: &row.schema }
     }
 }
 
@@ -47,19 +40,9 @@ pub(super) async fn register(
 ) -> Result<Response, ApiError> {
     let candidate = request.parse()?;
     let level = store.effective_level(&subject).await?;
-    let registration = store
-        .register(&subject, &candidate, |live| {
-            incompatibilities(
-                level,
-                &candidate.schema,
-                compat::versions_to_check(level, live),
-            )
-        })
-        .await?;
+    let registration = store.register(&subject, &candidate, |live| incompatibilities(level, &candidate.schema, compat::versions_to_check(level, live))).await?;
     match registration {
-        Registration::Existing { id, .. } => {
-            Ok(json_response(StatusCode::OK, &json!({ "id": id })))
-        }
+        Registration::Existing { id, .. } => Ok(json_response(StatusCode::OK, &json!({ "id": id }))),
         Registration::Created { id, version } => {
             tracing::info!(subject, id, version, level = %level, "registered schema");
             Ok(json_response(StatusCode::OK, &json!({ "id": id })))
@@ -77,22 +60,12 @@ pub(super) async fn lookup(
 ) -> Result<Response, ApiError> {
     let candidate = request.parse()?;
     let rows = existing(&store, &subject, params.flag("deleted")).await?;
-    let row = rows
-        .iter()
-        .find(|r| r.fingerprint == candidate.fingerprint)
-        .ok_or_else(|| ApiError::SchemaNotFound(subject.clone()))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &VersionBody::new(&subject, row),
-    ))
+    let row = rows.iter().find(|r| r.fingerprint == candidate.fingerprint).ok_or_else(|| ApiError::SchemaNotFound(subject.clone()))?;
+    Ok(json_response(StatusCode::OK, &VersionBody::new(&subject, row)))
 }
 
 /// `GET /subjects/{subject}/versions`.
-pub(super) async fn versions(
-    State(store): State<Store>,
-    PathParams(subject): PathParams<String>,
-    params: Params,
-) -> Result<Response, ApiError> {
+pub(super) async fn versions(State(store): State<Store>, PathParams(subject): PathParams<String>, params: Params) -> Result<Response, ApiError> {
     let rows = existing(&store, &subject, params.flag("deleted")).await?;
     let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
     Ok(json_response(StatusCode::OK, &versions))
@@ -105,10 +78,7 @@ pub(super) async fn version(
     params: Params,
 ) -> Result<Response, ApiError> {
     let row = selected(&store, &subject, &version, params.flag("deleted")).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &VersionBody::new(&subject, &row),
-    ))
+    Ok(json_response(StatusCode::OK, &VersionBody::new(&subject, &row)))
 }
 
 /// `GET /subjects/{subject}/versions/{version}/schema`: the schema itself, not wrapped.
@@ -118,19 +88,11 @@ pub(super) async fn version_schema(
     params: Params,
 ) -> Result<Response, ApiError> {
     let row = selected(&store, &subject, &version, params.flag("deleted")).await?;
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        row.schema,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], row.schema).into_response())
 }
 
 /// `DELETE /subjects/{subject}`: hides every version; with `permanent=true`, removes the hidden ones.
-pub(super) async fn delete_subject(
-    State(store): State<Store>,
-    PathParams(subject): PathParams<String>,
-    params: Params,
-) -> Result<Response, ApiError> {
+pub(super) async fn delete_subject(State(store): State<Store>, PathParams(subject): PathParams<String>, params: Params) -> Result<Response, ApiError> {
     let rows = store.versions(&subject).await?;
     if rows.is_empty() {
         return Err(ApiError::SubjectNotFound(subject));
@@ -146,12 +108,7 @@ pub(super) async fn delete_subject(
         }
         store.soft_delete(&subject, None).await?
     };
-    tracing::info!(
-        subject,
-        ?deleted,
-        permanent = params.flag("permanent"),
-        "deleted subject"
-    );
+    tracing::info!(subject, ?deleted, permanent = params.flag("permanent"), "deleted subject");
     Ok(json_response(StatusCode::OK, &deleted))
 }
 
@@ -167,10 +124,7 @@ pub(super) async fn delete_version(
     let row = selected(&store, &subject, &version, permanent).await?;
     let deleted = if permanent {
         if !row.deleted {
-            return Err(ApiError::VersionNotSoftDeleted {
-                subject,
-                version: row.version,
-            });
+            return Err(ApiError::VersionNotSoftDeleted { subject, version: row.version });
         }
         store.hard_delete(&subject, Some(row.version)).await?
     } else {
@@ -178,21 +132,14 @@ pub(super) async fn delete_version(
     };
     // Empty when a concurrent request deleted it between our read and our write.
     if deleted.is_empty() {
-        return Err(ApiError::VersionNotFound {
-            subject,
-            version: row.version.to_string(),
-        });
+        return Err(ApiError::VersionNotFound { subject, version: row.version.to_string() });
     }
     tracing::info!(subject, version = row.version, permanent, "deleted version");
     Ok(json_response(StatusCode::OK, &row.version))
 }
 
 /// The subject's versions the request may see; `40401` when there are none.
-async fn existing(
-    store: &Store,
-    subject: &str,
-    include_deleted: bool,
-) -> Result<Vec<VersionRow>, ApiError> {
+async fn existing(store: &Store, subject: &str, include_deleted: bool) -> Result<Vec<VersionRow>, ApiError> {
     let rows = visible(store.versions(subject).await?, include_deleted);
     if rows.is_empty() {
         return Err(ApiError::SubjectNotFound(subject.to_string()));
@@ -201,19 +148,8 @@ async fn existing(
 }
 
 /// The version a path names: `42202` for a malformed one, `40401`/`40402` when absent.
-async fn selected(
-    store: &Store,
-    subject: &str,
-    raw: &str,
-    include_deleted: bool,
-) -> Result<VersionRow, ApiError> {
+async fn selected(store: &Store, subject: &str, raw: &str, include_deleted: bool) -> Result<VersionRow, ApiError> {
     let selector = VersionSelector::parse(raw)?;
     let rows = existing(store, subject, include_deleted).await?;
-    selector
-        .pick(&rows)
-        .cloned()
-        .ok_or_else(|| ApiError::VersionNotFound {
-            subject: subject.to_string(),
-            version: selector.describe(),
-        })
+    selector.pick(&rows).cloned().ok_or_else(|| ApiError::VersionNotFound { subject: subject.to_string(), version: selector.describe() })
 }
