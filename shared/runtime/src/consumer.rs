@@ -230,9 +230,10 @@ impl<H: Handler> ConsumeLoop<H> {
     /// Processes one batch to the end; false when shutdown interrupted a retry.
     async fn process(&self, records: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
         let now_ms = saga_store::now_ms();
+        let deliver = self.metrics.stage.with_label_values(&[Stage::Deliver.label()]);
         for record in &records {
             if let Some(at) = record.timestamp().to_millis() {
-                self.metrics.observe(Stage::Deliver, Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64));
+                deliver.observe(now_ms.saturating_sub(at).max(0) as f64 / 1000.0);
             }
         }
         let decoding = std::time::Instant::now();

@@ -358,9 +358,10 @@ impl Relay {
         // Each record gets a `publish` span, child of the span that wrote the row (its stored
         // trace context) and parent of whatever consumes the record: the time a row waited in the
         // outbox shows in the trace.
-        let spans: Vec<tracing::Span> = rows.iter().map(|row| self.publish_span(row)).collect();
-        let deliveries = rows.iter().zip(&spans).map(|(row, span)| {
-            let mut pairs: Vec<(String, String)> = serde_json::from_str(&row.headers).unwrap_or_default();
+        // The stored headers are parsed once per row: for the span's parent and for the record.
+        let parsed: Vec<Vec<(String, String)>> = rows.iter().map(|row| serde_json::from_str(&row.headers).unwrap_or_default()).collect();
+        let spans: Vec<tracing::Span> = rows.iter().zip(&parsed).map(|(row, pairs)| self.publish_span(row, pairs)).collect();
+        let deliveries = rows.iter().zip(&spans).zip(parsed).map(|((row, span), mut pairs)| {
             let trace = crate::telemetry::headers_of(span);
             if !trace.is_empty() {
                 pairs.retain(|(k, _)| !crate::telemetry::TRACE_HEADERS.contains(&k.as_str()));
@@ -401,8 +402,7 @@ impl Relay {
         (published, failure)
     }
 
-    fn publish_span(&self, row: &OutboxRow) -> tracing::Span {
-        let pairs: Vec<(String, String)> = serde_json::from_str(&row.headers).unwrap_or_default();
+    fn publish_span(&self, row: &OutboxRow, pairs: &[(String, String)]) -> tracing::Span {
         let message_id = pairs.iter().find(|(k, _)| k == "message_id").map_or("", |(_, v)| v.as_str());
         let span = tracing::info_span!(
             parent: None,
@@ -420,7 +420,7 @@ impl Relay {
             messaging.message.id = message_id,
             service = self.service,
         );
-        crate::telemetry::set_parent_from(&span, &pairs);
+        crate::telemetry::set_parent_from(&span, pairs);
         span
     }
 
