@@ -62,11 +62,13 @@ pub struct Options {
     /// PostgreSQL server to create the run's databases on.
     #[arg(long, env = "SAGA_TEST_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres_url: String,
-    /// Run the consumers with dynamic group membership instead of static membership
-    /// (`group.instance.id`). With tansu 0.6 a consumer restarted within the session timeout is
-    /// then never given partitions again, so every saga stalls: this reproduces that.
+    /// Run the consumers with static group membership (`group.instance.id`, as StatefulSet pods
+    /// would). tansu 0.6 can then leave a group forming under a leader that no longer exists, and
+    /// no member gets partitions until the broker restarts: this reproduces that. By default the
+    /// members are dynamic, and the services' group watch (`consumer.rejoin_after_ms`) rejoins
+    /// when tansu keeps partitions assigned to a member that died.
     #[arg(long)]
-    pub dynamic_membership: bool,
+    pub static_membership: bool,
     /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
     #[arg(long)]
     pub tansu: Option<PathBuf>,
@@ -134,7 +136,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 
     let ports = Ports { broker: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
     let prefix = "chaos".to_string();
-    let specs = specs(&dir, &bins, &tansu, &ports, &db_urls, &prefix, !opts.dynamic_membership);
+    let specs = specs(&dir, &bins, &tansu, &ports, &db_urls, &prefix, opts.static_membership);
     let cluster = Arc::new(Cluster::new(dir.clone(), specs));
     let body = body(&opts, &cluster, &ports, &db_urls, &prefix, &pg_version, &dir, started);
     let result = tokio::select! {
@@ -409,7 +411,7 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
         ];
         if static_membership {
             // Static membership: a restarted instance takes its predecessor's place (and
-            // partitions) at once, as a StatefulSet pod would. See `--dynamic-membership`.
+            // partitions) at once, as a StatefulSet pod would. See `--static-membership`.
             env.push(("SAGA_KAFKA_CLIENT_GROUP_INSTANCE_ID".into(), format!("{name}-0")));
         }
         specs.push(Spec { name, program: bins.join(name), args: vec![], env, cwd: dir.to_path_buf(), port: Some(http) });

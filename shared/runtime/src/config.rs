@@ -141,6 +141,11 @@ pub struct ConsumerSettings {
     /// How long a handled message id is remembered for dedupe, in hours; older inbox rows are
     /// deleted.
     pub inbox_retention_hours: u64,
+    /// How long a partition this instance does not own may have records waiting while the
+    /// group's committed offset does not move, before this instance leaves and rejoins the group,
+    /// in milliseconds. A group coordinator that lost track of a member (a broker restart, a
+    /// member restarted within the session timeout) otherwise leaves partitions with no owner.
+    pub rejoin_after_ms: u64,
 }
 
 /// Outbox relay tuning.
@@ -178,7 +183,7 @@ impl ServiceSettings {
             registry: RegistrySettings::at("http://127.0.0.1:8081"),
             database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
             topics: TopicSettings { prefix: "saga".into() },
-            consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168 },
+            consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 20_000 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
             http: HttpSettings { bind: default_http_bind(service).into() },
             saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500 },
@@ -232,6 +237,9 @@ impl ServiceSettings {
         }
         if self.consumer.inbox_retention_hours < 1 {
             return invalid("consumer.inbox_retention_hours", "must be at least 1");
+        }
+        if self.consumer.rejoin_after_ms < 1000 {
+            return invalid("consumer.rejoin_after_ms", "must be at least 1000: a rebalance must have time to finish");
         }
         if self.relay.batch_size < 1 {
             return invalid("relay.batch_size", "must be at least 1");
@@ -495,6 +503,13 @@ mod tests {
         assert!(e.contains("saga.compensation_max_attempts"), "{e}");
         let e = load("[saga]\ntimer_interval_ms = 1\n").unwrap_err().to_string();
         assert!(e.contains("saga.timer_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_group_watch_interval_is_read_and_checked_with_the_key_named() {
+        assert_eq!(load("[consumer]\nrejoin_after_ms = 5000\n").unwrap().consumer.rejoin_after_ms, 5000);
+        let e = load("[consumer]\nrejoin_after_ms = 10\n").unwrap_err().to_string();
+        assert!(e.contains("consumer.rejoin_after_ms"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::dlt::{DeadLetter, DeadLetters};
 use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
 use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError, OutboxRow};
+use crate::rejoin::{GroupWatch, CHECK_EVERY};
 use crate::relay::HandOff;
 
 /// A decoded record, as a handler sees it.
@@ -160,7 +161,13 @@ pub struct ConsumeLoop<H: Handler> {
     pub metrics: Metrics,
     /// The consumer group, for spans.
     pub group_id: String,
+    /// How long to own nothing while records wait unconsumed before rejoining the group (see
+    /// [`crate::rejoin`]).
+    pub rejoin_after: Duration,
 }
+
+/// The consume loop's own database connection, taken from the pool once and kept.
+type Held = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
 
 enum BatchError {
     Transient(String),
@@ -201,11 +208,25 @@ impl<H: Handler> ConsumeLoop<H> {
     /// Consumes until `shutdown`: finishes the batch in hand, commits offsets, returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut stream = self.consumer.stream().ready_chunks(self.batch_size);
+        // Every batch runs on the same connection while it works: SQLite drops a connection's
+        // page cache whenever another connection wrote since its last transaction, so a pooled
+        // connection per batch read every page again.
+        let mut held: Held = None;
+        let names: Vec<String> = self.handler.consumes().iter().map(|k| self.topics.name(*k)).collect();
+        let mut watch = GroupWatch::new(names, self.rejoin_after);
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 b = stream.next() => match b { Some(b) => b, None => break },
+                _ = check.tick() => {
+                    if watch.look(&self.consumer, H::SERVICE) {
+                        self.metrics.rejoins.inc();
+                    }
+                    continue;
+                }
             };
             let mut records = Vec::with_capacity(batch.len());
             for r in batch {
@@ -217,7 +238,7 @@ impl<H: Handler> ConsumeLoop<H> {
             if records.is_empty() {
                 continue;
             }
-            if !self.process(records, &shutdown).await {
+            if !self.process(records, &mut held, &shutdown).await {
                 break;
             }
         }
@@ -228,7 +249,7 @@ impl<H: Handler> ConsumeLoop<H> {
     }
 
     /// Processes one batch to the end; false when shutdown interrupted a retry.
-    async fn process(&self, records: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
+    async fn process(&self, records: Vec<OwnedMessage>, held: &mut Held, shutdown: &CancellationToken) -> bool {
         let now_ms = saga_store::now_ms();
         let deliver = self.metrics.stage.with_label_values(&[Stage::Deliver.label()]);
         for record in &records {
@@ -281,14 +302,14 @@ impl<H: Handler> ConsumeLoop<H> {
         // 2. Apply the good ones in one transaction; on a non-transient failure, one by one.
         if !good.is_empty() {
             let applying = std::time::Instant::now();
-            let applied = self.apply_until_done(&good, shutdown).await;
+            let applied = self.apply_until_done(&good, held, shutdown).await;
             self.metrics.observe(Stage::Apply, applying.elapsed());
             match applied {
                 None => return false,
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
                     tracing::warn!(service = H::SERVICE, error = %e, size = good.len(), "batch failed; replaying it one message per transaction");
-                    if !self.apply_one_by_one(&good, &good_records, shutdown).await {
+                    if !self.apply_one_by_one(&good, &good_records, held, shutdown).await {
                         return false;
                     }
                 }
@@ -312,9 +333,13 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction; counts it once committed. Returns the outbox rows it
     /// wrote.
-    async fn apply(&self, batch: &[Incoming]) -> Result<Vec<OutboxRow>, BatchError> {
+    async fn apply(&self, batch: &[Incoming], held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
         let mut duplicates = Vec::new();
-        let result = self.apply_in_transaction(batch, &mut duplicates).await;
+        let result = self.apply_in_transaction(batch, held, &mut duplicates).await;
+        if result.is_err() {
+            // The connection may be what failed (a restarted server): the retry takes a new one.
+            *held = None;
+        }
         match result {
             Ok(_) => {
                 self.handler.committed();
@@ -330,8 +355,11 @@ impl<H: Handler> ConsumeLoop<H> {
         result
     }
 
-    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], duplicates: &mut Vec<&'b str>) -> Result<Vec<OutboxRow>, BatchError> {
-        let mut conn = self.db.pool().acquire().await?;
+    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], held: &mut Held, duplicates: &mut Vec<&'b str>) -> Result<Vec<OutboxRow>, BatchError> {
+        let conn = match held {
+            Some(conn) => conn,
+            None => held.insert(self.db.pool().acquire().await?),
+        };
         let mut tx = conn.begin().await?;
         // What the relay published since the last transaction is deleted in this one.
         let deleting = self.outbox.delete_published(&mut tx).await?;
@@ -369,9 +397,9 @@ impl<H: Handler> ConsumeLoop<H> {
         .await
     }
 
-    async fn apply_one_by_one(&self, batch: &[Incoming], records: &[&OwnedMessage], shutdown: &CancellationToken) -> bool {
+    async fn apply_one_by_one(&self, batch: &[Incoming], records: &[&OwnedMessage], held: &mut Held, shutdown: &CancellationToken) -> bool {
         for (incoming, record) in batch.iter().zip(records) {
-            match self.apply_until_done(std::slice::from_ref(incoming), shutdown).await {
+            match self.apply_until_done(std::slice::from_ref(incoming), held, shutdown).await {
                 None => return false,
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
@@ -389,10 +417,10 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction, retrying transient failures with backoff. `None` when
     /// shutdown interrupted the retries; `Some(Err)` with the reason of a non-transient failure.
-    async fn apply_until_done(&self, batch: &[Incoming], shutdown: &CancellationToken) -> Option<Result<(), String>> {
+    async fn apply_until_done(&self, batch: &[Incoming], held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.apply(batch).await {
+            match self.apply(batch, held).await {
                 Ok(rows) => {
                     self.outbox.push(rows, shutdown).await;
                     return Some(Ok(()));

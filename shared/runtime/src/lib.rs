@@ -30,6 +30,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
+pub mod rejoin;
 pub mod relay;
 pub mod service;
 pub mod telemetry;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use rdkafka::statistics::Statistics;
 
 /// The runtime's metrics; handlers register their own into [`Metrics::registry`].
@@ -32,6 +32,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// `saga_consumer_assigned_partitions{topic}`: partitions this instance owns now.
     pub assigned_partitions: IntGaugeVec,
+    /// `saga_consumer_rejoins_total`: times this instance left and rejoined its group because
+    /// partitions it did not own had records that no live member consumed (see `rejoin`).
+    pub rejoins: IntCounter,
     /// `saga_kafka_broker_rtt_seconds{broker}`: average request round trip, from librdkafka.
     pub broker_rtt: GaugeVec,
     /// `saga_kafka_queued_messages`: messages in the client's queues (librdkafka `msg_cnt`).
@@ -96,6 +99,8 @@ impl Metrics {
         let registry = Registry::new_custom(None, Some(labels)).expect("valid constant labels");
         let outbox_backlog = IntGauge::new("saga_outbox_backlog", "Rows waiting in the outbox.").expect("valid metric");
         let outbox_oldest_age = Gauge::new("saga_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.").expect("valid metric");
+        let rejoins = IntCounter::new("saga_consumer_rejoins_total", "Rejoins of the group because partitions had records no live member consumed.")
+            .expect("valid metric");
         let queued_messages = IntGauge::new("saga_kafka_queued_messages", "Messages in the Kafka client's queues.").expect("valid metric");
         let broker_rtt =
             GaugeVec::new(Opts::new("saga_kafka_broker_rtt_seconds", "Average request round trip to each broker."), &["broker"]).expect("valid metric");
@@ -103,6 +108,7 @@ impl Metrics {
             Box::new(outbox_backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outbox_oldest_age.clone()),
             Box::new(queued_messages.clone()),
+            Box::new(rejoins.clone()),
             Box::new(broker_rtt.clone()),
         ] {
             registry.register(m).expect("metric registered once");
@@ -131,6 +137,7 @@ impl Metrics {
             retries,
             consumer_lag: int_gauges(&registry, "saga_consumer_lag", "Records between the committed position and the partition end.", &["topic", "partition"]),
             assigned_partitions: int_gauges(&registry, "saga_consumer_assigned_partitions", "Partitions this instance owns.", &["topic"]),
+            rejoins,
             outbox_backlog,
             outbox_oldest_age,
             queued_messages,

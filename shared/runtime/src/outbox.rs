@@ -93,8 +93,15 @@ pub async fn delete_from_outbox(conn: &mut AnyConnection, ids: &[i64]) -> Result
     if ids.is_empty() {
         return Ok(());
     }
-    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM outbox WHERE id IN ({list})"))).execute(&mut *conn).await?;
+    // One statement text for any number of ids, so it is prepared once per connection (a text
+    // per list would be parsed every time and crowd the statement cache).
+    let list = format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    let sql = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        "DELETE FROM outbox WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
+    } else {
+        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))"
+    };
+    sqlx::query(sql).bind(list).execute(&mut *conn).await?;
     Ok(())
 }
 

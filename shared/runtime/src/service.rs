@@ -66,7 +66,7 @@ pub struct Service<H: Handler> {
     http: Option<tokio::net::TcpListener>,
     metrics: Metrics,
     /// Follows the system's dead-letter topics, for a handler that watches them.
-    dead_letter_consumer: Option<StreamConsumer<LoggingContext>>,
+    dead_letter_consumer: Option<(StreamConsumer<LoggingContext>, Vec<String>)>,
 }
 
 impl<H: Handler> Service<H> {
@@ -109,7 +109,7 @@ impl<H: Handler> Service<H> {
             let dlts: Vec<String> = topics.all_with_dlts().into_iter().filter(|t| t.ends_with(saga_contracts::topics::DLT_SUFFIX)).collect();
             let refs: Vec<&str> = dlts.iter().map(String::as_str).collect();
             c.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
-            Some(c)
+            Some((c, dlts))
         } else {
             None
         };
@@ -223,8 +223,9 @@ impl<H: Handler> Service<H> {
             };
             side_tasks.push(tokio::spawn(timers.run(side_stop.clone())));
         }
-        if let Some(consumer) = self.dead_letter_consumer {
-            side_tasks.push(tokio::spawn(crate::timers::watch_dead_letters(self.handler.clone(), consumer, self.db.clone(), side_stop.clone())));
+        if let Some((consumer, topics)) = self.dead_letter_consumer {
+            let group = crate::rejoin::GroupWatch::new(topics, Duration::from_millis(self.settings.consumer.rejoin_after_ms));
+            side_tasks.push(tokio::spawn(crate::timers::watch_dead_letters(self.handler.clone(), consumer, group, self.db.clone(), side_stop.clone())));
         }
         let consume = ConsumeLoop {
             handler: self.handler,
@@ -236,6 +237,7 @@ impl<H: Handler> Service<H> {
             group_id: self.settings.kafka.group_id.clone(),
             outbox: handoff,
             batch_size: self.settings.consumer.batch_size,
+            rejoin_after: Duration::from_millis(self.settings.consumer.rejoin_after_ms),
             metrics: self.metrics,
         };
         tracing::info!(service = H::SERVICE, "consuming");

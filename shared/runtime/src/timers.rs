@@ -155,13 +155,26 @@ impl<H: Handler> Timers<H> {
 
 /// Follows every dead-letter topic of the system in its own consumer group, handing each record
 /// to the handler; its offset is stored once the handler's transaction committed.
-pub async fn watch_dead_letters<H: Handler>(handler: Arc<H>, consumer: StreamConsumer<LoggingContext>, db: saga_store::Db, stop: CancellationToken) {
+pub async fn watch_dead_letters<H: Handler>(
+    handler: Arc<H>,
+    consumer: StreamConsumer<LoggingContext>,
+    mut group: crate::rejoin::GroupWatch,
+    db: saga_store::Db,
+    stop: CancellationToken,
+) {
     let mut stream = consumer.stream();
+    let every = crate::rejoin::CHECK_EVERY;
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let record = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             r = stream.next() => match r { Some(r) => r, None => break },
+            _ = check.tick() => {
+                group.look(&consumer, H::SERVICE);
+                continue;
+            }
         };
         let record = match record {
             Ok(m) => m.detach(),
