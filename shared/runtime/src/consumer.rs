@@ -161,8 +161,8 @@ pub struct ConsumeLoop<H: Handler> {
     pub metrics: Metrics,
     /// The consumer group, for spans.
     pub group_id: String,
-    /// How long to own nothing while records wait unconsumed before rejoining the group (see
-    /// [`crate::rejoin`]).
+    /// How long a partition of another member may hold waiting records with no committed offset
+    /// moving before this instance rejoins the group (see [`crate::rejoin`]).
     pub rejoin_after: Duration,
 }
 

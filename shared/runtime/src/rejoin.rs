@@ -45,15 +45,15 @@ pub struct GroupWatch {
     rejoin_after: Duration,
     /// How many partitions the topics have, once known.
     partitions: Option<usize>,
-    /// Partitions of other members with waiting records: the group's committed offset, and since when it has not
-    /// moved.
+    /// Partitions of other members with waiting records: the group's committed offset, and
+    /// since when it has not moved.
     waiting: HashMap<(String, i32), (i64, Instant)>,
 }
 
 /// What a check found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// This instance owns partitions, or nothing waits unconsumed for long: nothing to do.
+enum Verdict {
+    /// This instance owns every partition, or nothing of the others waits unconsumed for long.
     Fine,
     /// These partitions, owned by no live member, have had records waiting, with no committed
     /// offset moving, for `rejoin_after`: this instance should rejoin.
@@ -66,9 +66,7 @@ impl GroupWatch {
         GroupWatch { topics, rejoin_after, partitions: None, waiting: HashMap::new() }
     }
 
-    /// Looks once. Blocking broker requests are made only while the consumer owns fewer than
-    /// all the partitions of its topics.
-    pub fn check(&mut self, consumer: &StreamConsumer<LoggingContext>) -> KafkaResult<Verdict> {
+    fn check(&mut self, consumer: &StreamConsumer<LoggingContext>) -> KafkaResult<Verdict> {
         let mine: HashSet<(String, i32)> = consumer.assignment()?.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         if self.partitions.is_some_and(|all| mine.len() >= all) {
             self.waiting.clear();
@@ -97,7 +95,8 @@ impl GroupWatch {
                     waited_ms = self.rejoin_after.as_millis() as u64,
                     "partitions of this group have records that no live member consumes; rejoining the group"
                 );
-                self.reset();
+                // After a rejoin, the clock starts again.
+                self.waiting.clear();
                 let refs: Vec<&str> = self.topics.iter().map(String::as_str).collect();
                 consumer.unsubscribe();
                 if let Err(e) = consumer.subscribe(&refs) {
@@ -110,11 +109,6 @@ impl GroupWatch {
                 false
             }
         }
-    }
-
-    /// Forgets what it saw (after a rejoin, the clock starts again).
-    pub fn reset(&mut self) {
-        self.waiting.clear();
     }
 
     /// Decides from `(partition, committed, high watermark)` seen at `now`.
