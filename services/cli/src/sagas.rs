@@ -60,15 +60,16 @@ impl Operator {
     async fn act(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>) -> anyhow::Result<String> {
         let mut conn = db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
+        let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
         let result: OperatorResult = match abort_reason {
-            None => control::retry(&self.orchestrator, &mut tx, saga_id).await?,
-            Some(reason) => control::abort(&self.orchestrator, &mut tx, saga_id, reason).await?,
+            None => control::retry(&self.orchestrator, &mut db_tx, saga_id).await?,
+            Some(reason) => control::abort(&self.orchestrator, &mut db_tx, saga_id, reason).await?,
         };
         let done = if abort_reason.is_some() { "aborted" } else { "retried" };
         let trace: Vec<(String, String)> = result.before.trace_parent.iter().map(|tp| ("traceparent".to_string(), tp.clone())).collect();
         let mut out = String::new();
         for command in &result.commands {
-            saga_runtime::outbox::write_to_outbox(&mut tx, &self.codec, &self.topics, command, &trace, None)
+            saga_runtime::outbox::write_to_outbox(&mut db_tx, &self.codec, &self.topics, command, &trace, None)
                 .await
                 .with_context(|| format!("writing {} to the outbox", command.short_name()))?;
             writeln!(out, "sent {} {} to {}", command.short_name(), command.envelope().message_id, self.topics.name(command.topic_kind()))?;
@@ -89,7 +90,7 @@ impl Operator {
 /// `abort --dry-run`: the compensations an abort would send, in order, with their keys.
 pub async fn abort_plan(db: &Db, saga_id: &str) -> anyhow::Result<String> {
     let mut conn = db.pool().acquire().await?;
-    let plan = control::abort_plan(&Orchestrator::default(), &mut conn, saga_id).await?;
+    let plan = control::abort_plan(&Orchestrator::default(), &mut saga_store::Conn::Sqlx(&mut conn), saga_id).await?;
     let mut out = format!("abort of saga {saga_id} would send, one at a time as each is confirmed:\n");
     for (i, (command, key)) in plan.iter().enumerate() {
         writeln!(out, "{}. {:?} ({} of step {}) key {key}", i + 1, command.action, command.phase.as_str(), command.step)?;

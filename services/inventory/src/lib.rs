@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 
 use saga_contracts::{Envelope, Message, ReserveStock, StockLine, StockReleased, StockReservationFailed, StockReserved, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
-use sqlx::{AnyConnection, Row};
+use saga_store::{args, Backend, Conn};
+use sqlx::Row;
 
 use crate::domain::{decide_reservation, merge_lines};
 
@@ -37,7 +38,7 @@ impl Handler for InventoryHandler {
         &[StockReserved::FULL_NAME, StockReservationFailed::FULL_NAME, StockReleased::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::ReserveStock(m) => reserve(conn, m).await.map(|r| vec![r]),
             Message::ReleaseStock(m) => release(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),
@@ -54,7 +55,7 @@ fn failed(cause: &Envelope, order_id: &str, reason: String) -> Message {
     StockReservationFailed { envelope: Envelope::reply_to(cause, StockReservationFailed::FULL_NAME), order_id: order_id.into(), reason }.into()
 }
 
-async fn reserve(conn: &mut AnyConnection, m: &ReserveStock) -> Result<Message, HandleError> {
+async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, HandleError> {
     if let Some((status, reason)) = load_reservation(conn, &m.order_id).await? {
         return Ok(match status.as_str() {
             "RESERVED" => reserved(&m.envelope, &m.order_id),
@@ -75,16 +76,14 @@ async fn reserve(conn: &mut AnyConnection, m: &ReserveStock) -> Result<Message, 
     match decision {
         Ok(wanted) => {
             for (sku, quantity) in &wanted {
-                let done = sqlx::query(
-                    "UPDATE stock SET on_hand = on_hand - $1, reserved = reserved + $1, updated_at_ms = $2 \
-                     WHERE sku = $3 AND on_hand >= $1",
-                )
-                .bind(quantity)
-                .bind(now)
-                .bind(sku)
-                .execute(&mut *conn)
-                .await?;
-                if done.rows_affected() != 1 {
+                let done = conn
+                    .execute(
+                        "UPDATE stock SET on_hand = on_hand - $1, reserved = reserved + $1, updated_at_ms = $2 \
+                         WHERE sku = $3 AND on_hand >= $1",
+                        args![*quantity, now, sku],
+                    )
+                    .await?;
+                if done != 1 {
                     // Another instance took the units between our read and this write.
                     return Err(HandleError::Conflict(format!("stock of sku {sku} changed during reservation")));
                 }
@@ -100,28 +99,23 @@ async fn reserve(conn: &mut AnyConnection, m: &ReserveStock) -> Result<Message, 
     }
 }
 
-async fn release(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
+async fn release(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
     let now = saga_store::now_ms();
     let released = match load_reservation(conn, order_id).await? {
         Some((status, _)) if status == "RESERVED" => {
-            let row = sqlx::query("SELECT lines FROM reservations WHERE order_id = $1").bind(order_id).fetch_one(&mut *conn).await?;
-            let lines: Vec<StockLine> = serde_json::from_str(&row.get::<String, _>(0))
-                .map_err(|e| HandleError::Reject(format!("reservation of order {order_id} is unreadable: {e}")))?;
+            let row = conn.fetch_one("SELECT lines FROM reservations WHERE order_id = $1", args![order_id]).await?;
+            let lines: Vec<StockLine> =
+                serde_json::from_str(&row.at::<String>(0)?).map_err(|e| HandleError::Reject(format!("reservation of order {order_id} is unreadable: {e}")))?;
             let pairs: Vec<(String, i32)> = lines.into_iter().map(|l| (l.sku, l.quantity)).collect();
             let merged = merge_lines(&pairs).map_err(HandleError::Reject)?;
             for (sku, quantity) in merged {
-                sqlx::query("UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $1, updated_at_ms = $2 WHERE sku = $3")
-                    .bind(quantity)
-                    .bind(now)
-                    .bind(&sku)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            sqlx::query("UPDATE reservations SET status = 'RELEASED', updated_at_ms = $1 WHERE order_id = $2")
-                .bind(now)
-                .bind(order_id)
-                .execute(&mut *conn)
+                conn.execute(
+                    "UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $1, updated_at_ms = $2 WHERE sku = $3",
+                    args![quantity, now, &sku],
+                )
                 .await?;
+            }
+            conn.execute("UPDATE reservations SET status = 'RELEASED', updated_at_ms = $1 WHERE order_id = $2", args![now, order_id]).await?;
             true
         }
         Some(_) => false,
@@ -134,31 +128,30 @@ async fn release(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> 
     Ok(StockReleased { envelope: Envelope::reply_to(cause, StockReleased::FULL_NAME), order_id: order_id.into(), released }.into())
 }
 
-async fn load_reservation(conn: &mut AnyConnection, order_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT status, reason FROM reservations WHERE order_id = $1").bind(order_id).fetch_optional(&mut *conn).await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+async fn load_reservation(conn: &mut Conn<'_>, order_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    let Some(row) = conn.fetch_optional("SELECT status, reason FROM reservations WHERE order_id = $1", args![order_id]).await? else { return Ok(None) };
+    Ok(Some((row.at(0)?, row.at(1)?)))
 }
 
-async fn save_reservation(conn: &mut AnyConnection, order_id: &str, status: &str, lines: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO reservations (order_id, status, lines, reason, updated_at_ms) VALUES ($1, $2, $3, $4, $5)")
-        .bind(order_id)
-        .bind(status)
-        .bind(lines)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+async fn save_reservation(conn: &mut Conn<'_>, order_id: &str, status: &str, lines: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
+    conn.execute(
+        "INSERT INTO reservations (order_id, status, lines, reason, updated_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        args![order_id, status, lines, reason, now],
+    )
+    .await?;
     Ok(())
 }
 
 /// Reads (and on PostgreSQL row-locks, in sku order) the stock of the wanted skus.
-async fn lock_stock(conn: &mut AnyConnection, wanted: &BTreeMap<String, i64>) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") { " FOR UPDATE" } else { "" };
+async fn lock_stock(conn: &mut Conn<'_>, wanted: &BTreeMap<String, i64>) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let sql = match conn.backend() {
+        Backend::Postgres => "SELECT on_hand FROM stock WHERE sku = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT on_hand FROM stock WHERE sku = $1",
+    };
     let mut on_hand = BTreeMap::new();
     for sku in wanted.keys() {
-        let sql = format!("SELECT on_hand FROM stock WHERE sku = $1{lock}");
-        if let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(sku).fetch_optional(&mut *conn).await? {
-            on_hand.insert(sku.clone(), r.get::<i64, _>(0));
+        if let Some(r) = conn.fetch_optional(sql, args![sku]).await? {
+            on_hand.insert(sku.clone(), r.at::<i64>(0)?);
         }
     }
     Ok(on_hand)

@@ -8,7 +8,7 @@
 use saga_contracts::Message;
 use saga_runtime::timers::DeadLetterSeen;
 use saga_runtime::HandleError;
-use sqlx::AnyConnection;
+use saga_store::Conn;
 
 use crate::saga::{self, Command, Outcome};
 use crate::store::{self, SagaRecord};
@@ -16,7 +16,7 @@ use crate::{Cause, Orchestrator};
 
 /// The awaited reply of saga `id` is late: time the step out (see [`saga::on_timeout`]). Does
 /// nothing when the saga moved since the deadline was read.
-pub async fn on_deadline(orch: &Orchestrator, conn: &mut AnyConnection, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
+pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
     let Some(saga) = store::load(conn, id).await? else { return Ok(vec![]) };
     if saga.deadline_at_ms.is_none_or(|d| d > now_ms) || saga.definition_version != i64::from(orch.definition().version) {
         return Ok(vec![]);
@@ -38,7 +38,7 @@ pub async fn on_deadline(orch: &Orchestrator, conn: &mut AnyConnection, id: &str
 /// A record keyed by a saga's id was dead-lettered: PARK the saga with a reference to it, so it
 /// waits for an operator instead of for a reply that cannot come. A dead letter of no saga is
 /// recorded as a stray message.
-pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut AnyConnection, letter: &DeadLetterSeen) -> Result<(), HandleError> {
+pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut Conn<'_>, letter: &DeadLetterSeen) -> Result<(), HandleError> {
     let reference = letter.reference();
     let reason = format!(
         "{} from {} dead-lettered as {} ({}): {}",
@@ -102,12 +102,12 @@ pub struct OperatorResult {
     pub commands: Vec<Message>,
 }
 
-async fn load_for_operator(conn: &mut AnyConnection, saga_id: &str) -> Result<SagaRecord, OperatorError> {
+async fn load_for_operator(conn: &mut Conn<'_>, saga_id: &str) -> Result<SagaRecord, OperatorError> {
     store::load(conn, saga_id).await?.ok_or_else(|| OperatorError::UnknownSaga(saga_id.into()))
 }
 
 /// `sagactl sagas retry`: send the awaited command again (see [`saga::retry`]).
-pub async fn retry(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str) -> Result<OperatorResult, OperatorError> {
+pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition = saga::retry(orch.definition(), &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None).await?;
@@ -115,7 +115,7 @@ pub async fn retry(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str)
 }
 
 /// `sagactl sagas abort`: compensate from where the saga stands (see [`saga::abort`]).
-pub async fn abort(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str, reason: &str) -> Result<OperatorResult, OperatorError> {
+pub async fn abort(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, reason: &str) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition = saga::abort(orch.definition(), &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason)).await?;
@@ -124,7 +124,7 @@ pub async fn abort(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str,
 
 /// `sagactl sagas abort --dry-run`: the commands an abort would lead to, in order, each with the
 /// idempotency key (message id) it would carry.
-pub async fn abort_plan(orch: &Orchestrator, conn: &mut AnyConnection, saga_id: &str) -> Result<Vec<(Command, String)>, OperatorError> {
+pub async fn abort_plan(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str) -> Result<Vec<(Command, String)>, OperatorError> {
     let saga = load_for_operator(conn, saga_id).await?;
     let plan = saga::abort_plan(orch.definition(), &saga.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     Ok(plan

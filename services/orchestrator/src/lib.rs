@@ -22,7 +22,7 @@ use saga_contracts::{
     ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine, TopicKind, VoidPayment,
 };
 use saga_runtime::{HandleError, Handler, Incoming};
-use sqlx::AnyConnection;
+use saga_store::Conn;
 use std::sync::OnceLock;
 
 use crate::metrics::{Observation, Pending, SagaMetrics};
@@ -77,7 +77,7 @@ impl Handler for Orchestrator {
         ]
     }
 
-    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
         let message = &incoming.message;
         if let Message::OrderCreated(created) = message {
             return self.start(conn, created).await;
@@ -118,7 +118,7 @@ impl Handler for Orchestrator {
         Ok(due.into_iter().map(|(id, trace_parent)| saga_runtime::timers::Due { id, trace_parent }).collect())
     }
 
-    async fn fire(&self, conn: &mut AnyConnection, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
+    async fn fire(&self, conn: &mut Conn<'_>, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
         control::on_deadline(self, conn, id, now_ms).await
     }
 
@@ -126,7 +126,7 @@ impl Handler for Orchestrator {
         true
     }
 
-    async fn on_dead_letter(&self, conn: &mut AnyConnection, letter: &saga_runtime::timers::DeadLetterSeen) -> Result<(), HandleError> {
+    async fn on_dead_letter(&self, conn: &mut Conn<'_>, letter: &saga_runtime::timers::DeadLetterSeen) -> Result<(), HandleError> {
         control::on_dead_letter(self, conn, letter).await
     }
 
@@ -145,7 +145,7 @@ impl Handler for Orchestrator {
 }
 
 impl Orchestrator {
-    async fn start(&self, conn: &mut AnyConnection, created: &OrderCreated) -> Result<Vec<Message>, HandleError> {
+    async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated) -> Result<Vec<Message>, HandleError> {
         let saga_id = created.order_id.clone();
         if store::load(conn, &saga_id).await?.is_some() {
             let why = "a saga for this order already exists";
@@ -184,7 +184,7 @@ impl Orchestrator {
         Ok(commands)
     }
 
-    async fn on_reply(&self, conn: &mut AnyConnection, message: &Message, reply: Reply, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
+    async fn on_reply(&self, conn: &mut Conn<'_>, message: &Message, reply: Reply, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
         let envelope = message.envelope();
         let saga_id = message.order_id();
         let Some(saga) = store::load(conn, saga_id).await? else {
@@ -239,7 +239,7 @@ impl Orchestrator {
     /// by the caller), logs it with its cause, and returns the commands it sends.
     pub async fn record(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         saga: &SagaRecord,
         transition: &Transition,
         cause: &Cause<'_>,
@@ -267,7 +267,7 @@ impl Orchestrator {
 
     /// Logs an input the saga did not act on, with why; the saga itself does not change (its
     /// version moves so the entry has its own seq).
-    pub async fn record_ignored(&self, conn: &mut AnyConnection, saga: &SagaRecord, cause: &Cause<'_>, why: &str) -> Result<(), HandleError> {
+    pub async fn record_ignored(&self, conn: &mut Conn<'_>, saga: &SagaRecord, cause: &Cause<'_>, why: &str) -> Result<(), HandleError> {
         if !store::update(conn, &saga.saga_id, saga.version, &saga.state, saga.deadline_at_ms).await? {
             return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
         }

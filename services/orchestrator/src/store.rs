@@ -1,8 +1,9 @@
 //! The saga log: the `sagas` table (current state) and `saga_log` (every transition).
 
 use saga_contracts::OrderLine;
+use saga_store::{args, Conn, Row};
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row as _;
 
 use crate::saga::{Position, SagaState, Status};
 
@@ -88,104 +89,116 @@ pub struct LogEntry {
     pub trace_parent: Option<String>,
 }
 
-const SELECT_SAGA: &str = "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
-     correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason FROM sagas";
+macro_rules! select_saga {
+    () => {
+        "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
+         correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason FROM sagas"
+    };
+}
+const LOAD_SAGA: &str = concat!(select_saga!(), " WHERE saga_id = $1");
 
-fn to_record(r: sqlx::any::AnyRow) -> Result<SagaRecord, sqlx::Error> {
-    let status: String = r.get(3);
-    let position: String = r.get(4);
+fn to_record(r: Row) -> Result<SagaRecord, sqlx::Error> {
+    let status: String = r.get("status")?;
+    let position: String = r.get("position")?;
     let corrupt = |what: String| sqlx::Error::Decode(what.into());
     Ok(SagaRecord {
-        saga_id: r.get(0),
-        saga_type: r.get(1),
-        definition_version: r.get(2),
+        saga_id: r.get("saga_id")?,
+        saga_type: r.get("saga_type")?,
+        definition_version: r.get("definition_version")?,
         state: SagaState {
             status: Status::parse(&status).ok_or_else(|| corrupt(format!("unknown saga status {status}")))?,
             position: Position::decode(&position).ok_or_else(|| corrupt(format!("unknown saga position {position}")))?,
-            attempt: r.get::<i64, _>(5) as u32,
-            failure: r.get(6),
-            blocked: r.get(14),
+            attempt: u32::try_from(r.get::<i64>("attempt")?).map_err(|e| corrupt(format!("saga attempt: {e}")))?,
+            failure: r.get("failure_reason")?,
+            blocked: r.get("blocked_reason")?,
         },
-        data: serde_json::from_str(&r.get::<String, _>(7)).map_err(|e| corrupt(format!("saga data: {e}")))?,
-        correlation_id: r.get(8),
-        created_at_ms: r.get(9),
-        updated_at_ms: r.get(10),
-        version: r.get(11),
-        trace_parent: r.get(12),
-        deadline_at_ms: r.get(13),
+        data: serde_json::from_str(&r.get::<String>("data")?).map_err(|e| corrupt(format!("saga data: {e}")))?,
+        correlation_id: r.get("correlation_id")?,
+        created_at_ms: r.get("created_at_ms")?,
+        updated_at_ms: r.get("updated_at_ms")?,
+        version: r.get("version")?,
+        trace_parent: r.get("trace_parent")?,
+        deadline_at_ms: r.get("deadline_at_ms")?,
     })
 }
 
 /// Loads a saga inside the caller's transaction.
-pub async fn load(conn: &mut AnyConnection, saga_id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
-    let sql = format!("{SELECT_SAGA} WHERE saga_id = $1");
-    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(saga_id).fetch_optional(&mut *conn).await?.map(to_record).transpose()
+pub async fn load(conn: &mut Conn<'_>, saga_id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
+    conn.fetch_optional(LOAD_SAGA, args![saga_id]).await?.map(to_record).transpose()
 }
 
 /// Inserts a new saga at version 1.
-pub async fn insert(conn: &mut AnyConnection, saga: &SagaRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<(), sqlx::Error> {
+    let position = saga.state.position.encode();
+    let data = serde_json::to_string(&saga.data).expect("saga data always serializes");
+    conn.execute(
         "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13)",
+        args![
+            &saga.saga_id,
+            &saga.saga_type,
+            saga.definition_version,
+            saga.state.status.as_str(),
+            &position,
+            saga.state.attempt,
+            saga.state.failure.as_deref(),
+            &data,
+            &saga.correlation_id,
+            saga.created_at_ms,
+            saga.trace_parent.as_deref(),
+            saga.deadline_at_ms,
+            saga.state.blocked.as_deref(),
+        ],
     )
-    .bind(&saga.saga_id)
-    .bind(&saga.saga_type)
-    .bind(saga.definition_version)
-    .bind(saga.state.status.as_str())
-    .bind(saga.state.position.encode())
-    .bind(i64::from(saga.state.attempt))
-    .bind(saga.state.failure.as_deref())
-    .bind(serde_json::to_string(&saga.data).expect("saga data always serializes"))
-    .bind(&saga.correlation_id)
-    .bind(saga.created_at_ms)
-    .bind(saga.trace_parent.as_deref())
-    .bind(saga.deadline_at_ms)
-    .bind(saga.state.blocked.as_deref())
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 /// Moves a saga from `version` to `version + 1`, with the deadline of its new wait. Returns false
 /// when another writer moved it first (the caller retries with a fresh read).
-pub async fn update(conn: &mut AnyConnection, saga_id: &str, version: i64, state: &SagaState, deadline_at_ms: Option<i64>) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
-         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9",
-    )
-    .bind(state.status.as_str())
-    .bind(state.position.encode())
-    .bind(i64::from(state.attempt))
-    .bind(state.failure.as_deref())
-    .bind(saga_store::now_ms())
-    .bind(deadline_at_ms)
-    .bind(state.blocked.as_deref())
-    .bind(saga_id)
-    .bind(version)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn update(conn: &mut Conn<'_>, saga_id: &str, version: i64, state: &SagaState, deadline_at_ms: Option<i64>) -> Result<bool, sqlx::Error> {
+    let position = state.position.encode();
+    let done = conn
+        .execute(
+            "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
+             deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9",
+            args![
+                state.status.as_str(),
+                &position,
+                state.attempt,
+                state.failure.as_deref(),
+                saga_store::now_ms(),
+                deadline_at_ms,
+                state.blocked.as_deref(),
+                saga_id,
+                version
+            ],
+        )
+        .await?;
+    Ok(done == 1)
 }
 
 /// Appends a log entry.
-pub async fn append_log(conn: &mut AnyConnection, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
+    let sent = serde_json::to_string(&entry.sent).expect("ids always serialize");
+    conn.execute(
         "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        args![
+            saga_id,
+            entry.seq,
+            entry.at_ms,
+            &entry.event,
+            entry.step.as_deref(),
+            entry.from_status.as_deref(),
+            &entry.to_status,
+            entry.cause_message_id.as_deref(),
+            entry.cause_message_type.as_deref(),
+            &sent,
+            entry.detail.as_deref(),
+            entry.trace_parent.as_deref(),
+        ],
     )
-    .bind(saga_id)
-    .bind(entry.seq)
-    .bind(entry.at_ms)
-    .bind(&entry.event)
-    .bind(entry.step.as_deref())
-    .bind(entry.from_status.as_deref())
-    .bind(&entry.to_status)
-    .bind(entry.cause_message_id.as_deref())
-    .bind(entry.cause_message_type.as_deref())
-    .bind(serde_json::to_string(&entry.sent).expect("ids always serialize"))
-    .bind(entry.detail.as_deref())
-    .bind(entry.trace_parent.as_deref())
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -201,16 +214,11 @@ pub async fn due(db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<(St
 }
 
 /// Records a reply for a saga that does not exist.
-pub async fn record_stray(conn: &mut AnyConnection, message_id: &str, saga_id: &str, message_type: &str, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub async fn record_stray(conn: &mut Conn<'_>, message_id: &str, saga_id: &str, message_type: &str, reason: &str) -> Result<(), sqlx::Error> {
+    conn.execute(
         "INSERT INTO stray_messages (message_id, saga_id, message_type, at_ms, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
+        args![message_id, saga_id, message_type, saga_store::now_ms(), reason],
     )
-    .bind(message_id)
-    .bind(saga_id)
-    .bind(message_type)
-    .bind(saga_store::now_ms())
-    .bind(reason)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -218,7 +226,7 @@ pub async fn record_stray(conn: &mut AnyConnection, message_id: &str, saga_id: &
 /// Reads a saga (for operators and tests).
 pub async fn get_saga(db: &saga_store::Db, saga_id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
     let mut conn = db.pool().acquire().await?;
-    load(&mut conn, saga_id).await
+    load(&mut Conn::Sqlx(&mut conn), saga_id).await
 }
 
 /// Reads a saga's whole log, oldest first.
@@ -250,15 +258,11 @@ pub async fn saga_log(db: &saga_store::Db, saga_id: &str) -> Result<Vec<LogEntry
 
 /// Lists sagas, newest change first, optionally only those in `status`.
 pub async fn list_sagas(db: &saga_store::Db, status: Option<Status>, limit: i64) -> Result<Vec<SagaRecord>, sqlx::Error> {
+    let mut conn = db.pool().acquire().await?;
+    let mut conn = Conn::Sqlx(&mut conn);
     let rows = match status {
-        Some(s) => {
-            let sql = format!("{SELECT_SAGA} WHERE status = $1 ORDER BY updated_at_ms DESC LIMIT $2");
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(s.as_str()).bind(limit).fetch_all(db.pool()).await?
-        }
-        None => {
-            let sql = format!("{SELECT_SAGA} ORDER BY updated_at_ms DESC LIMIT $1");
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(db.pool()).await?
-        }
+        Some(s) => conn.fetch_all(concat!(select_saga!(), " WHERE status = $1 ORDER BY updated_at_ms DESC LIMIT $2"), args![s.as_str(), limit]).await?,
+        None => conn.fetch_all(concat!(select_saga!(), " ORDER BY updated_at_ms DESC LIMIT $1"), args![limit]).await?,
     };
     rows.into_iter().map(to_record).collect()
 }

@@ -11,7 +11,8 @@ pub mod domain;
 
 use saga_contracts::{Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PlaceOrder, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
-use sqlx::{AnyConnection, Row};
+use saga_store::{args, Conn};
+use sqlx::Row;
 
 use crate::domain::{decide, validate, Decision, OrderStatus};
 
@@ -32,7 +33,7 @@ impl Handler for OrderHandler {
         &[OrderCreated::FULL_NAME, OrderApproved::FULL_NAME, OrderRejected::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::PlaceOrder(m) => place(conn, m).await,
             Message::ApproveOrder(m) => finish(conn, &m.envelope, &m.order_id, OrderStatus::Approved, None).await,
@@ -42,7 +43,7 @@ impl Handler for OrderHandler {
     }
 }
 
-async fn place(conn: &mut AnyConnection, m: &PlaceOrder) -> Result<Vec<Message>, HandleError> {
+async fn place(conn: &mut Conn<'_>, m: &PlaceOrder) -> Result<Vec<Message>, HandleError> {
     if load_status(conn, &m.order_id).await?.is_some() {
         // The order exists: this is the same order placed again under a new message id.
         tracing::info!(order_id = %m.order_id, "order already placed; ignoring repeated PlaceOrder");
@@ -74,45 +75,27 @@ async fn place(conn: &mut AnyConnection, m: &PlaceOrder) -> Result<Vec<Message>,
     }
 }
 
-async fn insert(
-    conn: &mut AnyConnection,
-    m: &PlaceOrder,
-    total: i64,
-    status: OrderStatus,
-    reason: Option<&str>,
-    lines: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn insert(conn: &mut Conn<'_>, m: &PlaceOrder, total: i64, status: OrderStatus, reason: Option<&str>, lines: &str, now: i64) -> Result<(), sqlx::Error> {
+    conn.execute(
         "INSERT INTO orders (order_id, customer_id, currency, total_minor, status, reason, lines, created_at_ms, updated_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        args![&m.order_id, &m.customer_id, &m.currency, total, status.as_str(), reason, lines, now],
     )
-    .bind(&m.order_id)
-    .bind(&m.customer_id)
-    .bind(&m.currency)
-    .bind(total)
-    .bind(status.as_str())
-    .bind(reason)
-    .bind(lines)
-    .bind(now)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-async fn finish(conn: &mut AnyConnection, cause: &Envelope, order_id: &str, target: OrderStatus, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
+async fn finish(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str, target: OrderStatus, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
     let Some(status) = load_status(conn, order_id).await? else {
         return Err(HandleError::Reject(format!("order {order_id} does not exist")));
     };
     match decide(status, target) {
         Decision::Apply(new) => {
-            sqlx::query("UPDATE orders SET status = $1, reason = $2, updated_at_ms = $3 WHERE order_id = $4")
-                .bind(new.as_str())
-                .bind(reason)
-                .bind(saga_store::now_ms())
-                .bind(order_id)
-                .execute(&mut *conn)
-                .await?;
+            conn.execute(
+                "UPDATE orders SET status = $1, reason = $2, updated_at_ms = $3 WHERE order_id = $4",
+                args![new.as_str(), reason, saga_store::now_ms(), order_id],
+            )
+            .await?;
         }
         Decision::Repeat(_) => {}
         Decision::Contradicts(current) => {
@@ -131,9 +114,11 @@ async fn finish(conn: &mut AnyConnection, cause: &Envelope, order_id: &str, targ
     Ok(vec![reply])
 }
 
-async fn load_status(conn: &mut AnyConnection, order_id: &str) -> Result<Option<OrderStatus>, sqlx::Error> {
-    let row = sqlx::query("SELECT status FROM orders WHERE order_id = $1").bind(order_id).fetch_optional(&mut *conn).await?;
-    Ok(row.and_then(|r| OrderStatus::parse(&r.get::<String, _>(0))))
+async fn load_status(conn: &mut Conn<'_>, order_id: &str) -> Result<Option<OrderStatus>, sqlx::Error> {
+    let Some(row) = conn.fetch_optional("SELECT status FROM orders WHERE order_id = $1", args![order_id]).await? else { return Ok(None) };
+    let status: String = row.at(0)?;
+    // A status this code does not know is an error, never read as some other status.
+    OrderStatus::parse(&status).map(Some).ok_or_else(|| sqlx::Error::Decode(format!("order {order_id} has unknown status {status:?}").into()))
 }
 
 /// An order as stored, for operators and tests.

@@ -13,7 +13,8 @@ pub mod domain;
 
 use saga_contracts::{AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, TopicKind};
 use saga_runtime::{HandleError, Handler, Incoming};
-use sqlx::{AnyConnection, Row};
+use saga_store::{args, Backend, Conn};
+use sqlx::Row;
 
 use crate::domain::{decide_authorization, Account};
 
@@ -34,7 +35,7 @@ impl Handler for PaymentHandler {
         &[PaymentAuthorized::FULL_NAME, PaymentDeclined::FULL_NAME, PaymentVoided::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::AuthorizePayment(m) => authorize(conn, m).await.map(|r| vec![r]),
             Message::VoidPayment(m) => void(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),
@@ -58,40 +59,38 @@ fn authorized(cause: &Envelope, order_id: &str, authorization_id: String, amount
     .into()
 }
 
-async fn authorize(conn: &mut AnyConnection, m: &AuthorizePayment) -> Result<Message, HandleError> {
-    let existing = sqlx::query("SELECT status, reason, authorization_id, amount_minor, currency FROM authorizations WHERE order_id = $1")
-        .bind(&m.order_id)
-        .fetch_optional(&mut *conn)
+async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message, HandleError> {
+    let existing = conn
+        .fetch_optional("SELECT status, reason, authorization_id, amount_minor, currency FROM authorizations WHERE order_id = $1", args![&m.order_id])
         .await?;
     if let Some(r) = existing {
-        let status: String = r.get(0);
+        let status: String = r.at(0)?;
         return Ok(match status.as_str() {
-            "AUTHORIZED" => authorized(&m.envelope, &m.order_id, r.get(2), r.get(3), &r.get::<String, _>(4)),
+            "AUTHORIZED" => authorized(&m.envelope, &m.order_id, r.at(2)?, r.at(3)?, &r.at::<String>(4)?),
             "VOIDED" => declined(&m.envelope, &m.order_id, "authorization was already voided by compensation".into()),
-            _ => declined(&m.envelope, &m.order_id, r.get::<Option<String>, _>(1).unwrap_or_else(|| "declined".into())),
+            _ => declined(&m.envelope, &m.order_id, r.at::<Option<String>>(1)?.unwrap_or_else(|| "declined".into())),
         });
     }
-    let lock = if conn.backend_name().eq_ignore_ascii_case("postgresql") { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1{lock}");
-    let account = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&m.customer_id).fetch_optional(&mut *conn).await?.map(|r| Account {
-        currency: r.get(0),
-        credit_limit_minor: r.get(1),
-        authorized_minor: r.get(2),
-    });
+    let sql = match conn.backend() {
+        Backend::Postgres => "SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1 FOR UPDATE",
+        Backend::Sqlite => "SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1",
+    };
+    let account = match conn.fetch_optional(sql, args![&m.customer_id]).await? {
+        Some(r) => Some(Account { currency: r.at(0)?, credit_limit_minor: r.at(1)?, authorized_minor: r.at(2)? }),
+        None => None,
+    };
     let now = saga_store::now_ms();
     let authorization_id = format!("auth-{}", m.order_id);
     match decide_authorization(account.as_ref(), &m.customer_id, m.amount_minor, &m.currency) {
         Ok(()) => {
-            let done = sqlx::query(
-                "UPDATE accounts SET authorized_minor = authorized_minor + $1, updated_at_ms = $2 \
-                 WHERE customer_id = $3 AND authorized_minor + $1 <= credit_limit_minor",
-            )
-            .bind(m.amount_minor)
-            .bind(now)
-            .bind(&m.customer_id)
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() != 1 {
+            let done = conn
+                .execute(
+                    "UPDATE accounts SET authorized_minor = authorized_minor + $1, updated_at_ms = $2 \
+                     WHERE customer_id = $3 AND authorized_minor + $1 <= credit_limit_minor",
+                    args![m.amount_minor, now, &m.customer_id],
+                )
+                .await?;
+            if done != 1 {
                 return Err(HandleError::Conflict(format!("credit of customer {} changed during authorization", m.customer_id)));
             }
             save(conn, m, &authorization_id, "AUTHORIZED", None, now).await?;
@@ -105,54 +104,39 @@ async fn authorize(conn: &mut AnyConnection, m: &AuthorizePayment) -> Result<Mes
     }
 }
 
-async fn save(conn: &mut AnyConnection, m: &AuthorizePayment, authorization_id: &str, status: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn save(conn: &mut Conn<'_>, m: &AuthorizePayment, authorization_id: &str, status: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
+    conn.execute(
         "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        args![&m.order_id, authorization_id, &m.customer_id, m.amount_minor, &m.currency, status, reason, now],
     )
-    .bind(&m.order_id)
-    .bind(authorization_id)
-    .bind(&m.customer_id)
-    .bind(m.amount_minor)
-    .bind(&m.currency)
-    .bind(status)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-async fn void(conn: &mut AnyConnection, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
+async fn void(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
     let now = saga_store::now_ms();
-    let row = sqlx::query("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1").bind(order_id).fetch_optional(&mut *conn).await?;
-    let voided = match row {
-        Some(r) if r.get::<String, _>(0) == "AUTHORIZED" => {
-            let customer: String = r.get(1);
-            let amount: i64 = r.get(2);
-            sqlx::query("UPDATE accounts SET authorized_minor = authorized_minor - $1, updated_at_ms = $2 WHERE customer_id = $3")
-                .bind(amount)
-                .bind(now)
-                .bind(&customer)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("UPDATE authorizations SET status = 'VOIDED', updated_at_ms = $1 WHERE order_id = $2")
-                .bind(now)
-                .bind(order_id)
-                .execute(&mut *conn)
-                .await?;
+    let row = conn.fetch_optional("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1", args![order_id]).await?;
+    let status = row.as_ref().map(|r| r.at::<String>(0)).transpose()?;
+    let voided = match (row, status.as_deref()) {
+        (Some(r), Some("AUTHORIZED")) => {
+            let customer: String = r.at(1)?;
+            let amount: i64 = r.at(2)?;
+            conn.execute(
+                "UPDATE accounts SET authorized_minor = authorized_minor - $1, updated_at_ms = $2 WHERE customer_id = $3",
+                args![amount, now, &customer],
+            )
+            .await?;
+            conn.execute("UPDATE authorizations SET status = 'VOIDED', updated_at_ms = $1 WHERE order_id = $2", args![now, order_id]).await?;
             true
         }
-        Some(_) => false,
-        None => {
-            sqlx::query(
+        (Some(_), _) => false,
+        (None, _) => {
+            conn.execute(
                 "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
                  VALUES ($1, $2, '', 0, '', 'VOIDED', 'voided before authorization', $3)",
+                args![order_id, &format!("auth-{order_id}"), now],
             )
-            .bind(order_id)
-            .bind(format!("auth-{order_id}"))
-            .bind(now)
-            .execute(&mut *conn)
             .await?;
             false
         }

@@ -17,7 +17,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message as _;
 use saga_contracts::{Message, TopicKind, Topics};
-use sqlx::{Acquire, AnyConnection};
+use saga_store::{Conn, Writer};
+use sqlx::Acquire;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,7 +29,7 @@ use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
 use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError, OutboxRow};
 use crate::rejoin::{GroupWatch, CHECK_EVERY};
-use crate::relay::HandOff;
+use crate::relay::{Deleting, HandOff};
 
 /// A decoded record, as a handler sees it.
 #[derive(Debug, Clone)]
@@ -80,12 +81,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies one message; returns the messages to publish. Runs inside a transaction that also
     /// holds the inbox row and the outbox rows, so all of it commits or none does.
-    fn handle<'c>(&'c self, conn: &'c mut AnyConnection, incoming: &'c Incoming) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
+    fn handle<'c>(&'c self, conn: &'c mut Conn<'_>, incoming: &'c Incoming) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
 
     /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
     fn register_metrics(&self, _registry: &prometheus::Registry) {}
 
     /// The transaction of the messages handled since the last call committed: count what they did.
+    /// Called on the thread (and task) that handled them.
     fn committed(&self) {}
 
     /// The transaction of the messages handled since the last call rolled back (it will be
@@ -119,7 +121,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
     /// does nothing); returns the messages to publish, which go to the outbox in that transaction.
-    fn fire<'c>(&'c self, _conn: &'c mut AnyConnection, _id: &'c str, _now_ms: i64) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
+    fn fire<'c>(&'c self, _conn: &'c mut Conn<'_>, _id: &'c str, _now_ms: i64) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
         async { Ok(Vec::new()) }
     }
 
@@ -132,7 +134,7 @@ pub trait Handler: Send + Sync + 'static {
     /// A record reached a dead-letter topic; runs in a transaction of its own.
     fn on_dead_letter<'c>(
         &'c self,
-        _conn: &'c mut AnyConnection,
+        _conn: &'c mut Conn<'_>,
         _letter: &'c crate::timers::DeadLetterSeen,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
         async { Ok(()) }
@@ -164,7 +166,13 @@ pub struct ConsumeLoop<H: Handler> {
     /// How long a partition of another member may hold waiting records with no committed offset
     /// moving before this instance rejoins the group (see [`crate::rejoin`]).
     pub rejoin_after: Duration,
+    /// On SQLite, the connection on a thread of its own that runs each batch's transaction in
+    /// one hand-over ([`saga_store::Writer`]); `None`: batches run through the pool.
+    pub writer: Option<Writer>,
 }
+
+/// What a batch transaction wrote to the outbox, and which of its messages were duplicates.
+type Applied = (Vec<OutboxRow>, Vec<usize>);
 
 /// The consume loop's own database connection, taken from the pool once and kept.
 type Held = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
@@ -207,6 +215,10 @@ impl From<OutboxError> for BatchError {
 impl<H: Handler> ConsumeLoop<H> {
     /// Consumes until `shutdown`: finishes the batch in hand, commits offsets, returns.
     pub async fn run(self, shutdown: CancellationToken) {
+        Arc::new(self).consume(shutdown).await;
+    }
+
+    async fn consume(self: Arc<Self>, shutdown: CancellationToken) {
         let mut stream = self.consumer.stream().ready_chunks(self.batch_size);
         // Every batch runs on the same connection while it works: SQLite drops a connection's
         // page cache whenever another connection wrote since its last transaction, so a pooled
@@ -249,7 +261,7 @@ impl<H: Handler> ConsumeLoop<H> {
     }
 
     /// Processes one batch to the end; false when shutdown interrupted a retry.
-    async fn process(&self, records: Vec<OwnedMessage>, held: &mut Held, shutdown: &CancellationToken) -> bool {
+    async fn process(self: &Arc<Self>, records: Vec<OwnedMessage>, held: &mut Held, shutdown: &CancellationToken) -> bool {
         let now_ms = saga_store::now_ms();
         let deliver = self.metrics.stage.with_label_values(&[Stage::Deliver.label()]);
         for record in &records {
@@ -333,53 +345,107 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction; counts it once committed. Returns the outbox rows it
     /// wrote.
-    async fn apply(&self, batch: &[Incoming], held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
-        let mut duplicates = Vec::new();
-        let result = self.apply_in_transaction(batch, held, &mut duplicates).await;
-        if result.is_err() {
-            // The connection may be what failed (a restarted server): the retry takes a new one.
-            *held = None;
-        }
-        match result {
-            Ok(_) => {
-                self.handler.committed();
-                for incoming in batch {
-                    self.metrics.consumed.with_label_values(&[&incoming.topic]).inc();
+    async fn apply(self: &Arc<Self>, batch: &[Incoming], held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
+        let result = match &self.writer {
+            // The handler counts on the writer's thread, where it handled the batch.
+            Some(writer) => self.apply_on_writer(writer, batch).await,
+            None => {
+                let result = self.apply_in_transaction(batch, held).await;
+                if result.is_err() {
+                    // The connection may be what failed (a restarted server): the retry takes a new one.
+                    *held = None;
+                    self.handler.rolled_back();
+                } else {
+                    self.handler.committed();
                 }
-                for topic in duplicates {
-                    self.metrics.inbox_duplicates.with_label_values(&[topic]).inc();
-                }
+                result
             }
-            Err(_) => self.handler.rolled_back(),
+        };
+        let (rows, duplicates) = result?;
+        for incoming in batch {
+            self.metrics.consumed.with_label_values(&[&incoming.topic]).inc();
         }
-        result
+        for i in duplicates {
+            self.metrics.inbox_duplicates.with_label_values(&[&batch[i].topic]).inc();
+        }
+        Ok(rows)
     }
 
-    async fn apply_in_transaction<'b>(&self, batch: &'b [Incoming], held: &mut Held, duplicates: &mut Vec<&'b str>) -> Result<Vec<OutboxRow>, BatchError> {
+    /// The batch's transaction through the pool (PostgreSQL, or SQLite without a writer).
+    async fn apply_in_transaction(&self, batch: &[Incoming], held: &mut Held) -> Result<Applied, BatchError> {
         let conn = match held {
             Some(conn) => conn,
             None => held.insert(self.db.pool().acquire().await?),
         };
         let mut tx = conn.begin().await?;
-        // What the relay published since the last transaction is deleted in this one.
-        let deleting = self.outbox.delete_published(&mut tx).await?;
-        let mut rows = Vec::new();
-        for incoming in batch {
-            match self.apply_in(&mut tx, incoming).await? {
-                Some(written) => rows.extend(written),
-                None => duplicates.push(&incoming.topic),
-            }
-        }
+        let mut duplicates = Vec::new();
+        let (rows, deleting) = self.in_transaction(&mut Conn::Sqlx(&mut tx), batch, &mut duplicates).await?;
         let committing = std::time::Instant::now();
         tx.commit().await?;
         self.metrics.observe(Stage::Commit, committing.elapsed());
         deleting.committed();
-        Ok(rows)
+        Ok((rows, duplicates))
+    }
+
+    /// The batch's transaction on the SQLite writer's thread: every statement runs there, and
+    /// this task waits for one answer.
+    async fn apply_on_writer(self: &Arc<Self>, writer: &Writer, batch: &[Incoming]) -> Result<Applied, BatchError> {
+        let (this, batch, runtime) = (self.clone(), batch.to_vec(), tokio::runtime::Handle::current());
+        // Nothing in the transaction waits on I/O but a registry lookup on a schema cache miss,
+        // which the runtime's drivers serve while this thread blocks.
+        writer.run(move |conn| runtime.block_on(this.transaction_on(conn, &batch))).await?
+    }
+
+    async fn transaction_on(&self, conn: &mut saga_store::rusqlite::Connection, batch: &[Incoming]) -> Result<Applied, BatchError> {
+        // IMMEDIATE takes the write lock now (waiting out other writers under the busy timeout),
+        // so the batch never fails to upgrade a read lock half-way.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(saga_store::sql::from_sqlite)?;
+        let mut duplicates = Vec::new();
+        let written = self.in_transaction(&mut Conn::Sqlite(conn), batch, &mut duplicates).await;
+        let committing = std::time::Instant::now();
+        let done = match written {
+            Ok((rows, deleting)) => match conn.execute_batch("COMMIT") {
+                Ok(()) => {
+                    deleting.committed();
+                    Ok((rows, duplicates))
+                }
+                Err(e) => Err(BatchError::from(saga_store::sql::from_sqlite(e))),
+            },
+            Err(e) => Err(e),
+        };
+        match &done {
+            Ok(_) => {
+                self.metrics.observe(Stage::Commit, committing.elapsed());
+                self.handler.committed();
+            }
+            Err(_) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                self.handler.rolled_back();
+            }
+        }
+        done
+    }
+
+    /// Everything between BEGIN and COMMIT: published outbox rows deleted, each message recorded
+    /// in the inbox and applied, what it emits written to the outbox.
+    async fn in_transaction(&self, db: &mut Conn<'_>, batch: &[Incoming], duplicates: &mut Vec<usize>) -> Result<(Vec<OutboxRow>, Deleting<'_>), BatchError> {
+        // What the relay published since the last transaction is deleted in this one.
+        let deleting = self.outbox.delete_published(db).await?;
+        let mut rows = Vec::new();
+        for (i, incoming) in batch.iter().enumerate() {
+            match self.apply_in(db, incoming).await? {
+                Some(written) => rows.extend(written),
+                None => duplicates.push(i),
+            }
+        }
+        Ok((rows, deleting))
     }
 
     /// `None` for a duplicate; otherwise the outbox rows it wrote. Runs in the message's span, a
     /// child of the trace context the record carried; what it sends carries this span's.
-    async fn apply_in(&self, conn: &mut AnyConnection, incoming: &Incoming) -> Result<Option<Vec<OutboxRow>>, BatchError> {
+    async fn apply_in(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Option<Vec<OutboxRow>>, BatchError> {
         let span = process_span(H::SERVICE, &self.group_id, incoming);
         async {
             let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
@@ -397,7 +463,7 @@ impl<H: Handler> ConsumeLoop<H> {
         .await
     }
 
-    async fn apply_one_by_one(&self, batch: &[Incoming], records: &[&OwnedMessage], held: &mut Held, shutdown: &CancellationToken) -> bool {
+    async fn apply_one_by_one(self: &Arc<Self>, batch: &[Incoming], records: &[&OwnedMessage], held: &mut Held, shutdown: &CancellationToken) -> bool {
         for (incoming, record) in batch.iter().zip(records) {
             match self.apply_until_done(std::slice::from_ref(incoming), held, shutdown).await {
                 None => return false,
@@ -417,7 +483,7 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction, retrying transient failures with backoff. `None` when
     /// shutdown interrupted the retries; `Some(Err)` with the reason of a non-transient failure.
-    async fn apply_until_done(&self, batch: &[Incoming], held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
+    async fn apply_until_done(self: &Arc<Self>, batch: &[Incoming], held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.apply(batch, held).await {
@@ -482,7 +548,7 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
 
 /// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.
 /// `Ok(None)`: the inbox already held its message id, so nothing was applied.
-pub async fn apply_once<H: Handler>(conn: &mut AnyConnection, handler: &H, incoming: &Incoming) -> Result<Option<Vec<Message>>, HandleError> {
+pub async fn apply_once<H: Handler>(conn: &mut Conn<'_>, handler: &H, incoming: &Incoming) -> Result<Option<Vec<Message>>, HandleError> {
     if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
         return Ok(None);
     }

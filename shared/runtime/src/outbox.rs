@@ -1,7 +1,7 @@
 //! The inbox (dedupe) and outbox (durable intent to publish) tables shared by every service.
 
 use saga_contracts::{Message, Topics};
-use sqlx::AnyConnection;
+use saga_store::{args, Backend, Conn};
 
 use crate::codec::{Codec, EncodeError};
 
@@ -11,20 +11,15 @@ pub static MIGRATIONS: saga_store::Migrations =
 
 /// Records a message as handled. Returns false when it was handled before: the caller must then
 /// apply nothing.
-pub async fn record_in_inbox(conn: &mut AnyConnection, message: &Message, topic: &str, partition: i32, offset: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(&message.envelope().message_id)
-    .bind(message.full_name())
-    .bind(topic)
-    .bind(partition)
-    .bind(offset)
-    .bind(saga_store::now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+pub async fn record_in_inbox(conn: &mut Conn<'_>, message: &Message, topic: &str, partition: i32, offset: i64) -> Result<bool, sqlx::Error> {
+    let done = conn
+        .execute(
+            "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+            args![&message.envelope().message_id, message.full_name(), topic, partition, offset, saga_store::now_ms()],
+        )
+        .await?;
+    Ok(done == 1)
 }
 
 /// Why an outgoing message could not be written.
@@ -58,7 +53,7 @@ pub struct OutboxRow {
 /// by the writer's own relay when `owner` names it (the writer hands the row over once it has
 /// committed), otherwise (`None`, another program) by whichever relay next looks in the table.
 pub async fn write_to_outbox(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     codec: &Codec,
     topics: &Topics,
     message: &Message,
@@ -71,37 +66,30 @@ pub async fn write_to_outbox(
     all_headers.extend(headers.iter().cloned());
     let headers = serde_json::to_string(&all_headers).expect("string pairs always serialize");
     let topic = topics.name(message.topic_kind());
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-    )
-    .bind(&message.envelope().message_id)
-    .bind(message.full_name())
-    .bind(&topic)
-    .bind(message.order_id())
-    .bind(&payload)
-    .bind(&headers)
-    .bind(saga_store::now_ms())
-    .bind(owner)
-    .fetch_one(&mut *conn)
-    .await?;
+    let id: i64 = conn
+        .fetch_one(
+            "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            args![&message.envelope().message_id, message.full_name(), &topic, message.order_id(), &payload, &headers, saga_store::now_ms(), owner],
+        )
+        .await?
+        .at(0)?;
     Ok(OutboxRow { id, topic, key: message.order_id().to_string(), payload, headers })
 }
 
 /// Deletes the outbox rows `ids` (published ones) in the caller's transaction.
-pub async fn delete_from_outbox(conn: &mut AnyConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+pub async fn delete_from_outbox(conn: &mut Conn<'_>, ids: &[i64]) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
     // One statement text for any number of ids, so it is prepared once per connection (a text
     // per list would be parsed every time and crowd the statement cache).
     let list = format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
-    let sql = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
-        "DELETE FROM outbox WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)"
-    } else {
-        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))"
+    let sql = match conn.backend() {
+        Backend::Postgres => "DELETE FROM outbox WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)",
+        Backend::Sqlite => "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each($1))",
     };
-    sqlx::query(sql).bind(list).execute(&mut *conn).await?;
+    conn.execute(sql, args![&list]).await?;
     Ok(())
 }
 

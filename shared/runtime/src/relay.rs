@@ -27,8 +27,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use saga_store::Conn;
 use saga_store::{Backend, Db};
-use sqlx::{Acquire, AnyConnection, Row};
+use sqlx::{Acquire, Row};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +102,7 @@ impl HandOff {
     /// Deletes, in the caller's transaction, the rows published since the last call. Call
     /// [`Deleting::committed`] once that transaction has committed; dropped otherwise, the ids go
     /// back to be deleted later.
-    pub async fn delete_published<'a>(&'a self, conn: &mut AnyConnection) -> Result<Deleting<'a>, sqlx::Error> {
+    pub async fn delete_published<'a>(&'a self, conn: &mut Conn<'_>) -> Result<Deleting<'a>, sqlx::Error> {
         let ids = {
             let mut state = self.lock();
             state.published_since = None;
@@ -342,7 +343,7 @@ impl Relay {
         let result = async {
             let mut conn = self.db.pool().acquire().await?;
             let mut tx = conn.begin().await?;
-            delete_from_outbox(&mut tx, &ids).await?;
+            delete_from_outbox(&mut Conn::Sqlx(&mut tx), &ids).await?;
             tx.commit().await
         }
         .await;
@@ -477,7 +478,7 @@ impl Relay {
         }
         let (published, failure) = self.publish(&rows).await;
         let ids: Vec<i64> = rows.iter().take(published).map(|r| r.id).collect();
-        delete_from_outbox(&mut tx, &ids).await?;
+        delete_from_outbox(&mut Conn::Sqlx(&mut tx), &ids).await?;
         tx.commit().await?;
         match failure {
             Some(e) => Err(e),

@@ -227,6 +227,14 @@ impl<H: Handler> Service<H> {
             let group = crate::rejoin::GroupWatch::new(topics, Duration::from_millis(self.settings.consumer.rejoin_after_ms));
             side_tasks.push(tokio::spawn(crate::timers::watch_dead_letters(self.handler.clone(), consumer, group, self.db.clone(), side_stop.clone())));
         }
+        // On SQLite, each batch's transaction runs on a connection in a thread of its own.
+        let writer = match self.db.writer(H::SERVICE) {
+            None => None,
+            Some(Ok(writer)) => Some(writer),
+            Some(Err(e)) => {
+                return Err(ServiceError::Database { url: saga_store::redact_url(&self.settings.database.url), source: saga_store::StoreError::Sqlx(e) })
+            }
+        };
         let consume = ConsumeLoop {
             handler: self.handler,
             consumer: self.consumer,
@@ -239,6 +247,7 @@ impl<H: Handler> Service<H> {
             batch_size: self.settings.consumer.batch_size,
             rejoin_after: Duration::from_millis(self.settings.consumer.rejoin_after_ms),
             metrics: self.metrics,
+            writer,
         };
         tracing::info!(service = H::SERVICE, "consuming");
         consume.run(shutdown).await;

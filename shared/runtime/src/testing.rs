@@ -18,9 +18,18 @@ pub async fn migrate(db: &Db, service: &Migrations) {
 pub async fn apply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
     let message = message.into();
     let incoming = Incoming::new(&Topics::default(), message);
+    if let Some(file) = db.direct_sqlite_file() {
+        // As the consume loop's writer runs it: one direct connection, BEGIN IMMEDIATE.
+        let mut conn = saga_store::writer::connect(file)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(saga_store::sql::from_sqlite)?;
+        let out = apply_once(&mut saga_store::Conn::Sqlite(&mut conn), handler, &incoming).await;
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        conn.execute_batch(end).map_err(saga_store::sql::from_sqlite)?;
+        return out;
+    }
     let mut conn = db.pool().acquire().await?;
     let mut tx = conn.begin().await?;
-    let out = apply_once(&mut tx, handler, &incoming).await?;
+    let out = apply_once(&mut saga_store::Conn::Sqlx(&mut tx), handler, &incoming).await?;
     tx.commit().await?;
     Ok(out)
 }

@@ -15,6 +15,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message as _;
 use saga_contracts::Topics;
+use saga_store::Conn;
 use sqlx::Acquire;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -124,11 +125,12 @@ impl<H: Handler> Timers<H> {
         let result = async {
             let mut conn = self.db.pool().acquire().await.map_err(HandleError::Store)?;
             let mut tx = conn.begin().await.map_err(HandleError::Store)?;
-            let out = self.handler.fire(&mut tx, &item.id, now).await?;
+            let mut db = Conn::Sqlx(&mut tx);
+            let out = self.handler.fire(&mut db, &item.id, now).await?;
             let trace = crate::telemetry::headers_of(&tracing::Span::current());
             let mut rows = Vec::with_capacity(out.len());
             for message in &out {
-                let row = write_to_outbox(&mut tx, &self.codec, &self.topics, message, &trace, Some(self.outbox.owner())).await.map_err(|e| match e {
+                let row = write_to_outbox(&mut db, &self.codec, &self.topics, message, &trace, Some(self.outbox.owner())).await.map_err(|e| match e {
                     OutboxError::Store(e) => HandleError::Store(e),
                     OutboxError::Encode(e) => HandleError::Reject(e.to_string()),
                 })?;
@@ -189,7 +191,7 @@ pub async fn watch_dead_letters<H: Handler>(
             let result = async {
                 let mut conn = db.pool().acquire().await.map_err(HandleError::Store)?;
                 let mut tx = conn.begin().await.map_err(HandleError::Store)?;
-                handler.on_dead_letter(&mut tx, &letter).await?;
+                handler.on_dead_letter(&mut Conn::Sqlx(&mut tx), &letter).await?;
                 tx.commit().await.map_err(HandleError::Store)
             }
             .await;

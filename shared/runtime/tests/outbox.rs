@@ -19,7 +19,7 @@ use saga_runtime::consumer::header;
 use saga_runtime::outbox::{backlog, prune_inbox, record_in_inbox, write_to_outbox, OutboxRow};
 use saga_runtime::relay::{HandOff, Relay, RelayError};
 use saga_store::testing::TestDb;
-use saga_store::Db;
+use saga_store::{Conn, Db};
 use sqlx::Acquire;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +116,7 @@ impl Kit {
         let mut tx = conn.begin().await.unwrap();
         let mut rows = Vec::new();
         for m in messages {
-            rows.push(write_to_outbox(&mut tx, &self.codec, &self.topics, m, extra_headers, owner).await.expect("write to outbox"));
+            rows.push(write_to_outbox(&mut Conn::Sqlx(&mut tx), &self.codec, &self.topics, m, extra_headers, owner).await.expect("write to outbox"));
         }
         tx.commit().await.unwrap();
         rows
@@ -126,7 +126,7 @@ impl Kit {
     async fn delete_published(&self, handoff: &HandOff, commit: bool) -> usize {
         let mut conn = self.db().pool().acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        let deleting = handoff.delete_published(&mut tx).await.expect("delete published rows");
+        let deleting = handoff.delete_published(&mut Conn::Sqlx(&mut tx)).await.expect("delete published rows");
         let n = deleting.len();
         if commit {
             tx.commit().await.unwrap();
@@ -204,7 +204,7 @@ async fn the_inbox_takes_a_message_id_once(test_db: TestDb) {
     for (message, expected) in [(&first, true), (&first, false), (&other, true), (&first, false)] {
         let mut conn = db.pool().acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        let fresh = record_in_inbox(&mut tx, message, "saga.inventory.events", 3, 42).await.expect("record in inbox");
+        let fresh = record_in_inbox(&mut Conn::Sqlx(&mut tx), message, "saga.inventory.events", 3, 42).await.expect("record in inbox");
         tx.commit().await.unwrap();
         assert_eq!(fresh, expected, "{}", message.envelope().message_id);
     }
@@ -229,8 +229,8 @@ async fn the_inbox_takes_a_message_id_once_within_a_transaction(test_db: TestDb)
 
     let mut conn = db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    assert!(record_in_inbox(&mut tx, &message, "t", 0, 1).await.unwrap());
-    assert!(!record_in_inbox(&mut tx, &message, "t", 0, 2).await.unwrap(), "a batch holding the message twice applies it once");
+    assert!(record_in_inbox(&mut Conn::Sqlx(&mut tx), &message, "t", 0, 1).await.unwrap());
+    assert!(!record_in_inbox(&mut Conn::Sqlx(&mut tx), &message, "t", 0, 2).await.unwrap(), "a batch holding the message twice applies it once");
     tx.commit().await.unwrap();
     drop(conn);
 
@@ -244,13 +244,13 @@ async fn a_rolled_back_transaction_leaves_no_inbox_or_outbox_row(test_db: TestDb
 
     let mut conn = kit.db().pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    assert!(record_in_inbox(&mut tx, &messages[0], "t", 0, 7).await.unwrap());
-    write_to_outbox(&mut tx, &kit.codec, &kit.topics, &messages[1], &[], None).await.unwrap();
+    assert!(record_in_inbox(&mut Conn::Sqlx(&mut tx), &messages[0], "t", 0, 7).await.unwrap());
+    write_to_outbox(&mut Conn::Sqlx(&mut tx), &kit.codec, &kit.topics, &messages[1], &[], None).await.unwrap();
     tx.rollback().await.unwrap();
 
     assert_eq!(kit.backlog().await, 0);
     let mut tx = conn.begin().await.unwrap();
-    assert!(record_in_inbox(&mut tx, &messages[0], "t", 0, 7).await.unwrap(), "the rolled-back delivery did not count");
+    assert!(record_in_inbox(&mut Conn::Sqlx(&mut tx), &messages[0], "t", 0, 7).await.unwrap(), "the rolled-back delivery did not count");
     tx.commit().await.unwrap();
     drop(conn);
     assert_eq!(kit.relay(10).publish_burst().await.expect("publish"), 0, "nothing to publish");
@@ -435,7 +435,7 @@ async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
     let messages = inventory_events(3);
     let mut conn = db.pool().acquire().await.unwrap();
     for m in &messages {
-        assert!(record_in_inbox(&mut conn, m, "t", 0, 0).await.unwrap());
+        assert!(record_in_inbox(&mut Conn::Sqlx(&mut conn), m, "t", 0, 0).await.unwrap());
     }
     // Age the first row by a day.
     sqlx::query("UPDATE inbox SET received_at_ms = received_at_ms - 86400000 WHERE message_id = $1")
@@ -447,6 +447,6 @@ async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
     assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 1, "only the row older than the window goes");
     assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 0);
     // The forgotten id is accepted again; the remembered ones are still duplicates.
-    assert!(record_in_inbox(&mut conn, &messages[0], "t", 0, 0).await.unwrap());
-    assert!(!record_in_inbox(&mut conn, &messages[1], "t", 0, 0).await.unwrap());
+    assert!(record_in_inbox(&mut Conn::Sqlx(&mut conn), &messages[0], "t", 0, 0).await.unwrap());
+    assert!(!record_in_inbox(&mut Conn::Sqlx(&mut conn), &messages[1], "t", 0, 0).await.unwrap());
 }

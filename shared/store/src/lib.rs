@@ -9,7 +9,14 @@
 //! SQL in this workspace is written once, with `$1`-style placeholders that both drivers accept.
 //! Where the dialects differ (row locks, identity columns), code asks [`Db::backend`].
 
+pub mod sql;
 pub mod testing;
+pub mod writer;
+
+/// The SQLite bindings the writer runs on, for code that takes its connection.
+pub use rusqlite;
+pub use sql::{Arg, Conn, Row};
+pub use writer::Writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -98,6 +105,11 @@ pub struct Migrations {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The file of a SQLite database, for [`Db::writer`].
+    sqlite_file: Option<std::path::PathBuf>,
+    /// Whether transactions of the hot path run directly on SQLite ([`Writer`]) rather than
+    /// through the pool; see [`Db::with_direct_sqlite`].
+    direct: bool,
 }
 
 impl Db {
@@ -134,7 +146,12 @@ impl Db {
             })
             .connect_with(options)
             .await?;
-        Ok(Db { pool, backend })
+        let sqlite_file = match backend {
+            Backend::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(&url)?.get_filename().to_path_buf().into(),
+            Backend::Postgres => None,
+        };
+        let sqlite_file = sqlite_file.filter(|f: &std::path::PathBuf| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:");
+        Ok(Db { pool, backend, direct: sqlite_file.is_some(), sqlite_file })
     }
 
     /// Runs the dialect's migrations. Several migrators may share one database: each ignores the
@@ -153,6 +170,27 @@ impl Db {
     /// The pool, for queries.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Whether a SQLite file's hot-path transactions (each consume loop's batches) run on a
+    /// direct connection in a thread of their own (the default: one hand-over per batch), or
+    /// through the pool (sqlx's worker thread: one hand-over per statement). PostgreSQL and a
+    /// database in memory always use the pool.
+    pub fn with_direct_sqlite(mut self, on: bool) -> Db {
+        self.direct = on && self.sqlite_file.is_some();
+        self
+    }
+
+    /// The SQLite file that hot-path transactions open directly, when they do
+    /// ([`Db::with_direct_sqlite`]).
+    pub fn direct_sqlite_file(&self) -> Option<&std::path::Path> {
+        self.sqlite_file.as_deref().filter(|_| self.direct)
+    }
+
+    /// A [`Writer`] on this database, when its transactions run directly on SQLite
+    /// ([`Db::direct_sqlite_file`]); `None` otherwise.
+    pub fn writer(&self, name: &str) -> Option<Result<Writer, sqlx::Error>> {
+        Some(Writer::open(self.direct_sqlite_file()?, name))
     }
 
     /// Which dialect this database speaks.

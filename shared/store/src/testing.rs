@@ -30,6 +30,14 @@ impl TestDb {
         TestDb { db, url, _dir: Some(dir) }
     }
 
+    /// A new SQLite database whose handler transactions run through sqlx's pool rather than on a
+    /// direct connection (see [`Db::with_direct_sqlite`]).
+    pub async fn sqlite_pooled() -> TestDb {
+        let mut test = TestDb::sqlite().await;
+        test.db = test.db.clone().with_direct_sqlite(false);
+        test
+    }
+
     /// A new, empty PostgreSQL database on the test server.
     pub async fn postgres() -> TestDb {
         let url = create_postgres_database().await.unwrap_or_else(|e| {
@@ -87,7 +95,8 @@ pub async fn create_postgres_database() -> Result<String, StoreError> {
     Ok(format!("{base}/{name}"))
 }
 
-/// Runs each named `async fn(TestDb)` scenario twice: on SQLite, and on PostgreSQL.
+/// Runs each named `async fn(TestDb)` scenario three times: on SQLite with transactions on a
+/// direct connection (as services run them), on SQLite through sqlx's pool, and on PostgreSQL.
 ///
 /// The PostgreSQL variants are `#[ignore]`d so that `cargo test` passes on a machine with only the
 /// Rust toolchain; `.ci/run` runs them with `-- --ignored` against a live server, where an
@@ -100,6 +109,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::testing::TestDb::sqlite().await).await
+                }
+            )*
+        }
+        mod on_sqlite_pooled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::testing::TestDb::sqlite_pooled().await).await
                 }
             )*
         }
