@@ -224,21 +224,16 @@ impl<H: Handler> ConsumeLoop<H> {
         // page cache whenever another connection wrote since its last transaction, so a pooled
         // connection per batch read every page again.
         let mut held: Held = None;
-        let names: Vec<String> = self.handler.consumes().iter().map(|k| self.topics.name(*k)).collect();
-        let mut watch = GroupWatch::new(names, self.rejoin_after);
-        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The group watch makes blocking broker requests (many round trips the first time, to
+        // count the partitions): on a thread of its own, never in this loop, whose batches would
+        // wait behind them.
+        let watch_stop = shutdown.child_token();
+        let watching = tokio::spawn(self.clone().watch_group(watch_stop.clone()));
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 b = stream.next() => match b { Some(b) => b, None => break },
-                _ = check.tick() => {
-                    if watch.look(&self.consumer, H::SERVICE) {
-                        self.metrics.rejoins.inc();
-                    }
-                    continue;
-                }
             };
             let mut records = Vec::with_capacity(batch.len());
             for r in batch {
@@ -254,9 +249,41 @@ impl<H: Handler> ConsumeLoop<H> {
                 break;
             }
         }
+        watch_stop.cancel();
+        let _ = watching.await;
         drop(stream);
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(service = H::SERVICE, error = %e, "final offset commit had nothing to do or failed");
+        }
+    }
+
+    /// Every [`CHECK_EVERY`], looks for partitions of the group that no live member consumes and
+    /// rejoins when some have waited too long (see [`crate::rejoin`]); until `stop`.
+    async fn watch_group(self: Arc<Self>, stop: CancellationToken) {
+        let names: Vec<String> = self.handler.consumes().iter().map(|k| self.topics.name(*k)).collect();
+        let mut watch = Some(GroupWatch::new(names, self.rejoin_after));
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while let Some(mut w) = watch.take() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = check.tick() => {}
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || {
+                let rejoined = w.look_blocking(&this.consumer, H::SERVICE);
+                (w, rejoined)
+            })
+            .await
+            {
+                Ok((w, rejoined)) => {
+                    if rejoined {
+                        self.metrics.rejoins.inc();
+                    }
+                    watch = Some(w);
+                }
+                Err(e) => tracing::error!(service = H::SERVICE, error = %e, "the group watch failed; partitions left by dead members are no longer looked for"),
+            }
         }
     }
 

@@ -79,12 +79,20 @@ impl GroupWatch {
     }
 
     /// Looks once and, when partitions stalled, rejoins the group; true when it did. Blocking
-    /// broker requests are made only while the consumer owns fewer than all the partitions.
+    /// broker requests are made only while the consumer owns fewer than all the partitions (and
+    /// once, to learn how many there are); on a multi-threaded runtime they run in place of the
+    /// calling task. Code that may not block (a consume loop) calls [`GroupWatch::look_blocking`]
+    /// from a blocking thread instead.
     pub fn look(&mut self, consumer: &StreamConsumer<LoggingContext>, service: &'static str) -> bool {
-        let verdict = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => self.check(consumer),
-            _ => tokio::task::block_in_place(|| self.check(consumer)),
-        };
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => self.look_blocking(consumer, service),
+            _ => tokio::task::block_in_place(|| self.look_blocking(consumer, service)),
+        }
+    }
+
+    /// [`GroupWatch::look`] on the calling thread, which it may block for broker round trips.
+    pub fn look_blocking(&mut self, consumer: &StreamConsumer<LoggingContext>, service: &'static str) -> bool {
+        let verdict = self.check(consumer);
         match verdict {
             Ok(Verdict::Fine) => false,
             Ok(Verdict::Rejoin(stalled)) => {
