@@ -1,5 +1,9 @@
 //! `sagactl`: run the system in one process, manage topics and seed data, benchmark.
 
+/// mimalloc rather than the system allocator: many threads allocate small objects per message.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

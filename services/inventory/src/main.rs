@@ -1,3 +1,7 @@
+/// mimalloc rather than the system allocator: many threads allocate small objects per message.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     saga_runtime::service::service_main(saga_inventory::InventoryHandler, &saga_inventory::MIGRATIONS).await

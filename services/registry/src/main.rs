@@ -1,5 +1,9 @@
 //! `saga-registry`: the development schema registry as a process.
 
+/// mimalloc rather than the system allocator: many threads allocate small objects per message.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
