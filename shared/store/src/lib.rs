@@ -4,7 +4,11 @@
 //! - [`Db`]: a pool over either backend, chosen by the URL scheme (`sqlite://` or `postgres://`).
 //!   SQLite connections run in WAL mode with `synchronous=FULL`, so every commit is durable.
 //! - [`Migrations`]: a pair of embedded migrators, one per dialect; [`Db::migrate`] runs the right one.
-//! - [`testing`]: fresh databases for tests, one scenario run against both backends.
+//! - [`sql`]: [`Conn`], statements written once and run through sqlx (either backend) or
+//!   directly on a SQLite connection; [`Row`] reads columns by name, as an error when absent.
+//! - [`writer`]: [`Writer`], a SQLite connection on a thread of its own that runs whole batch
+//!   transactions handed to it (one hand-over per batch instead of one per statement).
+//! - [`testing`]: fresh databases for tests, one scenario run against every backend.
 //!
 //! SQL in this workspace is written once, with `$1`-style placeholders that both drivers accept.
 //! Where the dialects differ (row locks, identity columns), code asks [`Db::backend`].
