@@ -61,9 +61,11 @@ impl Operator {
         let mut conn = db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
+        // This process keeps no saga metrics: what the command did is not counted here.
+        let mut notes = Vec::new();
         let result: OperatorResult = match abort_reason {
-            None => control::retry(&self.orchestrator, &mut db_tx, saga_id).await?,
-            Some(reason) => control::abort(&self.orchestrator, &mut db_tx, saga_id, reason).await?,
+            None => control::retry(&self.orchestrator, &mut db_tx, saga_id, &mut notes).await?,
+            Some(reason) => control::abort(&self.orchestrator, &mut db_tx, saga_id, reason, &mut notes).await?,
         };
         let done = if abort_reason.is_some() { "aborted" } else { "retried" };
         let trace: Vec<(String, String)> = result.before.trace_parent.iter().map(|tp| ("traceparent".to_string(), tp.clone())).collect();

@@ -30,6 +30,8 @@ pub struct InventoryHandler;
 impl Handler for InventoryHandler {
     const SERVICE: &'static str = "inventory";
 
+    type Note = ();
+
     fn consumes(&self) -> &'static [TopicKind] {
         &[TopicKind::InventoryCommands]
     }
@@ -38,7 +40,7 @@ impl Handler for InventoryHandler {
         &[StockReserved::FULL_NAME, StockReservationFailed::FULL_NAME, StockReleased::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, _notes: &mut Vec<()>) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::ReserveStock(m) => reserve(conn, m).await.map(|r| vec![r]),
             Message::ReleaseStock(m) => release(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),

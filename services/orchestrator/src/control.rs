@@ -12,18 +12,18 @@ use saga_store::Conn;
 
 use crate::saga::{self, Command, Outcome};
 use crate::store::{self, SagaRecord};
-use crate::{Cause, Orchestrator};
+use crate::{Cause, Observation, Orchestrator};
 
 /// The awaited reply of saga `id` is late: time the step out (see [`saga::on_timeout`]). Does
 /// nothing when the saga moved since the deadline was read.
-pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
+pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now_ms: i64, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
     let Some(saga) = store::load(conn, id).await? else { return Ok(vec![]) };
     if saga.deadline_at_ms.is_none_or(|d| d > now_ms) || saga.definition_version != i64::from(orch.definition().version) {
         return Ok(vec![]);
     }
     let cause = Cause { id: None, kind: "deadline" };
     match saga::on_timeout(orch.definition(), &saga.state, orch.timing()) {
-        Outcome::Applied(transition) => orch.record(conn, &saga, &transition, &cause, None).await,
+        Outcome::Applied(transition) => orch.record(conn, &saga, &transition, &cause, None, notes).await,
         Outcome::Ignored(why) => {
             // Nothing is awaited on a deadline: clear it, so it is not looked at again.
             tracing::debug!(saga_id = id, reason = %why, "deadline of a saga that awaits none cleared");
@@ -38,7 +38,7 @@ pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now
 /// A record keyed by a saga's id was dead-lettered: PARK the saga with a reference to it, so it
 /// waits for an operator instead of for a reply that cannot come. A dead letter of no saga is
 /// recorded as a stray message.
-pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut Conn<'_>, letter: &DeadLetterSeen) -> Result<(), HandleError> {
+pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut Conn<'_>, letter: &DeadLetterSeen, notes: &mut Vec<Observation>) -> Result<(), HandleError> {
     let reference = letter.reference();
     let reason = format!(
         "{} from {} dead-lettered as {} ({}): {}",
@@ -59,7 +59,7 @@ pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut Conn<'_>, letter: &D
     let cause = Cause { id: Some(&reference), kind: "dead-letter" };
     match saga::park(&saga.state, &reason) {
         Outcome::Applied(transition) => {
-            orch.record(conn, &saga, &transition, &cause, None).await?;
+            orch.record(conn, &saga, &transition, &cause, None, notes).await?;
             tracing::warn!(saga_id = key, dead_letter = %reference, "saga parked: one of its messages was dead-lettered");
         }
         Outcome::Ignored(why) => orch.record_ignored(conn, &saga, &cause, &why).await?,
@@ -106,19 +106,27 @@ async fn load_for_operator(conn: &mut Conn<'_>, saga_id: &str) -> Result<SagaRec
     store::load(conn, saga_id).await?.ok_or_else(|| OperatorError::UnknownSaga(saga_id.into()))
 }
 
-/// `sagactl sagas retry`: send the awaited command again (see [`saga::retry`]).
-pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str) -> Result<OperatorResult, OperatorError> {
+/// `sagactl sagas retry`: send the awaited command again (see [`saga::retry`]). What it did is
+/// pushed to `notes`, for the caller to count once its transaction commits.
+pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, notes: &mut Vec<Observation>) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition = saga::retry(orch.definition(), &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
-    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None).await?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None, notes).await?;
     Ok(OperatorResult { before, commands })
 }
 
-/// `sagactl sagas abort`: compensate from where the saga stands (see [`saga::abort`]).
-pub async fn abort(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, reason: &str) -> Result<OperatorResult, OperatorError> {
+/// `sagactl sagas abort`: compensate from where the saga stands (see [`saga::abort`]); notes as
+/// [`retry`].
+pub async fn abort(
+    orch: &Orchestrator,
+    conn: &mut Conn<'_>,
+    saga_id: &str,
+    reason: &str,
+    notes: &mut Vec<Observation>,
+) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition = saga::abort(orch.definition(), &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
-    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason)).await?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason), notes).await?;
     Ok(OperatorResult { before, commands })
 }
 

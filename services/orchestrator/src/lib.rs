@@ -25,7 +25,8 @@ use saga_runtime::{HandleError, Handler, Incoming};
 use saga_store::Conn;
 use std::sync::OnceLock;
 
-use crate::metrics::{Observation, Pending, SagaMetrics};
+pub use crate::metrics::Observation;
+use crate::metrics::SagaMetrics;
 
 use crate::definition::{order_saga, Action, Reply, SagaDefinition};
 use crate::saga::{Command, Outcome, Timing, Transition};
@@ -42,25 +43,20 @@ pub struct Orchestrator {
     /// How often due deadlines are looked for.
     timer_interval: std::time::Duration,
     metrics: OnceLock<SagaMetrics>,
-    pending: Pending,
 }
 
 impl Default for Orchestrator {
     fn default() -> Self {
         let definition = order_saga();
         definition.validate().expect("the built-in saga definition is well formed");
-        Orchestrator {
-            definition,
-            timing: Timing::default(),
-            timer_interval: std::time::Duration::from_millis(500),
-            metrics: OnceLock::new(),
-            pending: Pending::default(),
-        }
+        Orchestrator { definition, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new() }
     }
 }
 
 impl Handler for Orchestrator {
     const SERVICE: &'static str = "orchestrator";
+
+    type Note = Observation;
 
     fn consumes(&self) -> &'static [TopicKind] {
         &[TopicKind::OrderEvents, TopicKind::InventoryEvents, TopicKind::PaymentEvents]
@@ -77,27 +73,27 @@ impl Handler for Orchestrator {
         ]
     }
 
-    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         let message = &incoming.message;
         if let Message::OrderCreated(created) = message {
-            return self.start(conn, created).await;
+            return self.start(conn, created, notes).await;
         }
         let Some((reply, reason)) = reply_of(message) else {
             return Err(HandleError::Reject(format!("{} is not an event the orchestrator handles", message.short_name())));
         };
-        self.on_reply(conn, message, reply, reason).await
+        self.on_reply(conn, message, reply, reason, notes).await
     }
 
     fn register_metrics(&self, registry: &saga_runtime::prometheus::Registry) {
         let _ = self.metrics.set(SagaMetrics::register(registry));
     }
 
-    fn committed(&self) {
-        self.pending.commit(self.metrics.get(), self.definition.name);
-    }
-
-    fn rolled_back(&self) {
-        self.pending.discard();
+    fn committed(&self, notes: Vec<Observation>) {
+        if let Some(m) = self.metrics.get() {
+            for o in &notes {
+                m.count(self.definition.name, o);
+            }
+        }
     }
 
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
@@ -118,16 +114,21 @@ impl Handler for Orchestrator {
         Ok(due.into_iter().map(|(id, trace_parent)| saga_runtime::timers::Due { id, trace_parent }).collect())
     }
 
-    async fn fire(&self, conn: &mut Conn<'_>, id: &str, now_ms: i64) -> Result<Vec<Message>, HandleError> {
-        control::on_deadline(self, conn, id, now_ms).await
+    async fn fire(&self, conn: &mut Conn<'_>, id: &str, now_ms: i64, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
+        control::on_deadline(self, conn, id, now_ms, notes).await
     }
 
     fn watches_dead_letters(&self) -> bool {
         true
     }
 
-    async fn on_dead_letter(&self, conn: &mut Conn<'_>, letter: &saga_runtime::timers::DeadLetterSeen) -> Result<(), HandleError> {
-        control::on_dead_letter(self, conn, letter).await
+    async fn on_dead_letter(
+        &self,
+        conn: &mut Conn<'_>,
+        letter: &saga_runtime::timers::DeadLetterSeen,
+        notes: &mut Vec<Observation>,
+    ) -> Result<(), HandleError> {
+        control::on_dead_letter(self, conn, letter, notes).await
     }
 
     async fn refresh_gauges(&self, db: &saga_store::Db) {
@@ -145,7 +146,7 @@ impl Handler for Orchestrator {
 }
 
 impl Orchestrator {
-    async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated) -> Result<Vec<Message>, HandleError> {
+    async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         let saga_id = created.order_id.clone();
         if store::load(conn, &saga_id).await?.is_some() {
             let why = "a saga for this order already exists";
@@ -179,12 +180,19 @@ impl Orchestrator {
         let commands = self.commands(&record, &transition, &cause);
         let entry = log_entry(1, None, &transition, &cause, &commands, None);
         store::append_log(conn, &saga_id, &entry).await?;
-        self.pending.push(Observation::Started);
+        notes.push(Observation::Started);
         tracing::info!(saga_id = %saga_id, order_id = %saga_id, "saga started");
         Ok(commands)
     }
 
-    async fn on_reply(&self, conn: &mut Conn<'_>, message: &Message, reply: Reply, reason: Option<&str>) -> Result<Vec<Message>, HandleError> {
+    async fn on_reply(
+        &self,
+        conn: &mut Conn<'_>,
+        message: &Message,
+        reply: Reply,
+        reason: Option<&str>,
+        notes: &mut Vec<Observation>,
+    ) -> Result<Vec<Message>, HandleError> {
         let envelope = message.envelope();
         let saga_id = message.order_id();
         let Some(saga) = store::load(conn, saga_id).await? else {
@@ -201,7 +209,7 @@ impl Orchestrator {
         }
         let cause = Cause::message(&envelope.message_id, message.full_name());
         match saga::on_reply(&self.definition, &saga.state, reply, reason) {
-            Outcome::Applied(transition) => self.record(conn, &saga, &transition, &cause, reason).await,
+            Outcome::Applied(transition) => self.record(conn, &saga, &transition, &cause, reason, notes).await,
             Outcome::Ignored(why) => {
                 self.record_ignored(conn, &saga, &cause, &why).await?;
                 tracing::info!(saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
@@ -236,7 +244,8 @@ impl Orchestrator {
     }
 
     /// Stores `transition` of `saga` (optimistically: a concurrent change is a conflict, retried
-    /// by the caller), logs it with its cause, and returns the commands it sends.
+    /// by the caller), logs it with its cause, notes it down for the metrics, and returns the
+    /// commands it sends.
     pub async fn record(
         &self,
         conn: &mut Conn<'_>,
@@ -244,6 +253,7 @@ impl Orchestrator {
         transition: &Transition,
         cause: &Cause<'_>,
         reason: Option<&str>,
+        notes: &mut Vec<Observation>,
     ) -> Result<Vec<Message>, HandleError> {
         let saga_id = saga.saga_id.as_str();
         let deadline = self.deadline_at(saga_id, &transition.state);
@@ -256,10 +266,10 @@ impl Orchestrator {
         store::append_log(conn, saga_id, &entry).await?;
         let now = saga_store::now_ms();
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
-        self.pending.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
+        notes.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
         if transition.state.status.is_terminal() {
             let outcome = transition.state.status.as_str().to_ascii_lowercase();
-            self.pending.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
+            notes.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
         }
         tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
         Ok(commands)

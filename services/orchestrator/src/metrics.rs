@@ -4,17 +4,29 @@
 //! runtime calls [`Handler::committed`](saga_runtime::Handler::committed)); a rolled back batch is
 //! retried and must not count twice.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use saga_runtime::prometheus::{exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// One thing a saga did, waiting for its transaction to commit.
+/// One thing a saga did, noted down in its transaction and counted once that commits.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Observation {
+pub enum Observation {
+    /// A saga started.
     Started,
-    Step { step: String, outcome: String, seconds: f64 },
-    Finished { outcome: String, seconds: f64 },
+    /// A step moved: which, with what outcome, how long after the saga's previous move.
+    Step {
+        /// The step.
+        step: String,
+        /// What happened to it (`step-succeeded`, `compensated`, ...).
+        outcome: String,
+        /// Seconds since the saga last moved.
+        seconds: f64,
+    },
+    /// A saga ended: how, and how long it took in all.
+    Finished {
+        /// `completed`, `compensated`, ...
+        outcome: String,
+        /// Seconds since it started.
+        seconds: f64,
+    },
 }
 
 /// The orchestrator's metric families.
@@ -59,7 +71,7 @@ impl SagaMetrics {
         m
     }
 
-    fn count(&self, saga_type: &str, o: &Observation) {
+    pub(crate) fn count(&self, saga_type: &str, o: &Observation) {
         match o {
             Observation::Started => self.started.with_label_values(&[saga_type]).inc(),
             Observation::Step { step, outcome, seconds } => self.step_duration.with_label_values(&[saga_type, step, outcome]).observe(*seconds),
@@ -68,30 +80,5 @@ impl SagaMetrics {
                 self.duration.with_label_values(&[saga_type, outcome]).observe(*seconds);
             }
         }
-    }
-}
-
-/// Observations of the transactions in progress, one list per task: the consume loop, the
-/// deadline timer and the dead-letter watch each run their own transactions, and one's commit or
-/// rollback must not count or drop another's.
-#[derive(Default)]
-pub(crate) struct Pending(Mutex<HashMap<Option<tokio::task::Id>, Vec<Observation>>>);
-
-impl Pending {
-    pub(crate) fn push(&self, o: Observation) {
-        self.0.lock().expect("metrics lock").entry(tokio::task::try_id()).or_default().push(o);
-    }
-
-    pub(crate) fn commit(&self, metrics: Option<&SagaMetrics>, saga_type: &str) {
-        let taken = self.0.lock().expect("metrics lock").remove(&tokio::task::try_id()).unwrap_or_default();
-        if let Some(m) = metrics {
-            for o in &taken {
-                m.count(saga_type, o);
-            }
-        }
-    }
-
-    pub(crate) fn discard(&self) {
-        self.0.lock().expect("metrics lock").remove(&tokio::task::try_id());
     }
 }

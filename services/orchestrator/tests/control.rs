@@ -37,7 +37,7 @@ async fn fire_due(db: &Db, orch: &Orchestrator) -> Vec<Message> {
     for due in orch.due(db, now, 100).await.unwrap() {
         let mut conn = db.pool().acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        sent.extend(orch.fire(&mut Conn::Sqlx(&mut tx), &due.id, now).await.unwrap());
+        sent.extend(orch.fire(&mut Conn::Sqlx(&mut tx), &due.id, now, &mut Vec::new()).await.unwrap());
         tx.commit().await.unwrap();
     }
     sent
@@ -84,7 +84,7 @@ async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
     let mut conn = db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
     let before = get_saga(db, "o1").await.unwrap().unwrap();
-    let out = orch.fire(&mut Conn::Sqlx(&mut tx), "o1", before.deadline_at_ms.unwrap() - 1).await.unwrap();
+    let out = orch.fire(&mut Conn::Sqlx(&mut tx), "o1", before.deadline_at_ms.unwrap() - 1, &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
     assert!(out.is_empty(), "a deadline that has not passed for the saga's current wait fires nothing");
     assert_eq!(saga(db, "o1").await.1, Position::Step(1));
@@ -106,7 +106,7 @@ async fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_unt
     // An operator retries: one more attempt, with its own key, on a fresh deadline.
     let mut conn = db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    let done = control::retry(&orch, &mut Conn::Sqlx(&mut tx), "o1").await.unwrap();
+    let done = control::retry(&orch, &mut Conn::Sqlx(&mut tx), "o1", &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids(&done.commands), vec!["o1:reserve_stock:undo:3"]);
     assert_eq!(done.before.state.status, Status::Stuck);
@@ -132,7 +132,7 @@ fn dead_letter(key: &str, offset: i64) -> DeadLetterSeen {
 async fn on_dead_letter(db: &Db, letter: &DeadLetterSeen) {
     let mut conn = db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    Orchestrator::default().on_dead_letter(&mut Conn::Sqlx(&mut tx), letter).await.unwrap();
+    Orchestrator::default().on_dead_letter(&mut Conn::Sqlx(&mut tx), letter, &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -162,13 +162,13 @@ async fn abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do(tes
     let mut conn = db.pool().acquire().await.unwrap();
     let plan: Vec<String> = control::abort_plan(&orch, &mut Conn::Sqlx(&mut conn), "o1").await.unwrap().into_iter().map(|(_, key)| key).collect();
     assert_eq!(plan, vec!["o1:authorize_payment:undo:1", "o1:reserve_stock:undo:1", "o1:finalize:finalize:1"]);
-    assert!(matches!(control::abort(&orch, &mut Conn::Sqlx(&mut conn), "ghost", "x").await, Err(OperatorError::UnknownSaga(_))));
+    assert!(matches!(control::abort(&orch, &mut Conn::Sqlx(&mut conn), "ghost", "x", &mut Vec::new()).await, Err(OperatorError::UnknownSaga(_))));
     let mut tx = conn.begin().await.unwrap();
-    let done = control::abort(&orch, &mut Conn::Sqlx(&mut tx), "o1", "customer called").await.unwrap();
+    let done = control::abort(&orch, &mut Conn::Sqlx(&mut tx), "o1", "customer called", &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids(&done.commands), plan[..1].to_vec(), "the first planned command goes out now, the rest as each is confirmed");
     let s = get_saga(db, "o1").await.unwrap().unwrap();
     assert_eq!(s.state.failure.as_deref(), Some("aborted by an operator: customer called"));
-    let again = control::abort(&orch, &mut Conn::Sqlx(&mut conn), "o1", "again").await.unwrap_err();
+    let again = control::abort(&orch, &mut Conn::Sqlx(&mut conn), "o1", "again", &mut Vec::new()).await.unwrap_err();
     assert!(again.to_string().contains("already compensating"), "{again}");
 }

@@ -25,6 +25,8 @@ pub struct OrderHandler;
 impl Handler for OrderHandler {
     const SERVICE: &'static str = "order";
 
+    type Note = ();
+
     fn consumes(&self) -> &'static [TopicKind] {
         &[TopicKind::OrderCommands]
     }
@@ -33,7 +35,7 @@ impl Handler for OrderHandler {
         &[OrderCreated::FULL_NAME, OrderApproved::FULL_NAME, OrderRejected::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, _notes: &mut Vec<()>) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::PlaceOrder(m) => place(conn, m).await,
             Message::ApproveOrder(m) => finish(conn, &m.envelope, &m.order_id, OrderStatus::Approved, None).await,

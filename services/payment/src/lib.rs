@@ -27,6 +27,8 @@ pub struct PaymentHandler;
 impl Handler for PaymentHandler {
     const SERVICE: &'static str = "payment";
 
+    type Note = ();
+
     fn consumes(&self) -> &'static [TopicKind] {
         &[TopicKind::PaymentCommands]
     }
@@ -35,7 +37,7 @@ impl Handler for PaymentHandler {
         &[PaymentAuthorized::FULL_NAME, PaymentDeclined::FULL_NAME, PaymentVoided::FULL_NAME]
     }
 
-    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Vec<Message>, HandleError> {
+    async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, _notes: &mut Vec<()>) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::AuthorizePayment(m) => authorize(conn, m).await.map(|r| vec![r]),
             Message::VoidPayment(m) => void(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),

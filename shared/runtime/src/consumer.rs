@@ -73,26 +73,33 @@ pub trait Handler: Send + Sync + 'static {
     /// The service's name, for logs and client ids.
     const SERVICE: &'static str;
 
+    /// What handling a message notes down to count once its transaction has commits (the
+    /// orchestrator's saga metrics); `()` for a handler that counts nothing of its own. Notes of
+    /// a transaction that rolls back are dropped with it.
+    type Note: Send + 'static;
+
     /// The topics this service consumes.
     fn consumes(&self) -> &'static [TopicKind];
 
     /// Full names of the message types this service produces, registered at startup.
     fn produces(&self) -> &'static [&'static str];
 
-    /// Applies one message; returns the messages to publish. Runs inside a transaction that also
-    /// holds the inbox row and the outbox rows, so all of it commits or none does.
-    fn handle<'c>(&'c self, conn: &'c mut Conn<'_>, incoming: &'c Incoming) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
+    /// Applies one message; returns the messages to publish, and pushes to `notes` what to count
+    /// once committed. Runs inside a transaction that also holds the inbox row and the outbox
+    /// rows, so all of it commits or none does.
+    fn handle<'c>(
+        &'c self,
+        conn: &'c mut Conn<'_>,
+        incoming: &'c Incoming,
+        notes: &'c mut Vec<Self::Note>,
+    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
 
     /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
     fn register_metrics(&self, _registry: &prometheus::Registry) {}
 
-    /// The transaction of the messages handled since the last call committed: count what they did.
-    /// Called on the thread (and task) that handled them.
-    fn committed(&self) {}
-
-    /// The transaction of the messages handled since the last call rolled back (it will be
-    /// retried): forget what they did.
-    fn rolled_back(&self) {}
+    /// A transaction committed: count what its messages (or its deadline, or its dead letter)
+    /// noted down.
+    fn committed(&self, _notes: Vec<Self::Note>) {}
 
     /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
     /// saga view).
@@ -121,7 +128,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
     /// does nothing); returns the messages to publish, which go to the outbox in that transaction.
-    fn fire<'c>(&'c self, _conn: &'c mut Conn<'_>, _id: &'c str, _now_ms: i64) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
+    fn fire<'c>(
+        &'c self,
+        _conn: &'c mut Conn<'_>,
+        _id: &'c str,
+        _now_ms: i64,
+        _notes: &'c mut Vec<Self::Note>,
+    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
         async { Ok(Vec::new()) }
     }
 
@@ -136,6 +149,7 @@ pub trait Handler: Send + Sync + 'static {
         &'c self,
         _conn: &'c mut Conn<'_>,
         _letter: &'c crate::timers::DeadLetterSeen,
+        _notes: &'c mut Vec<Self::Note>,
     ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
         async { Ok(()) }
     }
@@ -374,16 +388,12 @@ impl<H: Handler> ConsumeLoop<H> {
     /// wrote.
     async fn apply(self: &Arc<Self>, batch: &[Incoming], held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
         let result = match &self.writer {
-            // The handler counts on the writer's thread, where it handled the batch.
             Some(writer) => self.apply_on_writer(writer, batch).await,
             None => {
                 let result = self.apply_in_transaction(batch, held).await;
                 if result.is_err() {
                     // The connection may be what failed (a restarted server): the retry takes a new one.
                     *held = None;
-                    self.handler.rolled_back();
-                } else {
-                    self.handler.committed();
                 }
                 result
             }
@@ -405,12 +415,13 @@ impl<H: Handler> ConsumeLoop<H> {
             None => held.insert(self.db.pool().acquire().await?),
         };
         let mut tx = conn.begin().await?;
-        let mut duplicates = Vec::new();
-        let (rows, deleting) = self.in_transaction(&mut Conn::Sqlx(&mut tx), batch, &mut duplicates).await?;
+        let (mut duplicates, mut notes) = (Vec::new(), Vec::new());
+        let (rows, deleting) = self.in_transaction(&mut Conn::Sqlx(&mut tx), batch, &mut duplicates, &mut notes).await?;
         let committing = std::time::Instant::now();
         tx.commit().await?;
         self.metrics.observe(Stage::Commit, committing.elapsed());
         deleting.committed();
+        self.handler.committed(notes);
         Ok((rows, duplicates))
     }
 
@@ -427,42 +438,41 @@ impl<H: Handler> ConsumeLoop<H> {
         // IMMEDIATE takes the write lock now (waiting out other writers under the busy timeout),
         // so the batch never fails to upgrade a read lock half-way.
         conn.execute_batch("BEGIN IMMEDIATE").map_err(saga_store::sql::from_sqlite)?;
-        let mut duplicates = Vec::new();
-        let written = self.in_transaction(&mut Conn::Sqlite(conn), batch, &mut duplicates).await;
+        let (mut duplicates, mut notes) = (Vec::new(), Vec::new());
+        let written = self.in_transaction(&mut Conn::Sqlite(conn), batch, &mut duplicates, &mut notes).await;
         let committing = std::time::Instant::now();
         let done = match written {
             Ok((rows, deleting)) => match conn.execute_batch("COMMIT") {
                 Ok(()) => {
                     deleting.committed();
+                    self.metrics.observe(Stage::Commit, committing.elapsed());
+                    self.handler.committed(notes);
                     Ok((rows, duplicates))
                 }
                 Err(e) => Err(BatchError::from(saga_store::sql::from_sqlite(e))),
             },
             Err(e) => Err(e),
         };
-        match &done {
-            Ok(_) => {
-                self.metrics.observe(Stage::Commit, committing.elapsed());
-                self.handler.committed();
-            }
-            Err(_) => {
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                self.handler.rolled_back();
-            }
+        if done.is_err() && !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
         done
     }
 
     /// Everything between BEGIN and COMMIT: published outbox rows deleted, each message recorded
     /// in the inbox and applied, what it emits written to the outbox.
-    async fn in_transaction(&self, db: &mut Conn<'_>, batch: &[Incoming], duplicates: &mut Vec<usize>) -> Result<(Vec<OutboxRow>, Deleting<'_>), BatchError> {
+    async fn in_transaction(
+        &self,
+        db: &mut Conn<'_>,
+        batch: &[Incoming],
+        duplicates: &mut Vec<usize>,
+        notes: &mut Vec<H::Note>,
+    ) -> Result<(Vec<OutboxRow>, Deleting<'_>), BatchError> {
         // What the relay published since the last transaction is deleted in this one.
         let deleting = self.outbox.delete_published(db).await?;
         let mut rows = Vec::new();
         for (i, incoming) in batch.iter().enumerate() {
-            match self.apply_in(db, incoming).await? {
+            match self.apply_in(db, incoming, notes).await? {
                 Some(written) => rows.extend(written),
                 None => duplicates.push(i),
             }
@@ -472,10 +482,10 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// `None` for a duplicate; otherwise the outbox rows it wrote. Runs in the message's span, a
     /// child of the trace context the record carried; what it sends carries this span's.
-    async fn apply_in(&self, conn: &mut Conn<'_>, incoming: &Incoming) -> Result<Option<Vec<OutboxRow>>, BatchError> {
+    async fn apply_in(&self, conn: &mut Conn<'_>, incoming: &Incoming, notes: &mut Vec<H::Note>) -> Result<Option<Vec<OutboxRow>>, BatchError> {
         let span = process_span(H::SERVICE, &self.group_id, incoming);
         async {
-            let Some(out) = apply_once(conn, self.handler.as_ref(), incoming).await? else {
+            let Some(out) = apply_once(conn, self.handler.as_ref(), incoming, notes).await? else {
                 tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
                 return Ok(None);
             };
@@ -575,11 +585,16 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
 
 /// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.
 /// `Ok(None)`: the inbox already held its message id, so nothing was applied.
-pub async fn apply_once<H: Handler>(conn: &mut Conn<'_>, handler: &H, incoming: &Incoming) -> Result<Option<Vec<Message>>, HandleError> {
+pub async fn apply_once<H: Handler>(
+    conn: &mut Conn<'_>,
+    handler: &H,
+    incoming: &Incoming,
+    notes: &mut Vec<H::Note>,
+) -> Result<Option<Vec<Message>>, HandleError> {
     if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
         return Ok(None);
     }
-    handler.handle(conn, incoming).await.map(Some)
+    handler.handle(conn, incoming, notes).await.map(Some)
 }
 
 /// Header value of a consumed record, as text.

@@ -22,15 +22,21 @@ pub async fn apply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>
         // As the consume loop's writer runs it: one direct connection, BEGIN IMMEDIATE.
         let mut conn = saga_store::writer::connect(file)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(saga_store::sql::from_sqlite)?;
-        let out = apply_once(&mut saga_store::Conn::Sqlite(&mut conn), handler, &incoming).await;
+        let mut notes = Vec::new();
+        let out = apply_once(&mut saga_store::Conn::Sqlite(&mut conn), handler, &incoming, &mut notes).await;
         let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
         conn.execute_batch(end).map_err(saga_store::sql::from_sqlite)?;
+        if out.is_ok() {
+            handler.committed(notes);
+        }
         return out;
     }
     let mut conn = db.pool().acquire().await?;
     let mut tx = conn.begin().await?;
-    let out = apply_once(&mut saga_store::Conn::Sqlx(&mut tx), handler, &incoming).await?;
+    let mut notes = Vec::new();
+    let out = apply_once(&mut saga_store::Conn::Sqlx(&mut tx), handler, &incoming, &mut notes).await?;
     tx.commit().await?;
+    handler.committed(notes);
     Ok(out)
 }
 

@@ -126,7 +126,8 @@ impl<H: Handler> Timers<H> {
             let mut conn = self.db.pool().acquire().await.map_err(HandleError::Store)?;
             let mut tx = conn.begin().await.map_err(HandleError::Store)?;
             let mut db = Conn::Sqlx(&mut tx);
-            let out = self.handler.fire(&mut db, &item.id, now).await?;
+            let mut notes = Vec::new();
+            let out = self.handler.fire(&mut db, &item.id, now, &mut notes).await?;
             let trace = crate::telemetry::headers_of(&tracing::Span::current());
             let mut rows = Vec::with_capacity(out.len());
             for message in &out {
@@ -137,17 +138,14 @@ impl<H: Handler> Timers<H> {
                 rows.push(row);
             }
             tx.commit().await.map_err(HandleError::Store)?;
+            self.handler.committed(notes);
             Ok::<Vec<OutboxRow>, HandleError>(rows)
         }
         .instrument(span)
         .await;
         match result {
-            Ok(rows) => {
-                self.handler.committed();
-                self.outbox.push(rows, stop).await;
-            }
+            Ok(rows) => self.outbox.push(rows, stop).await,
             Err(e) => {
-                self.handler.rolled_back();
                 // Still due: the next round tries again (after another instance, or the outage).
                 tracing::warn!(service = H::SERVICE, id = %item.id, error = %e, "firing a deadline failed; will retry");
             }
@@ -191,22 +189,20 @@ pub async fn watch_dead_letters<H: Handler>(
             let result = async {
                 let mut conn = db.pool().acquire().await.map_err(HandleError::Store)?;
                 let mut tx = conn.begin().await.map_err(HandleError::Store)?;
-                handler.on_dead_letter(&mut Conn::Sqlx(&mut tx), &letter).await?;
-                tx.commit().await.map_err(HandleError::Store)
+                let mut notes = Vec::new();
+                handler.on_dead_letter(&mut Conn::Sqlx(&mut tx), &letter, &mut notes).await?;
+                tx.commit().await.map_err(HandleError::Store)?;
+                handler.committed(notes);
+                Ok(())
             }
             .await;
             match result {
-                Ok(()) => {
-                    handler.committed();
-                    break;
-                }
+                Ok(()) => break,
                 Err(HandleError::Reject(why)) => {
-                    handler.rolled_back();
                     tracing::warn!(service = H::SERVICE, dead_letter = %letter.reference(), error = %why, "dead letter not recorded against a saga");
                     break;
                 }
                 Err(e) => {
-                    handler.rolled_back();
                     let delay = backoff.next_delay();
                     tracing::warn!(service = H::SERVICE, dead_letter = %letter.reference(), error = %e, retry_in_ms = delay.as_millis() as u64, "recording a dead letter failed; retrying");
                     tokio::select! {
