@@ -11,7 +11,7 @@ use saga_contracts::PlaceOrder;
 
 use crate::sample::{place_order, sample_order, Expect};
 use crate::seed::Seed;
-use crate::stack::{Stack, StackOptions};
+use crate::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 use crate::watch::watch_outcomes;
 
 /// How load is offered.
@@ -41,6 +41,10 @@ pub struct BenchOptions {
     pub partitions: i32,
     /// Records per consumer transaction.
     pub batch_size: usize,
+    /// The broker: in-process, or an external Kafka-protocol broker (tansu) by bootstrap address.
+    pub broker: BrokerChoice,
+    /// Fresh databases on the PostgreSQL test server instead of SQLite files.
+    pub postgres: bool,
 }
 
 /// What the benchmark measured.
@@ -213,11 +217,21 @@ fn bench_order(run: &str, i: usize) -> PlaceOrder {
     place_order(&format!("{run}-{i:06}"), &like.customer_id, like.lines)
 }
 
-/// Runs the benchmark on a fresh embedded stack (SQLite with `synchronous=FULL`: every commit is
-/// durable).
+/// Runs the benchmark on a fresh stack of the four services in this process: on the embedded
+/// broker and SQLite (`synchronous=FULL`: every commit is durable) unless told otherwise. On an
+/// external broker its topics and groups are named for this run alone.
 pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
     let mut stack_options = StackOptions::embedded(dir.path().to_path_buf());
+    if let BrokerChoice::External(_) = options.broker {
+        let run = format!("bench{}", saga_store::now_ms());
+        stack_options.topic_prefix = run.clone();
+        stack_options.group_suffix = format!("-{run}");
+    }
+    stack_options.broker = options.broker.clone();
+    if options.postgres {
+        stack_options.database = DatabaseChoice::Postgres;
+    }
     stack_options.partitions = options.partitions;
     stack_options.batch_size = options.batch_size;
     stack_options.seed = bench_seed();

@@ -119,6 +119,14 @@ enum Command {
         /// Records per consumer transaction.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         batch_size: u64,
+        /// An external Kafka-protocol broker (e.g. tansu) at this bootstrap address instead of the
+        /// in-process one; the run creates topics of its own there.
+        #[arg(long, value_name = "HOST:PORT")]
+        broker: Option<String>,
+        /// Fresh databases on the PostgreSQL server at SAGA_TEST_POSTGRES_URL (default
+        /// postgres://postgres@127.0.0.1:5432/postgres) instead of SQLite files; dropped afterwards.
+        #[arg(long)]
+        postgres: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -253,12 +261,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
             }
         }
-        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, json } => {
+        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, json } => {
             let (load, sagas) = match rate {
                 Some(rate) => (bench::Load::Open { rate }, duration.map_or(sagas as usize, |d| (rate * d as f64).ceil() as usize)),
                 None => (bench::Load::Closed { concurrency: concurrency as usize }, sagas as usize),
             };
-            let report = bench::run(bench::BenchOptions { sagas, load, partitions, batch_size: batch_size as usize }).await?;
+            let broker = match broker {
+                Some(b) if b.trim().is_empty() => anyhow::bail!("--broker: expected HOST:PORT of a Kafka-protocol broker, found an empty value"),
+                Some(b) => saga_cli::stack::BrokerChoice::External(b),
+                None => saga_cli::stack::BrokerChoice::Embedded,
+            };
+            let report = bench::run(bench::BenchOptions { sagas, load, partitions, batch_size: batch_size as usize, broker, postgres }).await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
