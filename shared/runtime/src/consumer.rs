@@ -6,17 +6,20 @@
 //! and wake the relay. A transient failure (database, registry) retries the same batch with
 //! backoff; nothing is skipped. A batch that fails for any other reason is replayed one message
 //! per transaction, so only the message that fails is dead-lettered.
+//!
+//! On a SQLite file, each batch's transaction runs on the service's writer thread
+//! ([`saga_store::Writer`]): the loop hands the batch over once and waits for one answer. On
+//! PostgreSQL it runs through the pool on a connection the loop keeps.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::Message as _;
-use saga_contracts::{Message, TopicKind, Topics};
+use saga_contracts::Topics;
 use saga_store::{Conn, Writer};
 use sqlx::Acquire;
 use tokio_util::sync::CancellationToken;
@@ -25,135 +28,12 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::codec::{Codec, DecodeError};
 use crate::dlt::{DeadLetter, DeadLetters};
+pub use crate::handler::{apply_once, header, HandleError, Handler, Incoming};
 use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
-use crate::outbox::{record_in_inbox, write_to_outbox, OutboxError, OutboxRow};
+use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
 use crate::rejoin::{GroupWatch, CHECK_EVERY};
 use crate::relay::{Deleting, HandOff};
-
-/// A decoded record, as a handler sees it.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// Topic it was read from.
-    pub topic: String,
-    /// Partition it was read from.
-    pub partition: i32,
-    /// Offset in that partition.
-    pub offset: i64,
-    /// The message.
-    pub message: Message,
-    /// The record's W3C trace context headers (`traceparent`, `tracestate`), if it had any.
-    pub trace: Vec<(String, String)>,
-}
-
-impl Incoming {
-    /// A message as if read from its topic's partition 0 at offset 0, without trace context.
-    pub fn new(topics: &Topics, message: Message) -> Incoming {
-        Incoming { topic: topics.name(message.topic_kind()), partition: 0, offset: 0, message, trace: Vec::new() }
-    }
-}
-
-/// Why a handler could not apply a message.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// The database failed; transient failures are retried, others replayed one by one.
-    #[error("database error: {0}")]
-    Store(#[from] sqlx::Error),
-    /// Another instance changed the same rows first; the batch is retried.
-    #[error("concurrent update: {0}")]
-    Conflict(String),
-    /// The message can never be applied (it contradicts the stored state in a way no retry can
-    /// fix); it goes to the dead-letter topic with this reason.
-    #[error("{0}")]
-    Reject(String),
-}
-
-/// A service's business logic, applied to one message inside the batch's transaction.
-pub trait Handler: Send + Sync + 'static {
-    /// The service's name, for logs and client ids.
-    const SERVICE: &'static str;
-
-    /// What handling a message notes down to count once its transaction has commits (the
-    /// orchestrator's saga metrics); `()` for a handler that counts nothing of its own. Notes of
-    /// a transaction that rolls back are dropped with it.
-    type Note: Send + 'static;
-
-    /// The topics this service consumes.
-    fn consumes(&self) -> &'static [TopicKind];
-
-    /// Full names of the message types this service produces, registered at startup.
-    fn produces(&self) -> &'static [&'static str];
-
-    /// Applies one message; returns the messages to publish, and pushes to `notes` what to count
-    /// once committed. Runs inside a transaction that also holds the inbox row and the outbox
-    /// rows, so all of it commits or none does.
-    fn handle<'c>(
-        &'c self,
-        conn: &'c mut Conn<'_>,
-        incoming: &'c Incoming,
-        notes: &'c mut Vec<Self::Note>,
-    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
-
-    /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
-    fn register_metrics(&self, _registry: &prometheus::Registry) {}
-
-    /// A transaction committed: count what its messages (or its deadline, or its dead letter)
-    /// noted down.
-    fn committed(&self, _notes: Vec<Self::Note>) {}
-
-    /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
-    /// saga view).
-    fn http_routes(&self, _db: &saga_store::Db) -> Option<axum::Router> {
-        None
-    }
-
-    /// Refreshes gauges that are read from the database; called every few seconds.
-    fn refresh_gauges<'a>(&'a self, _db: &'a saga_store::Db) -> impl Future<Output = ()> + Send + 'a {
-        async {}
-    }
-
-    /// Takes the settings the handler itself reads (the orchestrator's deadlines); called once,
-    /// before anything runs.
-    fn configure(&mut self, _settings: &crate::ServiceSettings) {}
-
-    /// How often to look for work that falls due without a message (deadlines); `None`: never.
-    fn timer_interval(&self) -> Option<std::time::Duration> {
-        None
-    }
-
-    /// Work due at `now_ms`, at most `limit` items, each with the W3C `traceparent` to run it under.
-    fn due<'a>(&'a self, _db: &'a saga_store::Db, _now_ms: i64, _limit: i64) -> impl Future<Output = Result<Vec<crate::timers::Due>, sqlx::Error>> + Send + 'a {
-        async { Ok(Vec::new()) }
-    }
-
-    /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
-    /// does nothing); returns the messages to publish, which go to the outbox in that transaction.
-    fn fire<'c>(
-        &'c self,
-        _conn: &'c mut Conn<'_>,
-        _id: &'c str,
-        _now_ms: i64,
-        _notes: &'c mut Vec<Self::Note>,
-    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
-        async { Ok(Vec::new()) }
-    }
-
-    /// Whether this service follows the dead-letter topics of the whole system (the orchestrator
-    /// parks the saga of a dead-lettered message).
-    fn watches_dead_letters(&self) -> bool {
-        false
-    }
-
-    /// A record reached a dead-letter topic; runs in a transaction of its own.
-    fn on_dead_letter<'c>(
-        &'c self,
-        _conn: &'c mut Conn<'_>,
-        _letter: &'c crate::timers::DeadLetterSeen,
-        _notes: &'c mut Vec<Self::Note>,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
-        async { Ok(()) }
-    }
-}
 
 /// Everything the consume loop needs besides the handler.
 pub struct ConsumeLoop<H: Handler> {
@@ -581,24 +461,4 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
         span.record("trace_id", id);
     }
     span
-}
-
-/// Records `incoming` in the inbox and lets `handler` apply it, in the caller's transaction.
-/// `Ok(None)`: the inbox already held its message id, so nothing was applied.
-pub async fn apply_once<H: Handler>(
-    conn: &mut Conn<'_>,
-    handler: &H,
-    incoming: &Incoming,
-    notes: &mut Vec<H::Note>,
-) -> Result<Option<Vec<Message>>, HandleError> {
-    if !record_in_inbox(conn, &incoming.message, &incoming.topic, incoming.partition, incoming.offset).await? {
-        return Ok(None);
-    }
-    handler.handle(conn, incoming, notes).await.map(Some)
-}
-
-/// Header value of a consumed record, as text.
-pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
-    let headers = record.headers()?;
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }

@@ -4,7 +4,8 @@
 //! - [`config`]: layered settings (file, then `SAGA_*` environment variables).
 //! - [`kafka`]: client configuration, topic creation, the logging consumer context.
 //! - [`codec`]: the Confluent wire format through a schema registry; poison vs retryable.
-//! - [`consumer`]: the batch consume loop and the [`Handler`] trait a service implements.
+//! - [`handler`]: the [`Handler`] trait a service implements, and the inputs it is given.
+//! - [`consumer`]: the batch consume loop.
 //! - [`outbox`]: the inbox and outbox tables.
 //! - [`relay`]: publishes the outbox.
 //! - [`dlt`]: dead-letter topics and their headers.
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod config;
 pub mod consumer;
 pub mod dlt;
+pub mod handler;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
@@ -38,7 +40,7 @@ pub mod testing;
 pub mod timers;
 
 pub use config::ServiceSettings;
-pub use consumer::{HandleError, Handler, Incoming};
+pub use handler::{HandleError, Handler, Incoming};
 pub use metrics::Metrics;
 /// The Prometheus client the runtime registers into, for handlers' own metrics.
 pub use prometheus;

@@ -4,7 +4,7 @@ use saga_contracts::{Envelope, Message, Topics};
 use saga_store::{Db, Migrations};
 use sqlx::Acquire;
 
-use crate::consumer::{apply_once, HandleError, Handler, Incoming};
+use crate::handler::{apply_once, HandleError, Handler, Incoming};
 
 /// Runs the inbox/outbox migrations and the service's own on `db`.
 pub async fn migrate(db: &Db, service: &Migrations) {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
 use rdkafka::Message as _;
 use saga_contracts::Topics;
 use saga_store::Conn;
@@ -21,62 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec::Codec;
-use crate::consumer::{header, HandleError, Handler};
-use crate::dlt::headers;
+pub use crate::handler::{DeadLetterSeen, Due};
+use crate::handler::{HandleError, Handler};
 use crate::kafka::LoggingContext;
 use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
 use crate::relay::HandOff;
-
-/// An item of work that fell due.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    /// What is due (a saga id).
-    pub id: String,
-    /// The W3C `traceparent` its work joins (the saga's trace).
-    pub trace_parent: Option<String>,
-}
-
-/// A record seen on a dead-letter topic, with the cause its headers give.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterSeen {
-    /// The dead-letter topic.
-    pub topic: String,
-    /// Partition in it.
-    pub partition: i32,
-    /// Offset in it.
-    pub offset: i64,
-    /// The record key (the aggregate id: order id, saga id), when it is text.
-    pub key: Option<String>,
-    /// Where it was read from before it failed.
-    pub original_topic: Option<String>,
-    /// Error class (`handler-failed`, `malformed-avro`, …).
-    pub class: Option<String>,
-    /// What was wrong.
-    pub message: Option<String>,
-    /// Its `message_id` header, when it had one.
-    pub message_id: Option<String>,
-}
-
-impl DeadLetterSeen {
-    /// Reads a consumed dead-letter record.
-    pub fn of(record: &OwnedMessage) -> DeadLetterSeen {
-        DeadLetterSeen {
-            topic: record.topic().to_string(),
-            partition: record.partition(),
-            offset: record.offset(),
-            key: record.key().and_then(|k| std::str::from_utf8(k).ok()).map(str::to_string),
-            original_topic: header(record, headers::ORIGINAL_TOPIC),
-            class: header(record, headers::ERROR_CLASS),
-            message: header(record, headers::ERROR_MESSAGE),
-            message_id: header(record, "message_id"),
-        }
-    }
-
-    /// Where to find it: `topic/partition/offset`.
-    pub fn reference(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
-    }
-}
 
 /// Everything the timer loop needs.
 pub struct Timers<H: Handler> {
