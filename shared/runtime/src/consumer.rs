@@ -233,6 +233,8 @@ impl<H: Handler> ConsumeLoop<H> {
         }
 
         // 2. Apply the good ones in one transaction; on a non-transient failure, one by one.
+        // Shared, not copied, with the writer's thread.
+        let good: Arc<[Incoming]> = good.into();
         if !good.is_empty() {
             let applying = std::time::Instant::now();
             let applied = self.apply_until_done(&good, held, shutdown).await;
@@ -266,7 +268,7 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction; counts it once committed. Returns the outbox rows it
     /// wrote.
-    async fn apply(self: &Arc<Self>, batch: &[Incoming], held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
+    async fn apply(self: &Arc<Self>, batch: &Arc<[Incoming]>, held: &mut Held) -> Result<Vec<OutboxRow>, BatchError> {
         let result = match &self.writer {
             Some(writer) => self.apply_on_writer(writer, batch).await,
             None => {
@@ -279,7 +281,7 @@ impl<H: Handler> ConsumeLoop<H> {
             }
         };
         let (rows, duplicates) = result?;
-        for incoming in batch {
+        for incoming in batch.iter() {
             self.metrics.consumed.with_label_values(&[&incoming.topic]).inc();
         }
         for i in duplicates {
@@ -307,8 +309,8 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// The batch's transaction on the SQLite writer's thread: every statement runs there, and
     /// this task waits for one answer.
-    async fn apply_on_writer(self: &Arc<Self>, writer: &Writer, batch: &[Incoming]) -> Result<Applied, BatchError> {
-        let (this, batch, runtime) = (self.clone(), batch.to_vec(), tokio::runtime::Handle::current());
+    async fn apply_on_writer(self: &Arc<Self>, writer: &Writer, batch: &Arc<[Incoming]>) -> Result<Applied, BatchError> {
+        let (this, batch, runtime) = (self.clone(), batch.clone(), tokio::runtime::Handle::current());
         // Nothing in the transaction waits on I/O but a registry lookup on a schema cache miss,
         // which the runtime's drivers serve while this thread blocks.
         writer.run(move |conn| runtime.block_on(this.transaction_on(conn, &batch))).await?
@@ -382,7 +384,9 @@ impl<H: Handler> ConsumeLoop<H> {
 
     async fn apply_one_by_one(self: &Arc<Self>, batch: &[Incoming], records: &[&OwnedMessage], held: &mut Held, shutdown: &CancellationToken) -> bool {
         for (incoming, record) in batch.iter().zip(records) {
-            match self.apply_until_done(std::slice::from_ref(incoming), held, shutdown).await {
+            // The failure path: one copy per message replayed is fine here.
+            let one: Arc<[Incoming]> = Arc::from([incoming.clone()]);
+            match self.apply_until_done(&one, held, shutdown).await {
                 None => return false,
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
@@ -400,7 +404,7 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Applies `batch` in one transaction, retrying transient failures with backoff. `None` when
     /// shutdown interrupted the retries; `Some(Err)` with the reason of a non-transient failure.
-    async fn apply_until_done(self: &Arc<Self>, batch: &[Incoming], held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
+    async fn apply_until_done(self: &Arc<Self>, batch: &Arc<[Incoming]>, held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.apply(batch, held).await {

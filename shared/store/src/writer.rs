@@ -62,11 +62,6 @@ impl Writer {
         Ok(Writer { jobs, path: path.to_path_buf() })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `job` on the writer's thread with its connection and returns what it returned.
     /// Jobs run one at a time, in the order they were handed over.
     pub async fn run<R: Send + 'static>(&self, job: impl FnOnce(&mut rusqlite::Connection) -> R + Send + 'static) -> Result<R, sqlx::Error> {
