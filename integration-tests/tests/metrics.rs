@@ -63,7 +63,7 @@ async fn a_scrape_after_a_run_counts_what_happened() {
     let order_events = stack.topic(TopicKind::OrderEvents);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let text = stack.metrics_text();
+        let text = stack.metrics_text().await.expect("metrics");
         let settled = value(&text, "saga_sagas_finished_total", &[("outcome", "compensated")]) == 2.0
             && value(&text, "saga_records_produced_total", &[("service", "order"), ("topic", &order_events)]) == 14.0
             && text.contains("saga_consumer_lag{")

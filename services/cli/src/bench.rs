@@ -45,6 +45,11 @@ pub struct BenchOptions {
     pub broker: BrokerChoice,
     /// Fresh databases on the PostgreSQL test server instead of SQLite files.
     pub postgres: bool,
+    /// Instances of each service (one consumer group per service).
+    pub instances: usize,
+    /// The services as processes of the binaries in this directory, instead of tasks of this
+    /// process.
+    pub processes: Option<std::path::PathBuf>,
 }
 
 /// What the benchmark measured.
@@ -81,15 +86,32 @@ pub struct BenchReport {
     pub p99_9_ms: f64,
     /// The slowest.
     pub max_ms: f64,
-    /// CPU of this process (every service, the broker and the load) over the run, in cores.
+    /// `embedded` (everything in this process) or `processes`.
+    pub mode: &'static str,
+    /// CPU over the run, in cores: of this process (the broker and the load, and in embedded
+    /// mode every service) plus the services' processes.
     pub cpu_cores: f64,
     /// Peak resident set of this process, MiB.
     pub peak_rss_mib: f64,
+    /// In processes mode, each process's CPU over the run and peak resident set; the first is
+    /// `sagactl` itself.
+    pub processes: Vec<ProcessFigure>,
     /// Mean time per observation of each runtime stage (`saga_stage_seconds`), over all four
     /// services, during the measured run.
     pub stages: Vec<StageFigure>,
     /// Per service, the fraction of the run its consume loop was busy decoding and applying.
     pub busy: Vec<ServiceBusy>,
+}
+
+/// What one process used.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessFigure {
+    /// `sagactl`, `registry`, `order`, ... (`order-1` for a second instance).
+    pub name: String,
+    /// CPU over the measured run, in cores.
+    pub cpu_cores: f64,
+    /// Peak resident set since it started, MiB.
+    pub peak_rss_mib: f64,
 }
 
 /// How busy one service's consume loop was.
@@ -187,9 +209,11 @@ impl BenchReport {
         };
         let mut stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
         stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
+        stages.extend(self.processes.iter().map(|p| format!(" cpu_{}={:.2} rss_mib_{}={:.0}", p.name, p.cpu_cores, p.name, p.peak_rss_mib)));
         format!(
-            "load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
+            "mode={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
              p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
+            self.mode,
             self.load,
             self.sagas,
             self.completed,
@@ -234,6 +258,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     stack_options.partitions = options.partitions;
     stack_options.batch_size = options.batch_size;
+    stack_options.instances = options.instances;
+    stack_options.processes = options.processes.clone();
     stack_options.seed = bench_seed();
     let stack = Arc::new(Stack::start(stack_options).await?);
     let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
@@ -252,8 +278,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
 
-    let cpu_before = process_cpu_seconds();
-    let metrics_before = stack.metrics_text();
+    let pids = stack.process_ids();
+    let cpu_of = |pids: &[(String, u32)]| -> Vec<f64> {
+        std::iter::once(process_cpu_seconds("self")).chain(pids.iter().map(|(_, pid)| process_cpu_seconds(&pid.to_string()))).collect()
+    };
+    let cpu_before = cpu_of(&pids);
+    let metrics_before = stack.metrics_text().await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel();
     let send = {
@@ -308,8 +338,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     let elapsed = started.elapsed();
-    let cpu = process_cpu_seconds() - cpu_before;
-    let metrics_after = stack.metrics_text();
+    let cpu: Vec<f64> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
+    let processes: Vec<ProcessFigure> = if pids.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once("sagactl".to_string())
+            .chain(pids.iter().map(|(name, _)| name.clone()))
+            .zip(std::iter::once("self".to_string()).chain(pids.iter().map(|(_, pid)| pid.to_string())))
+            .zip(&cpu)
+            .map(|((name, pid), cpu)| ProcessFigure { name, cpu_cores: cpu / elapsed.as_secs_f64(), peak_rss_mib: peak_rss_mib(&pid) })
+            .collect()
+    };
+    let metrics_after = stack.metrics_text().await?;
     let stages = stage_figures(&metrics_before, &metrics_after);
     let busy = loop_busy(&metrics_before, &metrics_after, elapsed.as_secs_f64());
     if let Some(scheduler) = scheduler {
@@ -347,8 +387,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         p99_ms: pct(0.99),
         p99_9_ms: pct(0.999),
         max_ms: pct(1.0),
-        cpu_cores: cpu / elapsed.as_secs_f64(),
-        peak_rss_mib: peak_rss_mib(),
+        mode: if options.processes.is_some() { "processes" } else { "embedded" },
+        cpu_cores: cpu.iter().sum::<f64>() / elapsed.as_secs_f64(),
+        peak_rss_mib: peak_rss_mib("self"),
+        processes,
         stages,
         busy,
     })
@@ -367,11 +409,12 @@ fn bench_seed() -> Seed {
     seed
 }
 
-/// User and system CPU time of this process so far, in seconds (0 where /proc is not there).
-fn process_cpu_seconds() -> f64 {
+/// User and system CPU time of a process (`self` or a process id) so far, in seconds (0 where
+/// /proc is not there).
+fn process_cpu_seconds(pid: &str) -> f64 {
     // Fields 14 and 15 of /proc/self/stat, after the command name in parentheses, in clock ticks
     // of 1/100 s (USER_HZ, fixed at 100 on Linux).
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
@@ -379,9 +422,10 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Peak resident set of this process (VmHWM), MiB (0 where /proc is not there).
-fn peak_rss_mib() -> f64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0.0 };
+/// Peak resident set (VmHWM) of a process (`self` or a process id), MiB (0 where /proc is not
+/// there).
+fn peak_rss_mib(pid: &str) -> f64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0.0 };
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
 }
 

@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use saga_cli::{bench, dev};
 
@@ -127,6 +128,14 @@ enum Command {
         /// postgres://postgres@127.0.0.1:5432/postgres) instead of SQLite files; dropped afterwards.
         #[arg(long)]
         postgres: bool,
+        /// `embedded`: every service a task of this process. `processes`: the registry and the
+        /// services as processes of the shipped binaries beside sagactl (the broker stays here
+        /// unless --broker names one).
+        #[arg(long, value_enum, default_value_t = BenchMode::Embedded)]
+        mode: BenchMode,
+        /// Instances of each service, sharing its consumer group (processes mode: with --postgres).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+        instances: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -261,7 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
             }
         }
-        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, json } => {
+        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, mode, instances, json } => {
             let (load, sagas) = match rate {
                 Some(rate) => (bench::Load::Open { rate }, duration.map_or(sagas as usize, |d| (rate * d as f64).ceil() as usize)),
                 None => (bench::Load::Closed { concurrency: concurrency as usize }, sagas as usize),
@@ -271,7 +280,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(b) => saga_cli::stack::BrokerChoice::External(b),
                 None => saga_cli::stack::BrokerChoice::Embedded,
             };
-            let report = bench::run(bench::BenchOptions { sagas, load, partitions, batch_size: batch_size as usize, broker, postgres }).await?;
+            let processes = match mode {
+                BenchMode::Embedded => None,
+                BenchMode::Processes => Some(std::env::current_exe()?.parent().context("sagactl's own directory")?.to_path_buf()),
+            };
+            let report = bench::run(bench::BenchOptions {
+                sagas,
+                load,
+                partitions,
+                batch_size: batch_size as usize,
+                broker,
+                postgres,
+                instances: instances as usize,
+                processes,
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -283,6 +306,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `sagactl bench` runs the services.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    /// Every service a task of this process.
+    Embedded,
+    /// The registry and the services as processes of the shipped binaries.
+    Processes,
 }
 
 /// A `--rate`: a positive number of sagas per second.

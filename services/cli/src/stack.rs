@@ -1,8 +1,10 @@
-//! The whole system in one process: broker, registry, four services, seeded databases.
+//! The whole system: broker, registry, four services, seeded databases.
 //!
 //! `sagactl dev`, `sagactl bench` and the end-to-end tests all run this. The broker is either
 //! the in-process [`saga_broker`] or an external Kafka-protocol broker (tansu in CI); the
-//! databases are SQLite files in a directory or fresh PostgreSQL databases.
+//! databases are SQLite files in a directory or fresh PostgreSQL databases. The registry and the
+//! services run as tasks of this process, or (`sagactl bench --mode processes`) as the shipped
+//! binaries, one OS process each, configured by `SAGA_*` variables as in a deployment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +62,9 @@ pub struct StackOptions {
     pub seed: Seed,
     /// Records per consumer transaction.
     pub batch_size: usize,
+    /// Run the registry and the services as processes of the binaries in this directory
+    /// (`saga-registry`, `saga-order`, ...) instead of as tasks of this process.
+    pub processes: Option<PathBuf>,
 }
 
 impl StackOptions {
@@ -75,6 +80,7 @@ impl StackOptions {
             instances: 1,
             seed: Seed::dev(),
             batch_size: 500,
+            processes: None,
         }
     }
 }
@@ -114,6 +120,10 @@ pub struct Stack {
     broker: Option<EmbeddedBroker>,
     /// PostgreSQL databases this stack created, dropped by [`Stack::stop`].
     created_databases: Vec<String>,
+    /// The registry and the services, when they run as processes.
+    procs: Vec<ServiceProcess>,
+    /// Where the processes log; held so the files live as long as the stack.
+    _log_dir: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -149,16 +159,34 @@ impl Stack {
             urls.push(url);
         }
 
-        let registry_db = Db::connect(&urls[0], 4).await.context("opening the registry database")?;
-        let registry = saga_registry::Registry::build_with_db(registry_db, options.registry_bind).await.context("starting the schema registry")?;
-        let registry_url = registry.url();
+        let log_dir = match options.processes {
+            Some(_) => Some(tempfile::Builder::new().prefix("saga-stack-logs").tempdir().context("creating a directory for the processes' logs")?),
+            None => None,
+        };
+        let mut procs = Vec::new();
         let registry_stop = CancellationToken::new();
-        let stop = registry_stop.clone();
-        let registry_task = tokio::spawn(async move {
-            if let Err(e) = registry.run_until_stopped(async move { stop.cancelled().await }).await {
-                tracing::error!(error = %e, "schema registry stopped with an error");
+        let (registry_url, registry_task) = match (&options.processes, &log_dir) {
+            (Some(bin_dir), Some(logs)) => {
+                let port = free_port()?;
+                let env = [("SAGA_REGISTRY_BIND".to_string(), format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL".to_string(), urls[0].clone())];
+                let registry = ServiceProcess::spawn(bin_dir, "saga-registry", "registry", &env, port, logs.path())?;
+                registry.wait_ready(Duration::from_secs(30)).await?;
+                procs.push(registry);
+                (format!("http://127.0.0.1:{port}"), None)
             }
-        });
+            _ => {
+                let registry_db = Db::connect(&urls[0], 4).await.context("opening the registry database")?;
+                let registry = saga_registry::Registry::build_with_db(registry_db, options.registry_bind).await.context("starting the schema registry")?;
+                let registry_url = registry.url();
+                let stop = registry_stop.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = registry.run_until_stopped(async move { stop.cancelled().await }).await {
+                        tracing::error!(error = %e, "schema registry stopped with an error");
+                    }
+                });
+                (registry_url, Some(task))
+            }
+        };
 
         let max_connections = 8;
         let open = |url: String, m: &'static Migrations| async move { open_database(&url, max_connections, m).await };
@@ -185,7 +213,35 @@ impl Stack {
 
         let shutdown = CancellationToken::new();
         let mut services = Vec::new();
-        for _ in 0..options.instances.max(1) {
+        if let (Some(bin_dir), Some(logs)) = (&options.processes, &log_dir) {
+            if options.instances > 1 && matches!(options.database, DatabaseChoice::Sqlite(_)) {
+                anyhow::bail!("{} instances per service as processes need PostgreSQL: a SQLite file takes one writing process", options.instances);
+            }
+            let databases = [("order", &urls[1]), ("inventory", &urls[2]), ("payment", &urls[3]), ("orchestrator", &urls[4])];
+            for instance in 0..options.instances.max(1) {
+                for (service, url) in databases {
+                    let port = free_port()?;
+                    let env = [
+                        ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+                        ("SAGA_KAFKA__GROUP_ID", format!("saga-{service}{}", options.group_suffix)),
+                        ("SAGA_KAFKA__PARTITIONS", options.partitions.to_string()),
+                        ("SAGA_KAFKA__CREATE_TOPICS", settings.kafka.create_topics.to_string()),
+                        ("SAGA_REGISTRY__URL", registry_url.clone()),
+                        ("SAGA_DATABASE__URL", url.clone()),
+                        ("SAGA_TOPICS__PREFIX", options.topic_prefix.clone()),
+                        ("SAGA_CONSUMER__BATCH_SIZE", options.batch_size.to_string()),
+                        ("SAGA_HTTP__BIND", format!("127.0.0.1:{port}")),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v));
+                    let name = if options.instances > 1 { format!("{service}-{instance}") } else { service.to_string() };
+                    procs.push(ServiceProcess::spawn(bin_dir, &format!("saga-{service}"), &name, &env, port, logs.path())?);
+                }
+            }
+            for p in procs.iter().filter(|p| p.name != "registry") {
+                p.wait_ready(Duration::from_secs(60)).await?;
+            }
+        }
+        for _ in 0..if options.processes.is_some() { 0 } else { options.instances.max(1) } {
             services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, &dbs.order, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, &dbs.inventory, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, &dbs.payment, &shutdown).await?);
@@ -206,10 +262,12 @@ impl Stack {
             shutdown,
             services,
             metrics,
-            registry: Some(registry_task),
+            registry: registry_task,
             registry_stop,
             broker,
             created_databases,
+            procs,
+            _log_dir: log_dir,
         })
     }
 
@@ -231,9 +289,19 @@ impl Stack {
     }
 
     /// The Prometheus text of every service instance's metrics (each series labelled with its
-    /// service).
-    pub fn metrics_text(&self) -> String {
-        self.metrics.iter().map(saga_runtime::Metrics::render).collect()
+    /// service): rendered here, or scraped from each process's `/metrics`.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let mut text: String = self.metrics.iter().map(saga_runtime::Metrics::render).collect();
+        for p in self.procs.iter().filter(|p| p.name != "registry") {
+            text.push_str(&http_get(p.http_port, "/metrics").await.with_context(|| format!("scraping the metrics of {}", p.name))?.1);
+        }
+        Ok(text)
+    }
+
+    /// The registry's and the services' processes, by name and process id (none when they run as
+    /// tasks of this process).
+    pub fn process_ids(&self) -> Vec<(String, u32)> {
+        self.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.id()?))).collect()
     }
 
     /// The live saga view and `/metrics` for the whole stack, to serve on an address of the caller's.
@@ -259,6 +327,12 @@ impl Stack {
         self.shutdown.cancel();
         for s in self.services.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
+        }
+        // The services before the registry, as in-process.
+        let mut procs = std::mem::take(&mut self.procs);
+        procs.sort_by_key(|p| p.name == "registry");
+        for p in procs {
+            p.terminate().await;
         }
         self.registry_stop.cancel();
         if let Some(r) = self.registry.take() {
@@ -366,4 +440,103 @@ impl EmbeddedBroker {
         self.stop.cancel();
         let _ = self.thread.join();
     }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
+}
+
+/// One of the shipped binaries running as a child process, its stderr in a log file.
+struct ServiceProcess {
+    /// `registry`, `order`, ... (`order-1` for a second instance).
+    name: String,
+    child: tokio::process::Child,
+    /// Its HTTP port (health, readiness, metrics; the registry's API).
+    http_port: u16,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` from `bin_dir` with this process's environment plus `env`; killed if the
+    /// stack is dropped without [`Stack::stop`].
+    fn spawn(
+        bin_dir: &std::path::Path,
+        binary: &str,
+        name: &str,
+        env: &[(String, String)],
+        http_port: u16,
+        log_dir: &std::path::Path,
+    ) -> anyhow::Result<ServiceProcess> {
+        let program = bin_dir.join(binary);
+        anyhow::ensure!(
+            program.is_file(),
+            "{} is missing: the services run as processes of the binaries beside sagactl; build them with `cargo build --release --bins`",
+            program.display()
+        );
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = tokio::process::Command::new(&program);
+        command.envs(env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(stderr).kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
+        Ok(ServiceProcess { name: name.to_string(), child, http_port, log })
+    }
+
+    /// Waits until the process answers ready (a service's `/readyz`, the registry's `/subjects`).
+    async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let path = if self.name == "registry" { "/subjects" } else { "/readyz" };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = http_get(self.http_port, path).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                anyhow::bail!(
+                    "{} did not answer ready on port {} within {} s; the end of its log ({}):\n{tail}",
+                    self.name,
+                    self.http_port,
+                    within.as_secs(),
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then up to 30 s for a clean exit, then SIGKILL.
+    async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => tracing::warn!(process = %self.name, %status, log = %self.log.display(), "exited with an error on SIGTERM"),
+            Ok(Err(e)) => tracing::warn!(process = %self.name, error = %e, "could not wait for it"),
+            Err(_) => {
+                tracing::warn!(process = %self.name, "did not stop within 30 s of SIGTERM; killing it");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1: the status code and the body.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.context("no answer within 10 s")??;
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP response: {:.80}", response))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
 }
