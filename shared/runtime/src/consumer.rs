@@ -4,8 +4,12 @@
 //! in one transaction, record each message in the inbox (a duplicate is skipped), let the
 //! handler apply it, and write what it emits to the outbox; commit; only then store the offsets
 //! and wake the relay. A transient failure (database, registry) retries the same batch with
-//! backoff; nothing is skipped. A batch that fails for any other reason is replayed one message
-//! per transaction, so only the message that fails is dead-lettered.
+//! backoff; nothing is skipped. A fatal one (the database itself is unusable: a table missing, a
+//! grant revoked, a read-only file) holds the loop on the same batch, reports it at `/readyz`
+//! and in `saga_consume_halted`, and tries again every few seconds: it resumes by itself once an
+//! operator mends the cause, and never dead-letters for it. A batch that fails for any other
+//! reason is replayed one message per transaction, so only the message that fails is
+//! dead-lettered.
 //!
 //! On a SQLite file, each batch's transaction runs on the service's writer thread
 //! ([`saga_store::Writer`]): the loop hands the batch over once and waits for one answer. On
@@ -29,6 +33,7 @@ use crate::backoff::Backoff;
 use crate::codec::{Codec, DecodeError};
 use crate::dlt::{DeadLetter, DeadLetters};
 pub use crate::handler::{apply_once, header, HandleError, Handler, Incoming};
+use crate::health::Halt;
 use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
 use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
@@ -63,6 +68,8 @@ pub struct ConsumeLoop<H: Handler> {
     /// On SQLite, the connection on a thread of its own that runs each batch's transaction in
     /// one hand-over ([`saga_store::Writer`]); `None`: batches run through the pool.
     pub writer: Option<Writer>,
+    /// Set while a fatal database error holds the loop still (`/readyz` reports it).
+    pub halt: Arc<Halt>,
 }
 
 /// What a batch transaction wrote to the outbox, and which of its messages were duplicates.
@@ -71,17 +78,23 @@ type Applied = (Vec<OutboxRow>, Vec<usize>);
 /// The consume loop's own database connection, taken from the pool once and kept.
 type Held = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
 
+/// Why a batch's transaction failed, which decides what happens next (see
+/// [`saga_store::Failure`]).
 enum BatchError {
+    /// Retry the batch with backoff.
     Transient(String),
+    /// A message of the batch cannot be applied: replay one by one, dead-letter the one that fails.
     Failed(String),
+    /// The database cannot take any batch: hold still and report it until it is mended.
+    Fatal(String),
 }
 
 impl From<sqlx::Error> for BatchError {
     fn from(e: sqlx::Error) -> Self {
-        if saga_store::is_transient(&e) {
-            BatchError::Transient(e.to_string())
-        } else {
-            BatchError::Failed(e.to_string())
+        match saga_store::classify(&e) {
+            saga_store::Failure::Transient => BatchError::Transient(e.to_string()),
+            saga_store::Failure::Poison => BatchError::Failed(e.to_string()),
+            saga_store::Failure::Fatal => BatchError::Fatal(e.to_string()),
         }
     }
 }
@@ -406,9 +419,14 @@ impl<H: Handler> ConsumeLoop<H> {
     /// shutdown interrupted the retries; `Some(Err)` with the reason of a non-transient failure.
     async fn apply_until_done(self: &Arc<Self>, batch: &Arc<[Incoming]>, held: &mut Held, shutdown: &CancellationToken) -> Option<Result<(), String>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut probe = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
         loop {
             match self.apply(batch, held).await {
                 Ok(rows) => {
+                    if let Some(reason) = self.halt.clear() {
+                        self.metrics.halted.set(0);
+                        tracing::info!(service = H::SERVICE, was = %reason, "the database takes batches again; consuming resumes");
+                    }
                     self.outbox.push(rows, shutdown).await;
                     return Some(Ok(()));
                 }
@@ -416,6 +434,24 @@ impl<H: Handler> ConsumeLoop<H> {
                     self.metrics.retries.with_label_values(&["database"]).inc();
                     if !self.wait(&mut backoff, &e, shutdown).await {
                         return None;
+                    }
+                }
+                Err(BatchError::Fatal(e)) => {
+                    if self.halt.set(&e) {
+                        self.metrics.halted.set(1);
+                        tracing::error!(
+                            service = H::SERVICE,
+                            error = %e,
+                            "the database refuses the work for a reason no message caused; consuming holds here (nothing is dead-lettered, \
+                             no offset moves, /readyz answers 503) and tries again every few seconds until it is mended"
+                        );
+                    } else {
+                        tracing::debug!(service = H::SERVICE, error = %e, "still halted");
+                    }
+                    let delay = probe.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return None,
                     }
                 }
                 Err(BatchError::Failed(e)) => return Some(Err(e)),

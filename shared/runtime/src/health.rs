@@ -1,6 +1,7 @@
 //! Health endpoints: `/healthz` answers while the process runs; `/readyz` answers 200 only
 //! while the database, the schema registry and the broker are reachable (checked in the
-//! background every few seconds, so probes are cheap), 503 with what is down otherwise.
+//! background every few seconds, so probes are cheap) and no fatal database error holds the
+//! consume loop still ([`Halt`]), 503 with what is wrong otherwise.
 //! `/metrics` serves the instance's Prometheus metrics.
 
 use std::net::SocketAddr;
@@ -22,12 +23,38 @@ use crate::codec::registry_http_client;
 use crate::config::RegistrySettings;
 use crate::metrics::Metrics;
 
-/// The last observed state of each dependency.
+/// Why the consume loop stands still, while a fatal database error holds it (see
+/// [`saga_store::Failure::Fatal`]); shared by the loop, which sets and clears it, and `/readyz`.
+#[derive(Default, Debug)]
+pub struct Halt(std::sync::Mutex<Option<String>>);
+
+impl Halt {
+    /// Records the reason; true when the loop was not halted before.
+    pub fn set(&self, reason: &str) -> bool {
+        let mut halted = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let first = halted.is_none();
+        *halted = Some(reason.to_string());
+        first
+    }
+
+    /// Clears it; the reason it had, if it was halted.
+    pub fn clear(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The reason, while halted.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The last observed state of each dependency, and of the consume loop.
 #[derive(Default)]
 pub struct Readiness {
     database: AtomicBool,
     registry: AtomicBool,
     broker: AtomicBool,
+    halt: Arc<Halt>,
 }
 
 /// `/readyz` body.
@@ -41,15 +68,24 @@ pub struct ReadyReport {
     pub registry: bool,
     /// The broker returned cluster metadata.
     pub broker: bool,
+    /// Why the consume loop stands still, when a fatal database error holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
 }
 
 impl Readiness {
+    /// Readiness that also reports the consume loop's `halt`.
+    pub fn new(halt: Arc<Halt>) -> Readiness {
+        Readiness { halt, ..Readiness::default() }
+    }
+
     /// The current report.
     pub fn report(&self) -> ReadyReport {
         let database = self.database.load(Ordering::Relaxed);
         let registry = self.registry.load(Ordering::Relaxed);
         let broker = self.broker.load(Ordering::Relaxed);
-        ReadyReport { ready: database && registry && broker, database, registry, broker }
+        let halted = self.halt.reason();
+        ReadyReport { ready: database && registry && broker && halted.is_none(), database, registry, broker, halted }
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub broker_rtt: GaugeVec,
     /// `saga_kafka_queued_messages`: messages in the client's queues (librdkafka `msg_cnt`).
     pub queued_messages: IntGauge,
+    /// `saga_consume_halted`: 1 while a fatal database error (a missing table, a revoked grant,
+    /// a read-only database) holds the consume loop still, else 0.
+    pub halted: IntGauge,
     /// `saga_stage_seconds{stage}`: where a message's time goes in this service, stage by stage
     /// (see [`Stage`]).
     pub stage: HistogramVec,
@@ -102,12 +105,15 @@ impl Metrics {
         let rejoins = IntCounter::new("saga_consumer_rejoins_total", "Rejoins of the group because partitions had records no live member consumed.")
             .expect("valid metric");
         let queued_messages = IntGauge::new("saga_kafka_queued_messages", "Messages in the Kafka client's queues.").expect("valid metric");
+        let halted = IntGauge::new("saga_consume_halted", "1 while a fatal database error holds the consume loop still (nothing is dead-lettered for it).")
+            .expect("valid metric");
         let broker_rtt =
             GaugeVec::new(Opts::new("saga_kafka_broker_rtt_seconds", "Average request round trip to each broker."), &["broker"]).expect("valid metric");
         for m in [
             Box::new(outbox_backlog.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outbox_oldest_age.clone()),
             Box::new(queued_messages.clone()),
+            Box::new(halted.clone()),
             Box::new(rejoins.clone()),
             Box::new(broker_rtt.clone()),
         ] {
@@ -141,6 +147,7 @@ impl Metrics {
             outbox_backlog,
             outbox_oldest_age,
             queued_messages,
+            halted,
             broker_rtt,
             stage,
             registry,

@@ -68,6 +68,8 @@ pub struct Service<H: Handler> {
     metrics: Metrics,
     /// Follows the system's dead-letter topics, for a handler that watches them.
     dead_letter_consumer: Option<(StreamConsumer<LoggingContext>, Vec<String>)>,
+    /// Set while a fatal database error holds the consume loop still.
+    halt: Arc<crate::health::Halt>,
 }
 
 impl<H: Handler> Service<H> {
@@ -118,7 +120,7 @@ impl<H: Handler> Service<H> {
             "" => None,
             addr => Some(crate::health::bind(addr).await.map_err(|source| ServiceError::Http { addr: addr.into(), source })?),
         };
-        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics, dead_letter_consumer })
+        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics, dead_letter_consumer, halt: Arc::default() })
     }
 
     /// The instance's metrics (served at `/metrics` when the HTTP endpoints are on).
@@ -144,7 +146,7 @@ impl<H: Handler> Service<H> {
         let health_stop = CancellationToken::new();
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
-            let readiness = Arc::new(crate::health::Readiness::default());
+            let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone()));
             let extra = self.handler.http_routes(&self.db);
             health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), self.metrics.clone(), extra, health_stop.clone())));
             health_tasks.push(tokio::spawn(crate::health::check_until(
@@ -249,6 +251,7 @@ impl<H: Handler> Service<H> {
             rejoin_after: Duration::from_millis(self.settings.consumer.rejoin_after_ms),
             metrics: self.metrics,
             writer,
+            halt: self.halt,
         };
         tracing::info!(service = H::SERVICE, "consuming");
         consume.run(shutdown).await;

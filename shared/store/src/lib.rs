@@ -64,36 +64,72 @@ impl StoreError {
     }
 }
 
-/// Classifies a sqlx error. Only errors that say the statement or the data is wrong are
-/// permanent (a constraint violated, a value out of range, SQL that does not fit the schema, a
-/// column that does not decode); everything else (connections lost, timeouts, lock contention,
-/// a read-only or failing-over primary, a full disk) is transient and retried, so an outage
-/// never turns into dead letters.
-pub fn is_transient(e: &sqlx::Error) -> bool {
+/// What a database error says about the work that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database could not do it now (a lost connection, a timeout, lock contention, too many
+    /// connections): the same work may succeed later, so it is retried.
+    Transient,
+    /// The work's data does not fit (a constraint violated, a value out of range, a row that does
+    /// not decode): the same message fails again however often it is retried, so it goes to its
+    /// dead-letter topic.
+    Poison,
+    /// The database is unusable as it stands (a table or column missing, permission denied, a
+    /// read-only database, a full disk, SQL it does not understand): no message caused it and
+    /// every message would meet it, so nothing may be dead-lettered for it. The consumer stops
+    /// where it is, reports not ready, and tries again until an operator mends the cause.
+    Fatal,
+}
+
+/// Classifies a sqlx error (see [`Failure`]).
+pub fn classify(e: &sqlx::Error) -> Failure {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             let code = code.as_ref();
-            match code.parse::<i64>() {
-                // SQLite result codes: the primary code is the low byte. 1 SQL error,
-                // 19 constraint, 20 type mismatch, 25 range are about the statement or data.
-                Ok(n) => !matches!(n & 0xff, 1 | 19 | 20 | 25),
-                // PostgreSQL SQLSTATE: 22 data exception, 23 integrity constraint,
-                // 42 syntax error or access rule violation.
-                Err(_) => !(code.starts_with("22") || code.starts_with("23") || code.starts_with("42")),
+            // A PostgreSQL SQLSTATE is five characters, often all digits (42501); a SQLite
+            // (extended) result code is a number below 10,000.
+            let sqlite = if code.len() == 5 { None } else { code.parse::<i64>().ok() };
+            match sqlite {
+                // SQLite result codes: the primary code is the low byte.
+                Some(n) => match n & 0xff {
+                    // 19 constraint, 20 type mismatch, 25 bind index out of range.
+                    19 | 20 | 25 => Failure::Poison,
+                    // 1 SQL error (no such table or column, a syntax error), 8 read-only, 11
+                    // corrupt, 13 disk full, 14 cannot open, 23 authorization denied, 26 not a
+                    // database.
+                    1 | 8 | 11 | 13 | 14 | 23 | 26 => Failure::Fatal,
+                    // 5 busy, 6 locked, 10 I/O error, ...
+                    _ => Failure::Transient,
+                },
+                // PostgreSQL SQLSTATE classes.
+                None => match code.get(..2).unwrap_or_default() {
+                    // 22 data exception, 23 integrity constraint violation.
+                    "22" | "23" => Failure::Poison,
+                    // 42 syntax error or access rule violation (undefined table or column,
+                    // insufficient privilege), 28 invalid authorization, 3D no such database,
+                    // 3F no such schema, 0A feature not supported, 25006 read-only transaction,
+                    // 53100 disk full.
+                    "42" | "28" | "3D" | "3F" | "0A" => Failure::Fatal,
+                    _ if code == "25006" || code == "53100" => Failure::Fatal,
+                    _ => Failure::Transient,
+                },
             }
         }
-        sqlx::Error::Configuration(_)
-        | sqlx::Error::InvalidArgument(_)
-        | sqlx::Error::RowNotFound
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Encode(_)
-        | sqlx::Error::Decode(_) => false,
-        _ => true,
+        // The configuration or the code and the schema disagree: no message's doing.
+        sqlx::Error::Configuration(_) | sqlx::Error::TypeNotFound { .. } | sqlx::Error::ColumnIndexOutOfBounds { .. } | sqlx::Error::ColumnNotFound(_) => {
+            Failure::Fatal
+        }
+        sqlx::Error::InvalidArgument(_) | sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Encode(_) | sqlx::Error::Decode(_) => {
+            Failure::Poison
+        }
+        _ => Failure::Transient,
     }
+}
+
+/// True when [`classify`] says [`Failure::Transient`]: trying again later may succeed.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    classify(e) == Failure::Transient
 }
 
 /// A pair of embedded migrators, one per dialect, for the same logical schema.
@@ -246,6 +282,55 @@ mod tests {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    /// A database error with only a code, as either driver reports it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("code {0}")]
+    struct Coded(&'static str);
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn postgres_sqlstates_and_sqlite_codes_are_told_apart_and_classified() {
+        let class = |code: &'static str| classify(&sqlx::Error::Database(Box::new(Coded(code))));
+        // PostgreSQL: all-digit SQLSTATEs are not SQLite numbers (42501 & 0xff would be 5, "busy").
+        assert_eq!(class("42501"), Failure::Fatal, "insufficient privilege");
+        assert_eq!(class("42P01"), Failure::Fatal, "undefined table");
+        assert_eq!(class("25006"), Failure::Fatal, "read-only transaction");
+        assert_eq!(class("53100"), Failure::Fatal, "disk full");
+        assert_eq!(class("23505"), Failure::Poison, "unique violation");
+        assert_eq!(class("22P02"), Failure::Poison, "invalid text representation");
+        assert_eq!(class("40001"), Failure::Transient, "serialization failure");
+        assert_eq!(class("57P01"), Failure::Transient, "admin shutdown");
+        assert_eq!(class("53300"), Failure::Transient, "too many connections");
+        // SQLite (extended) result codes.
+        assert_eq!(class("2067"), Failure::Poison, "unique constraint");
+        assert_eq!(class("1"), Failure::Fatal, "no such table");
+        assert_eq!(class("8"), Failure::Fatal, "read-only");
+        assert_eq!(class("13"), Failure::Fatal, "disk full");
+        assert_eq!(class("5"), Failure::Transient, "busy");
+        assert_eq!(class("517"), Failure::Transient, "busy snapshot");
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), Failure::Transient);
     }
 
     #[test]

@@ -251,11 +251,16 @@ impl Conn<'_> {
     pub async fn execute(&mut self, sql: impl Into<Cow<'static, str>>, args: &[Arg<'_>]) -> Result<u64, sqlx::Error> {
         let sql = sql.into();
         match self {
-            Conn::Sqlx(c) => Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql)), args).execute(&mut **c).await?.rows_affected()),
+            Conn::Sqlx(c) => {
+                Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql.clone())), args).execute(&mut **c).await.map_err(|e| in_statement(e, &sql))?.rows_affected())
+            }
             Conn::Sqlite(c) => {
-                let mut statement = c.prepare_cached(&sql).map_err(from_sqlite)?;
-                bind_sqlite(&mut statement, args)?;
-                statement.raw_execute().map(|n| n as u64).map_err(from_sqlite)
+                let run = |c: &mut rusqlite::Connection| {
+                    let mut statement = c.prepare_cached(&sql).map_err(from_sqlite)?;
+                    bind_sqlite(&mut statement, args)?;
+                    statement.raw_execute().map(|n| n as u64).map_err(from_sqlite)
+                };
+                run(c).map_err(|e| in_statement(e, &sql))
             }
         }
     }
@@ -264,10 +269,14 @@ impl Conn<'_> {
     pub async fn fetch_all(&mut self, sql: impl Into<Cow<'static, str>>, args: &[Arg<'_>]) -> Result<Vec<Row>, sqlx::Error> {
         let sql = sql.into();
         match self {
-            Conn::Sqlx(c) => {
-                Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql)), args).fetch_all(&mut **c).await?.into_iter().map(|r| Row(RowInner::Any(r))).collect())
-            }
-            Conn::Sqlite(c) => query_sqlite(c, &sql, args, usize::MAX),
+            Conn::Sqlx(c) => Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql.clone())), args)
+                .fetch_all(&mut **c)
+                .await
+                .map_err(|e| in_statement(e, &sql))?
+                .into_iter()
+                .map(|r| Row(RowInner::Any(r)))
+                .collect()),
+            Conn::Sqlite(c) => query_sqlite(c, &sql, args, usize::MAX).map_err(|e| in_statement(e, &sql)),
         }
     }
 
@@ -275,8 +284,12 @@ impl Conn<'_> {
     pub async fn fetch_optional(&mut self, sql: impl Into<Cow<'static, str>>, args: &[Arg<'_>]) -> Result<Option<Row>, sqlx::Error> {
         let sql = sql.into();
         match self {
-            Conn::Sqlx(c) => Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql)), args).fetch_optional(&mut **c).await?.map(|r| Row(RowInner::Any(r)))),
-            Conn::Sqlite(c) => Ok(query_sqlite(c, &sql, args, 1)?.pop()),
+            Conn::Sqlx(c) => Ok(bind_sqlx(sqlx::query(AssertSqlSafe(sql.clone())), args)
+                .fetch_optional(&mut **c)
+                .await
+                .map_err(|e| in_statement(e, &sql))?
+                .map(|r| Row(RowInner::Any(r)))),
+            Conn::Sqlite(c) => Ok(query_sqlite(c, &sql, args, 1).map_err(|e| in_statement(e, &sql))?.pop()),
         }
     }
 
@@ -395,6 +408,72 @@ impl sqlx::error::DatabaseError for SqliteFailure {
     }
 }
 
+/// A database's error with the statement that met it, so that a log line or a dead letter says
+/// which statement failed. Code, kind and constraint are the database's own (classification does
+/// not change).
+#[derive(Debug)]
+struct InStatement {
+    inner: Box<dyn sqlx::error::DatabaseError>,
+    statement: String,
+}
+
+impl std::fmt::Display for InStatement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Statements are one line in the source; long ones are cut.
+        let statement: String = self.statement.split_whitespace().collect::<Vec<_>>().join(" ");
+        let cut = statement.char_indices().nth(200).map_or(statement.len(), |(i, _)| i);
+        write!(f, "{} (in `{}{}`)", self.inner, &statement[..cut], if cut < statement.len() { " ..." } else { "" })
+    }
+}
+
+impl std::error::Error for InStatement {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_error())
+    }
+}
+
+impl sqlx::error::DatabaseError for InStatement {
+    fn message(&self) -> &str {
+        self.inner.message()
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.inner.code()
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn constraint(&self) -> Option<&str> {
+        self.inner.constraint()
+    }
+
+    fn table(&self) -> Option<&str> {
+        self.inner.table()
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        self.inner.kind()
+    }
+}
+
+/// A database error that names the statement it met; other errors as they are.
+fn in_statement(e: sqlx::Error, statement: &str) -> sqlx::Error {
+    match e {
+        sqlx::Error::Database(inner) => sqlx::Error::Database(Box::new(InStatement { inner, statement: statement.to_string() })),
+        other => other,
+    }
+}
+
 /// Turns a rusqlite error into the sqlx error the callers classify.
 pub fn from_sqlite(e: rusqlite::Error) -> sqlx::Error {
     match e {
@@ -461,6 +540,24 @@ mod tests {
         let e = Conn::Sqlite(&mut other).execute("INSERT INTO t (name) VALUES ($1)", args!["other"]).await.unwrap_err();
         assert!(crate::is_transient(&e), "{e:?}");
         raw.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_or_a_read_only_file_is_fatal_and_names_the_statement() {
+        let (dir, mut raw) = direct();
+        let e = Conn::Sqlite(&mut raw).execute("INSERT INTO nowhere (name) VALUES ($1)", args!["x"]).await.unwrap_err();
+        assert_eq!(crate::classify(&e), crate::Failure::Fatal, "{e:?}");
+        assert!(e.to_string().contains("no such table: nowhere") && e.to_string().contains("in `INSERT INTO nowhere (name) VALUES ($1)`"), "{e}");
+        // The same file opened read-only, as a database a deployment mounted read-only.
+        drop(raw);
+        let mut ro = rusqlite::Connection::open_with_flags(dir.path().join("t.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let e = Conn::Sqlite(&mut ro).execute("INSERT INTO t (name) VALUES ($1)", args!["x"]).await.unwrap_err();
+        assert_eq!(crate::classify(&e), crate::Failure::Fatal, "{e:?}");
+        // A constraint is the data's fault, not the database's.
+        let mut rw = crate::writer::connect(&dir.path().join("t.db")).unwrap();
+        Conn::Sqlite(&mut rw).execute("INSERT INTO t (name) VALUES ($1)", args!["y"]).await.unwrap();
+        let e = Conn::Sqlite(&mut rw).execute("INSERT INTO t (name) VALUES ($1)", args!["y"]).await.unwrap_err();
+        assert_eq!(crate::classify(&e), crate::Failure::Poison, "{e:?}");
     }
 
     #[tokio::test]
