@@ -16,7 +16,6 @@ use saga_orchestrator::saga::Status;
 use saga_orchestrator::store::{self, LogEntry, SagaRecord};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::codec::Codec;
-use saga_runtime::Handler as _;
 use saga_store::Db;
 use sqlx::Acquire;
 

@@ -242,10 +242,13 @@ impl Stack {
             }
         }
         for _ in 0..if options.processes.is_some() { 0 } else { options.instances.max(1) } {
-            services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, &dbs.order, &shutdown).await?);
-            services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, &dbs.inventory, &shutdown).await?);
-            services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, &dbs.payment, &shutdown).await?);
-            services.push(spawn(&settings, &options.group_suffix, saga_orchestrator::Orchestrator::default(), &dbs.orchestrator, &shutdown).await?);
+            services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, Ok, &dbs.order, &shutdown).await?);
+            services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, Ok, &dbs.inventory, &shutdown).await?);
+            services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, Ok, &dbs.payment, &shutdown).await?);
+            let orchestrator = saga_orchestrator::Orchestrator::configured(&settings);
+            services.push(
+                spawn(&settings, &options.group_suffix, orchestrator, saga_orchestrator::Orchestrator::capabilities, &dbs.orchestrator, &shutdown).await?,
+            );
         }
         let (services, metrics): (Vec<_>, Vec<_>) = services.into_iter().unzip();
         let codec = Arc::new(Codec::new(&registry_url)?);
@@ -369,16 +372,18 @@ impl Drop for Stack {
     }
 }
 
+/// Builds and starts one service as a task: `add` adds its capabilities (`Ok` for none).
 async fn spawn<H: Handler>(
     settings: &ServiceSettings,
     group_suffix: &str,
     handler: H,
+    add: impl FnOnce(Service<H>) -> Result<Service<H>, saga_runtime::ServiceError>,
     db: &Db,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(JoinHandle<()>, saga_runtime::Metrics)> {
     let mut settings = settings.clone();
     settings.kafka.group_id = format!("saga-{}{group_suffix}", H::SERVICE);
-    let service = Service::build_with_db(settings, handler, db.clone()).await.with_context(|| format!("starting the {} service", H::SERVICE))?;
+    let service = Service::build_with_db(settings, handler, db.clone()).await.and_then(add).with_context(|| format!("starting the {} service", H::SERVICE))?;
     let metrics = service.metrics().clone();
     let shutdown = shutdown.clone();
     let task = tokio::spawn(async move {

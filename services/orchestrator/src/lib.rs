@@ -21,7 +21,7 @@ pub mod web;
 use saga_contracts::{
     ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine, TopicKind, VoidPayment,
 };
-use saga_runtime::{HandleError, Handler, Incoming};
+use saga_runtime::{Deadlines, HandleError, Handler, Incoming, Observed, WatchesDeadLetters};
 use saga_store::Conn;
 use std::sync::OnceLock;
 
@@ -84,10 +84,6 @@ impl Handler for Orchestrator {
         self.on_reply(conn, message, reply, reason, notes).await
     }
 
-    fn register_metrics(&self, registry: &saga_runtime::prometheus::Registry) {
-        let _ = self.metrics.set(SagaMetrics::register(registry));
-    }
-
     fn committed(&self, notes: Vec<Observation>) {
         if let Some(m) = self.metrics.get() {
             for o in &notes {
@@ -95,18 +91,11 @@ impl Handler for Orchestrator {
             }
         }
     }
+}
 
-    fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
-        Some(web::router(db.clone()))
-    }
-
-    fn configure(&mut self, settings: &saga_runtime::ServiceSettings) {
-        self.timing = timing_of(&settings.saga);
-        self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
-    }
-
-    fn timer_interval(&self) -> Option<std::time::Duration> {
-        Some(self.timer_interval)
+impl Deadlines for Orchestrator {
+    fn deadline_interval(&self) -> std::time::Duration {
+        self.timer_interval
     }
 
     async fn due(&self, db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<saga_runtime::timers::Due>, sqlx::Error> {
@@ -117,11 +106,9 @@ impl Handler for Orchestrator {
     async fn fire(&self, conn: &mut Conn<'_>, id: &str, now_ms: i64, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         control::on_deadline(self, conn, id, now_ms, notes).await
     }
+}
 
-    fn watches_dead_letters(&self) -> bool {
-        true
-    }
-
+impl WatchesDeadLetters for Orchestrator {
     async fn on_dead_letter(
         &self,
         conn: &mut Conn<'_>,
@@ -129,6 +116,12 @@ impl Handler for Orchestrator {
         notes: &mut Vec<Observation>,
     ) -> Result<(), HandleError> {
         control::on_dead_letter(self, conn, letter, notes).await
+    }
+}
+
+impl Observed for Orchestrator {
+    fn register_metrics(&self, registry: &saga_runtime::prometheus::Registry) {
+        let _ = self.metrics.set(SagaMetrics::register(registry));
     }
 
     async fn refresh_gauges(&self, db: &saga_store::Db) {
@@ -142,6 +135,31 @@ impl Handler for Orchestrator {
             }
             Err(e) => tracing::debug!(error = %e, "could not count sagas by state"),
         }
+    }
+
+    fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
+        Some(web::router(db.clone()))
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator with the deadlines and retry limits of `settings` (`saga.*`).
+    pub fn configured(settings: &saga_runtime::ServiceSettings) -> Orchestrator {
+        let mut orchestrator = Orchestrator::default();
+        orchestrator.configure(settings);
+        orchestrator
+    }
+
+    /// Takes the deadlines and retry limits of `settings` (`saga.*`).
+    pub fn configure(&mut self, settings: &saga_runtime::ServiceSettings) {
+        self.timing = timing_of(&settings.saga);
+        self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
+    }
+
+    /// Builds the orchestrator's service capabilities onto a built service: its metrics, gauges
+    /// and saga view, deadlines, and the dead-letter watch that parks sagas.
+    pub fn capabilities(service: saga_runtime::Service<Orchestrator>) -> Result<saga_runtime::Service<Orchestrator>, saga_runtime::ServiceError> {
+        service.observed().with_deadlines().with_dead_letter_watch()
     }
 }
 

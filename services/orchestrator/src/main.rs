@@ -4,5 +4,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    saga_runtime::service::service_main(saga_orchestrator::Orchestrator::default(), &saga_orchestrator::MIGRATIONS).await
+    saga_runtime::service::service_main(
+        saga_orchestrator::Orchestrator::configured,
+        &saga_orchestrator::MIGRATIONS,
+        saga_orchestrator::Orchestrator::capabilities,
+    )
+    .await
 }

@@ -10,7 +10,7 @@ use saga_orchestrator::saga::{Position, Status, Timing};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::timers::DeadLetterSeen;
-use saga_runtime::Handler;
+use saga_runtime::{Deadlines, WatchesDeadLetters};
 use saga_store::testing::TestDb;
 use saga_store::{Conn, Db};
 use sqlx::Acquire;

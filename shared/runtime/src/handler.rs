@@ -52,7 +52,10 @@ pub enum HandleError {
     Reject(String),
 }
 
-/// A service's business logic, applied to one message inside the batch's transaction.
+/// A service's business logic, applied to one message inside the batch's transaction: what
+/// every service needs. What only some services do is a capability of its own, added when the
+/// service is built: [`Deadlines`] ([`crate::Service::with_deadlines`]), [`WatchesDeadLetters`]
+/// ([`crate::Service::with_dead_letter_watch`]) and [`Observed`] ([`crate::Service::observed`]).
 pub trait Handler: Send + Sync + 'static {
     /// The service's name, for logs and client ids.
     const SERVICE: &'static str;
@@ -78,65 +81,58 @@ pub trait Handler: Send + Sync + 'static {
         notes: &'c mut Vec<Self::Note>,
     ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
 
-    /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
-    fn register_metrics(&self, _registry: &prometheus::Registry) {}
-
     /// A transaction committed: count what its messages (or its deadline, or its dead letter)
     /// noted down.
     fn committed(&self, _notes: Vec<Self::Note>) {}
+}
 
-    /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
-    /// saga view).
-    fn http_routes(&self, _db: &saga_store::Db) -> Option<axum::Router> {
-        None
-    }
-
-    /// Refreshes gauges that are read from the database; called every few seconds.
-    fn refresh_gauges<'a>(&'a self, _db: &'a saga_store::Db) -> impl Future<Output = ()> + Send + 'a {
-        async {}
-    }
-
-    /// Takes the settings the handler itself reads (the orchestrator's deadlines); called once,
-    /// before anything runs.
-    fn configure(&mut self, _settings: &crate::ServiceSettings) {}
-
-    /// How often to look for work that falls due without a message (deadlines); `None`: never.
-    fn timer_interval(&self) -> Option<std::time::Duration> {
-        None
-    }
+/// Work that falls due without a message (the orchestrator's step deadlines and retry timers).
+/// A service built with [`crate::Service::with_deadlines`] looks for it every
+/// [`Deadlines::deadline_interval`] and fires each item in a transaction of its own, with what it
+/// emits written to the outbox in that transaction.
+pub trait Deadlines: Handler {
+    /// How often to look for due work.
+    fn deadline_interval(&self) -> std::time::Duration;
 
     /// Work due at `now_ms`, at most `limit` items, each with the W3C `traceparent` to run it under.
-    fn due<'a>(&'a self, _db: &'a saga_store::Db, _now_ms: i64, _limit: i64) -> impl Future<Output = Result<Vec<Due>, sqlx::Error>> + Send + 'a {
-        async { Ok(Vec::new()) }
-    }
+    fn due<'a>(&'a self, db: &'a saga_store::Db, now_ms: i64, limit: i64) -> impl Future<Output = Result<Vec<Due>, sqlx::Error>> + Send + 'a;
 
     /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
     /// does nothing); returns the messages to publish, which go to the outbox in that transaction.
     fn fire<'c>(
         &'c self,
-        _conn: &'c mut Conn<'_>,
-        _id: &'c str,
-        _now_ms: i64,
-        _notes: &'c mut Vec<Self::Note>,
-    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c {
-        async { Ok(Vec::new()) }
-    }
+        conn: &'c mut Conn<'_>,
+        id: &'c str,
+        now_ms: i64,
+        notes: &'c mut Vec<Self::Note>,
+    ) -> impl Future<Output = Result<Vec<Message>, HandleError>> + Send + 'c;
+}
 
-    /// Whether this service follows the dead-letter topics of the whole system (the orchestrator
-    /// parks the saga of a dead-lettered message).
-    fn watches_dead_letters(&self) -> bool {
-        false
-    }
-
+/// Follows the dead-letter topics of the whole system (the orchestrator parks the saga of a
+/// dead-lettered message), in a consumer group of its own, when the service is built with
+/// [`crate::Service::with_dead_letter_watch`].
+pub trait WatchesDeadLetters: Handler {
     /// A record reached a dead-letter topic; runs in a transaction of its own.
     fn on_dead_letter<'c>(
         &'c self,
-        _conn: &'c mut Conn<'_>,
-        _letter: &'c DeadLetterSeen,
-        _notes: &'c mut Vec<Self::Note>,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c {
-        async { Ok(()) }
-    }
+        conn: &'c mut Conn<'_>,
+        letter: &'c DeadLetterSeen,
+        notes: &'c mut Vec<Self::Note>,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'c;
+}
+
+/// Metrics, gauges and HTTP routes of the handler's own, served beside the runtime's when the
+/// service is built with [`crate::Service::observed`].
+pub trait Observed: Handler {
+    /// Registers the handler's own metrics next to the runtime's; called once, before consuming.
+    fn register_metrics(&self, registry: &prometheus::Registry);
+
+    /// Refreshes gauges that are read from the database; called every few seconds.
+    fn refresh_gauges<'a>(&'a self, db: &'a saga_store::Db) -> impl Future<Output = ()> + Send + 'a;
+
+    /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
+    /// saga view).
+    fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router>;
 }
 
 /// An item of work that fell due.

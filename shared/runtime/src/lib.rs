@@ -4,7 +4,8 @@
 //! - [`config`]: layered settings (file, then `SAGA_*` environment variables).
 //! - [`kafka`]: client configuration, topic creation, the logging consumer context.
 //! - [`codec`]: the Confluent wire format through a schema registry; poison vs retryable.
-//! - [`handler`]: the [`Handler`] trait a service implements, and the inputs it is given.
+//! - [`handler`]: the [`Handler`] trait a service implements, the capabilities some add
+//!   ([`Deadlines`], [`WatchesDeadLetters`], [`Observed`]), and the inputs they are given.
 //! - [`consumer`]: the batch consume loop.
 //! - [`outbox`]: the inbox and outbox tables.
 //! - [`relay`]: publishes the outbox.
@@ -40,7 +41,7 @@ pub mod testing;
 pub mod timers;
 
 pub use config::ServiceSettings;
-pub use handler::{HandleError, Handler, Incoming};
+pub use handler::{Deadlines, HandleError, Handler, Incoming, Observed, WatchesDeadLetters};
 pub use metrics::Metrics;
 /// The Prometheus client the runtime registers into, for handlers' own metrics.
 pub use prometheus;

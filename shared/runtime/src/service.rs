@@ -1,4 +1,6 @@
-//! A participant service assembled from its handler: database, codec, consumer, relay.
+//! A service assembled from its handler: database, codec, consumer, relay; and the capabilities
+//! some handlers add when they are built ([`Service::with_deadlines`],
+//! [`Service::with_dead_letter_watch`], [`Service::observed`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use crate::codec::Codec;
 use crate::config::ServiceSettings;
 use crate::consumer::ConsumeLoop;
 use crate::dlt::DeadLetters;
-use crate::handler::Handler;
+use crate::handler::{Deadlines, Handler, Observed, WatchesDeadLetters};
 use crate::kafka::{self, LoggingContext};
 use crate::metrics::Metrics;
 use crate::relay::{HandOff, Relay};
@@ -66,10 +68,32 @@ pub struct Service<H: Handler> {
     topics: Topics,
     http: Option<tokio::net::TcpListener>,
     metrics: Metrics,
-    /// Follows the system's dead-letter topics, for a handler that watches them.
-    dead_letter_consumer: Option<(StreamConsumer<LoggingContext>, Vec<String>)>,
     /// Set while a fatal database error holds the consume loop still.
     halt: Arc<crate::health::Halt>,
+    /// The handler's own HTTP routes ([`Service::observed`]).
+    routes: Option<axum::Router>,
+    /// The handler's gauge refresh loop ([`Service::observed`]), started with the health tasks.
+    gauges: Option<GaugeTask>,
+    /// Tasks the capabilities add beside the consume loop (deadlines, the dead-letter watch);
+    /// started once schemas are registered, stopped before the relay.
+    side: Vec<SideTask>,
+}
+
+/// The handler's gauge refresh loop, given the database and when to stop.
+type GaugeTask = Box<dyn FnOnce(Db, CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// A task a capability runs beside the consume loop, given what it shares with it.
+type SideTask = Box<dyn FnOnce(Side) -> BoxFuture<'static, ()> + Send>;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a side task shares with the consume loop.
+struct Side {
+    db: Db,
+    codec: Arc<Codec>,
+    topics: Topics,
+    outbox: Arc<HandOff>,
+    stop: CancellationToken,
 }
 
 impl<H: Handler> Service<H> {
@@ -81,8 +105,7 @@ impl<H: Handler> Service<H> {
     }
 
     /// Like [`Service::build`], with a database the caller opened and migrated.
-    pub async fn build_with_db(settings: ServiceSettings, mut handler: H, db: Db) -> Result<Service<H>, ServiceError> {
-        handler.configure(&settings);
+    pub async fn build_with_db(settings: ServiceSettings, handler: H, db: Db) -> Result<Service<H>, ServiceError> {
         let topics = Topics::new(settings.topics.prefix.clone());
         let codec = Arc::new(Codec::connect(&settings.registry).map_err(|e| ServiceError::Registry(e.to_string()))?);
         let client_id = format!("saga-{}", H::SERVICE);
@@ -91,36 +114,101 @@ impl<H: Handler> Service<H> {
             kafka::create_topics(&settings.kafka, &topics.all_with_dlts()).await?;
         }
         let metrics = Metrics::new(H::SERVICE);
-        handler.register_metrics(metrics.registry());
         let consumer: StreamConsumer<LoggingContext> = kafka::consumer_config(&settings.kafka, &client_id)
             .create_with_context(LoggingContext { service: H::SERVICE, metrics: Some(metrics.clone()) })
             .map_err(kafka::KafkaSetupError::from)?;
         let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
-        let dead_letter_consumer = if handler.watches_dead_letters() {
-            let mut kafka = settings.kafka.clone();
-            kafka.group_id = format!("{}.dead-letters", settings.kafka.group_id);
-            // A static member id (kafka.client group.instance.id) names this consumer in its own
-            // group, distinct from the main consumer's.
-            if let Some(id) = kafka.client.get("group.instance.id").cloned() {
-                kafka.client.insert("group.instance.id".into(), format!("{id}.dead-letters"));
-            }
-            let c: StreamConsumer<LoggingContext> = kafka::consumer_config(&kafka, &format!("{client_id}-dead-letters"))
-                .create_with_context(LoggingContext::logging(H::SERVICE))
-                .map_err(kafka::KafkaSetupError::from)?;
-            let dlts: Vec<String> = topics.all_with_dlts().into_iter().filter(|t| t.ends_with(saga_contracts::topics::DLT_SUFFIX)).collect();
-            let refs: Vec<&str> = dlts.iter().map(String::as_str).collect();
-            c.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
-            Some((c, dlts))
-        } else {
-            None
-        };
         let http = match settings.http.bind.as_str() {
             "" => None,
             addr => Some(crate::health::bind(addr).await.map_err(|source| ServiceError::Http { addr: addr.into(), source })?),
         };
-        Ok(Service { handler: Arc::new(handler), settings, db, codec, producer, consumer, topics, http, metrics, dead_letter_consumer, halt: Arc::default() })
+        Ok(Service {
+            handler: Arc::new(handler),
+            settings,
+            db,
+            codec,
+            producer,
+            consumer,
+            topics,
+            http,
+            metrics,
+            halt: Arc::default(),
+            routes: None,
+            gauges: None,
+            side: Vec::new(),
+        })
+    }
+
+    /// Adds deadlines: every [`Deadlines::deadline_interval`], due work is fired in a transaction
+    /// of its own, with what it emits written to the outbox.
+    pub fn with_deadlines(mut self) -> Self
+    where
+        H: Deadlines,
+    {
+        let handler = self.handler.clone();
+        self.side.push(Box::new(move |side: Side| {
+            let timers = crate::timers::Timers {
+                interval: handler.deadline_interval(),
+                handler,
+                db: side.db,
+                codec: side.codec,
+                topics: side.topics,
+                outbox: side.outbox,
+            };
+            Box::pin(timers.run(side.stop))
+        }));
+        self
+    }
+
+    /// Adds the dead-letter watch: every dead-letter topic of the system, followed in a consumer
+    /// group of its own (`<group>.dead-letters`), each record handed to
+    /// [`WatchesDeadLetters::on_dead_letter`].
+    pub fn with_dead_letter_watch(mut self) -> Result<Self, ServiceError>
+    where
+        H: WatchesDeadLetters,
+    {
+        let mut kafka = self.settings.kafka.clone();
+        kafka.group_id = format!("{}.dead-letters", self.settings.kafka.group_id);
+        // A static member id (kafka.client group.instance.id) names this consumer in its own
+        // group, distinct from the main consumer's.
+        if let Some(id) = kafka.client.get("group.instance.id").cloned() {
+            kafka.client.insert("group.instance.id".into(), format!("{id}.dead-letters"));
+        }
+        let consumer: StreamConsumer<LoggingContext> = kafka::consumer_config(&kafka, &format!("saga-{}-dead-letters", H::SERVICE))
+            .create_with_context(LoggingContext::logging(H::SERVICE))
+            .map_err(kafka::KafkaSetupError::from)?;
+        let dlts: Vec<String> = self.topics.all_with_dlts().into_iter().filter(|t| t.ends_with(saga_contracts::topics::DLT_SUFFIX)).collect();
+        let refs: Vec<&str> = dlts.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
+        let group = crate::rejoin::GroupWatch::new(dlts, Duration::from_millis(self.settings.consumer.rejoin_after_ms));
+        let handler = self.handler.clone();
+        self.side.push(Box::new(move |side: Side| Box::pin(crate::timers::watch_dead_letters(handler, consumer, group, side.db, side.stop))));
+        Ok(self)
+    }
+
+    /// Adds the handler's own metrics (registered now), its gauges (refreshed every 5 s while
+    /// the service runs) and its HTTP routes (served beside the health endpoints).
+    pub fn observed(mut self) -> Self
+    where
+        H: Observed,
+    {
+        self.handler.register_metrics(self.metrics.registry());
+        self.routes = self.handler.http_routes(&self.db);
+        let handler = self.handler.clone();
+        self.gauges = Some(Box::new(move |db: Db, stop: CancellationToken| {
+            Box::pin(async move {
+                loop {
+                    handler.refresh_gauges(&db).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        }));
+        self
     }
 
     /// The instance's metrics (served at `/metrics` when the HTTP endpoints are on).
@@ -147,7 +235,7 @@ impl<H: Handler> Service<H> {
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
             let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone()));
-            let extra = self.handler.http_routes(&self.db);
+            let extra = self.routes.take();
             health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), self.metrics.clone(), extra, health_stop.clone())));
             health_tasks.push(tokio::spawn(crate::health::check_until(
                 readiness,
@@ -160,16 +248,9 @@ impl<H: Handler> Service<H> {
         }
         // Gauges read from the database (sagas by state), whether or not HTTP is on: an embedding
         // process (sagactl dev) serves the metrics itself.
-        let (handler, db, gauges_stop) = (self.handler.clone(), self.db.clone(), health_stop.clone());
-        health_tasks.push(tokio::spawn(async move {
-            loop {
-                handler.refresh_gauges(&db).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = gauges_stop.cancelled() => return,
-                }
-            }
-        }));
+        if let Some(gauges) = self.gauges.take() {
+            health_tasks.push(tokio::spawn(gauges(self.db.clone(), health_stop.clone())));
+        }
         let result = self.run_services(shutdown).await;
         health_stop.cancel();
         for t in health_tasks {
@@ -178,7 +259,7 @@ impl<H: Handler> Service<H> {
         result
     }
 
-    async fn run_services(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    async fn run_services(mut self, shutdown: CancellationToken) -> Result<(), ServiceError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.codec.register(self.handler.produces()).await {
@@ -215,20 +296,9 @@ impl<H: Handler> Service<H> {
         // Deadlines and dead letters write to the outbox, so they stop before the relay does.
         let side_stop = CancellationToken::new();
         let mut side_tasks = Vec::new();
-        if let Some(interval) = self.handler.timer_interval() {
-            let timers = crate::timers::Timers {
-                handler: self.handler.clone(),
-                db: self.db.clone(),
-                codec: self.codec.clone(),
-                topics: self.topics.clone(),
-                outbox: handoff.clone(),
-                interval,
-            };
-            side_tasks.push(tokio::spawn(timers.run(side_stop.clone())));
-        }
-        if let Some((consumer, topics)) = self.dead_letter_consumer {
-            let group = crate::rejoin::GroupWatch::new(topics, Duration::from_millis(self.settings.consumer.rejoin_after_ms));
-            side_tasks.push(tokio::spawn(crate::timers::watch_dead_letters(self.handler.clone(), consumer, group, self.db.clone(), side_stop.clone())));
+        for task in std::mem::take(&mut self.side) {
+            let side = Side { db: self.db.clone(), codec: self.codec.clone(), topics: self.topics.clone(), outbox: handoff.clone(), stop: side_stop.clone() };
+            side_tasks.push(tokio::spawn(task(side)));
         }
         // On SQLite, each batch's transaction runs on a connection in a thread of its own.
         let writer = match self.db.writer(H::SERVICE) {
@@ -298,8 +368,15 @@ pub struct ServiceArgs {
 ///
 /// An error that stops it is printed as a sentence with its causes (`error: invalid
 /// configuration: kafka.partitions must be at least 1`), and the exit code is 1.
-pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> std::process::ExitCode {
-    match run_service::<H>(handler, migrations).await {
+///
+/// `make` builds the handler from the loaded settings; `add` adds the capabilities it uses
+/// (`Ok` for none; the orchestrator's: `|s| s.observed().with_deadlines().with_dead_letter_watch()`).
+pub async fn service_main<H: Handler>(
+    make: impl FnOnce(&ServiceSettings) -> H,
+    migrations: &Migrations,
+    add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
+) -> std::process::ExitCode {
+    match run_service::<H>(make, migrations, add).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let mut message = format!("error: {e}");
@@ -317,7 +394,11 @@ pub async fn service_main<H: Handler>(handler: H, migrations: &Migrations) -> st
     }
 }
 
-async fn run_service<H: Handler>(handler: H, migrations: &Migrations) -> Result<(), Box<dyn std::error::Error>> {
+async fn run_service<H: Handler>(
+    make: impl FnOnce(&ServiceSettings) -> H,
+    migrations: &Migrations,
+    add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
+) -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     let args = ServiceArgs::parse();
     let _telemetry = crate::telemetry::init(H::SERVICE)?;
@@ -347,7 +428,8 @@ async fn run_service<H: Handler>(handler: H, migrations: &Migrations) -> Result<
             Err(e) => return Err(e.into()),
         }
     };
-    let service = Service::build_with_db(settings, handler, db).await?;
+    let handler = make(&settings);
+    let service = add(Service::build_with_db(settings, handler, db).await?)?;
     service.run_until_stopped(shutdown).await?;
     Ok(())
 }

@@ -21,13 +21,13 @@ use tracing::Instrument;
 
 use crate::codec::Codec;
 pub use crate::handler::{DeadLetterSeen, Due};
-use crate::handler::{HandleError, Handler};
+use crate::handler::{Deadlines, HandleError, WatchesDeadLetters};
 use crate::kafka::LoggingContext;
 use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
 use crate::relay::HandOff;
 
 /// Everything the timer loop needs.
-pub struct Timers<H: Handler> {
+pub struct Timers<H: Deadlines> {
     /// The business logic.
     pub handler: Arc<H>,
     /// The service's database.
@@ -42,7 +42,7 @@ pub struct Timers<H: Handler> {
     pub interval: Duration,
 }
 
-impl<H: Handler> Timers<H> {
+impl<H: Deadlines> Timers<H> {
     /// Fires due work every `interval` until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         loop {
@@ -103,7 +103,7 @@ impl<H: Handler> Timers<H> {
 
 /// Follows every dead-letter topic of the system in its own consumer group, handing each record
 /// to the handler; its offset is stored once the handler's transaction committed.
-pub async fn watch_dead_letters<H: Handler>(
+pub async fn watch_dead_letters<H: WatchesDeadLetters>(
     handler: Arc<H>,
     consumer: StreamConsumer<LoggingContext>,
     mut group: crate::rejoin::GroupWatch,
