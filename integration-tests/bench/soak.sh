@@ -19,10 +19,15 @@ start=$(date +%s)
 while kill -0 "$bench" 2>/dev/null; do
   line="$(( $(date +%s) - start ))"
   for n in $names; do
-    # The children of this bench only (a second run elsewhere does not count).
-    pid=$(pgrep -P "$bench" -x "$n" | head -1 || true)
-    rss=$( [ -n "$pid" ] && awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo -)
-    line="$line ${rss:--}"
+    # The children of this bench only (a second run elsewhere does not count), by the binary
+    # they run (process names are cut at 15 characters).
+    rss=-
+    for pid in $(pgrep -P "$bench" || true); do
+      if [ "$(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")" = "$n" ]; then
+        rss=$(awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo -)
+      fi
+    done
+    line="$line $rss"
   done
   echo "$line"
   for _ in $(seq 1 30); do kill -0 "$bench" 2>/dev/null || break; sleep 1; done

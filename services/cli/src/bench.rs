@@ -88,6 +88,14 @@ pub struct BenchReport {
     pub max_ms: f64,
     /// `embedded` (everything in this process) or `processes`.
     pub mode: &'static str,
+    /// `embedded` (the in-process broker) or the external broker's bootstrap address.
+    pub broker: String,
+    /// `sqlite` or `postgres`.
+    pub database: &'static str,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// Instances of each service.
+    pub instances: usize,
     /// CPU over the run, in cores: of this process (the broker and the load, and in embedded
     /// mode every service) plus the services' processes.
     pub cpu_cores: f64,
@@ -211,9 +219,13 @@ impl BenchReport {
         stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
         stages.extend(self.processes.iter().map(|p| format!(" cpu_{}={:.2} rss_mib_{}={:.0}", p.name, p.cpu_cores, p.name, p.peak_rss_mib)));
         format!(
-            "mode={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
+            "mode={} broker={} database={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
              p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
             self.mode,
+            self.broker,
+            self.database,
+            self.partitions,
+            self.instances,
             self.load,
             self.sagas,
             self.completed,
@@ -388,6 +400,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         p99_9_ms: pct(0.999),
         max_ms: pct(1.0),
         mode: if options.processes.is_some() { "processes" } else { "embedded" },
+        broker: match &options.broker {
+            BrokerChoice::Embedded => "embedded".to_string(),
+            BrokerChoice::External(bootstrap) => bootstrap.clone(),
+        },
+        database: if options.postgres { "postgres" } else { "sqlite" },
+        partitions: options.partitions,
+        instances: options.instances,
         cpu_cores: cpu.iter().sum::<f64>() / elapsed.as_secs_f64(),
         peak_rss_mib: peak_rss_mib("self"),
         processes,
