@@ -11,11 +11,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use saga_contracts::Topics;
-use saga_orchestrator::control::{self, OperatorResult};
+use saga_orchestrator::control::{self, OperatorError, OperatorResult};
 use saga_orchestrator::saga::Status;
 use saga_orchestrator::store::{self, LogEntry, SagaRecord};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::codec::Codec;
+use saga_runtime::HandleError;
 use saga_store::Db;
 use sqlx::Acquire;
 
@@ -55,8 +56,23 @@ impl Operator {
         self.act(db, saga_id, Some(reason)).await
     }
 
-    /// Retry (`abort_reason` none) or abort, and the outbox rows, in one transaction.
+    /// Retry (`abort_reason` none) or abort, and the outbox rows, in one transaction; tried again
+    /// (up to five times) when the database was busy or another writer moved the saga first,
+    /// since the orchestrator keeps writing while an operator acts.
     async fn act(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>) -> anyhow::Result<String> {
+        let mut attempt = 1;
+        loop {
+            match self.act_once(db, saga_id, abort_reason).await {
+                Err(e) if attempt < 5 && is_contention(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn act_once(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>) -> anyhow::Result<String> {
         let mut conn = db.pool().acquire().await?;
         let mut tx = conn.begin().await?;
         let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
@@ -86,6 +102,20 @@ impl Operator {
         )?;
         Ok(out)
     }
+}
+
+/// True when `e` says the database was busy or another writer won a conflict: the same command
+/// may go through a moment later.
+fn is_contention(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let store = cause.downcast_ref::<sqlx::Error>().or(match cause.downcast_ref::<OperatorError>() {
+            Some(OperatorError::Handle(HandleError::Store(e))) => Some(e),
+            _ => None,
+        });
+        let conflict = matches!(cause.downcast_ref::<OperatorError>(), Some(OperatorError::Handle(HandleError::Conflict(_))))
+            || matches!(cause.downcast_ref::<HandleError>(), Some(HandleError::Conflict(_)));
+        conflict || store.is_some_and(saga_store::is_transient)
+    })
 }
 
 /// `abort --dry-run`: the compensations an abort would send, in order, with their keys.

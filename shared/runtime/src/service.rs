@@ -38,6 +38,11 @@ pub enum ServiceError {
     /// The registry client could not be created.
     #[error("schema registry client: {0}")]
     Registry(String),
+    /// A background task (relay, inbox janitor, deadlines, dead-letter watch, HTTP, the consume
+    /// loop itself) ended or panicked while nothing asked it to stop: the service stopped, so
+    /// that it is restarted, rather than run on without it.
+    #[error("{0}; the service stopped so that it is restarted")]
+    TaskFailed(String),
     /// The health endpoint's address could not be bound.
     #[error("http.bind {addr}: {source}")]
     Http {
@@ -76,7 +81,7 @@ pub struct Service<H: Handler> {
     gauges: Option<GaugeTask>,
     /// Tasks the capabilities add beside the consume loop (deadlines, the dead-letter watch);
     /// started once schemas are registered, stopped before the relay.
-    side: Vec<SideTask>,
+    side: Vec<(&'static str, SideTask)>,
 }
 
 /// The handler's gauge refresh loop, given the database and when to stop.
@@ -148,17 +153,20 @@ impl<H: Handler> Service<H> {
         H: Deadlines,
     {
         let handler = self.handler.clone();
-        self.side.push(Box::new(move |side: Side| {
-            let timers = crate::timers::Timers {
-                interval: handler.deadline_interval(),
-                handler,
-                db: side.db,
-                codec: side.codec,
-                topics: side.topics,
-                outbox: side.outbox,
-            };
-            Box::pin(timers.run(side.stop))
-        }));
+        self.side.push((
+            "deadlines",
+            Box::new(move |side: Side| {
+                let timers = crate::timers::Timers {
+                    interval: handler.deadline_interval(),
+                    handler,
+                    db: side.db,
+                    codec: side.codec,
+                    topics: side.topics,
+                    outbox: side.outbox,
+                };
+                Box::pin(timers.run(side.stop))
+            }),
+        ));
         self
     }
 
@@ -184,7 +192,8 @@ impl<H: Handler> Service<H> {
         consumer.subscribe(&refs).map_err(kafka::KafkaSetupError::from)?;
         let group = crate::rejoin::GroupWatch::new(dlts, Duration::from_millis(self.settings.consumer.rejoin_after_ms));
         let handler = self.handler.clone();
-        self.side.push(Box::new(move |side: Side| Box::pin(crate::timers::watch_dead_letters(handler, consumer, group, side.db, side.stop))));
+        self.side
+            .push(("dead-letter watch", Box::new(move |side: Side| Box::pin(crate::timers::watch_dead_letters(handler, consumer, group, side.db, side.stop)))));
         Ok(self)
     }
 
@@ -230,28 +239,39 @@ impl<H: Handler> Service<H> {
     /// consumes and relays. On shutdown it finishes the batch in hand, commits offsets, drains the
     /// outbox and returns.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        // Every background task is supervised: one that ends or panics unasked stops the service.
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = Supervisor { failed };
         // Health first: while schemas cannot be registered, /readyz already says what is down.
         let health_stop = CancellationToken::new();
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
             let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone()));
             let extra = self.routes.take();
-            health_tasks.push(tokio::spawn(crate::health::serve(listener, readiness.clone(), self.metrics.clone(), extra, health_stop.clone())));
-            health_tasks.push(tokio::spawn(crate::health::check_until(
-                readiness,
-                self.db.clone(),
-                self.settings.registry.clone(),
-                self.producer.clone(),
-                Duration::from_secs(5),
-                health_stop.clone(),
-            )));
+            health_tasks.push(supervisor.spawn(
+                "HTTP endpoints",
+                &health_stop,
+                crate::health::serve(listener, readiness.clone(), self.metrics.clone(), extra, health_stop.clone()),
+            ));
+            health_tasks.push(supervisor.spawn(
+                "readiness checks",
+                &health_stop,
+                crate::health::check_until(
+                    readiness,
+                    self.db.clone(),
+                    self.settings.registry.clone(),
+                    self.producer.clone(),
+                    Duration::from_secs(5),
+                    health_stop.clone(),
+                ),
+            ));
         }
         // Gauges read from the database (sagas by state), whether or not HTTP is on: an embedding
         // process (sagactl dev) serves the metrics itself.
         if let Some(gauges) = self.gauges.take() {
-            health_tasks.push(tokio::spawn(gauges(self.db.clone(), health_stop.clone())));
+            health_tasks.push(supervisor.spawn("gauges", &health_stop, gauges(self.db.clone(), health_stop.clone())));
         }
-        let result = self.run_services(shutdown).await;
+        let result = self.run_services(shutdown, &supervisor, &mut failures).await;
         health_stop.cancel();
         for t in health_tasks {
             let _ = t.await;
@@ -259,7 +279,12 @@ impl<H: Handler> Service<H> {
         result
     }
 
-    async fn run_services(mut self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    async fn run_services(
+        mut self,
+        shutdown: CancellationToken,
+        supervisor: &Supervisor,
+        failures: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> Result<(), ServiceError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match self.codec.register(self.handler.produces()).await {
@@ -286,19 +311,18 @@ impl<H: Handler> Service<H> {
             metrics: self.metrics.clone(),
         };
         let relay_stop = CancellationToken::new();
-        let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
-        let janitor = tokio::spawn(prune_inbox_until(
-            self.db.clone(),
-            Duration::from_secs(self.settings.consumer.inbox_retention_hours * 3600),
-            H::SERVICE,
-            relay_stop.clone(),
-        ));
+        let relay_task = supervisor.spawn("relay", &relay_stop, relay.run(relay_stop.clone()));
+        let janitor = supervisor.spawn(
+            "inbox janitor",
+            &relay_stop,
+            prune_inbox_until(self.db.clone(), Duration::from_secs(self.settings.consumer.inbox_retention_hours * 3600), H::SERVICE, relay_stop.clone()),
+        );
         // Deadlines and dead letters write to the outbox, so they stop before the relay does.
         let side_stop = CancellationToken::new();
         let mut side_tasks = Vec::new();
-        for task in std::mem::take(&mut self.side) {
+        for (name, task) in std::mem::take(&mut self.side) {
             let side = Side { db: self.db.clone(), codec: self.codec.clone(), topics: self.topics.clone(), outbox: handoff.clone(), stop: side_stop.clone() };
-            side_tasks.push(tokio::spawn(task(side)));
+            side_tasks.push(supervisor.spawn(name, &side_stop, task(side)));
         }
         // On SQLite, each batch's transaction runs on a connection in a thread of its own.
         let writer = match self.db.writer(H::SERVICE) {
@@ -308,6 +332,7 @@ impl<H: Handler> Service<H> {
                 return Err(ServiceError::Database { url: saga_store::redact_url(&self.settings.database.url), source: saga_store::StoreError::Sqlx(e) })
             }
         };
+        let halt = self.halt.clone();
         let consume = ConsumeLoop {
             handler: self.handler,
             consumer: self.consumer,
@@ -324,17 +349,74 @@ impl<H: Handler> Service<H> {
             halt: self.halt,
         };
         tracing::info!(service = H::SERVICE, "consuming");
-        consume.run(shutdown).await;
-        side_stop.cancel();
-        for t in side_tasks {
-            let _ = t.await;
+        let consume_stop = CancellationToken::new();
+        let consuming = supervisor.spawn("consume loop", &consume_stop, consume.run(consume_stop.clone()));
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            why = failures.recv() => why,
+        };
+        if let Some(why) = &failure {
+            tracing::error!(service = H::SERVICE, failure = %why, "a background task failed; stopping (finishing the batch in hand) so that the service is restarted");
+            // /readyz answers 503 with the reason for as long as the stop takes.
+            halt.set(why);
         }
-        // The consumer stopped and committed; let the relay publish what it committed last.
-        relay_stop.cancel();
-        let _ = relay_task.await;
-        let _ = janitor.await;
-        tracing::info!(service = H::SERVICE, "stopped");
-        Ok(())
+        consume_stop.cancel();
+        let stopping = async {
+            let _ = consuming.await;
+            side_stop.cancel();
+            for t in side_tasks {
+                let _ = t.await;
+            }
+            // The consumer stopped and committed; let the relay publish what it committed last.
+            relay_stop.cancel();
+            let _ = relay_task.await;
+            let _ = janitor.await;
+        };
+        match failure {
+            None => {
+                stopping.await;
+                tracing::info!(service = H::SERVICE, "stopped");
+                Ok(())
+            }
+            Some(why) => {
+                // A failed service stops within a bounded grace, whatever it was waiting for.
+                if tokio::time::timeout(FAILED_STOP_GRACE, stopping).await.is_err() {
+                    tracing::error!(service = H::SERVICE, grace_s = FAILED_STOP_GRACE.as_secs(), "did not stop within the grace; exiting anyway");
+                }
+                Err(ServiceError::TaskFailed(why))
+            }
+        }
+    }
+}
+
+/// How long a service whose background task failed takes at most to stop.
+const FAILED_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Watches the service's background tasks: one that ends or panics while its stop token is not
+/// cancelled reports why, and the service stops with [`ServiceError::TaskFailed`].
+struct Supervisor {
+    failed: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Supervisor {
+    /// Spawns `task` under the name `name`; `stop` is the token that asks it to end.
+    fn spawn(&self, name: &'static str, stop: &CancellationToken, task: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+        use futures::FutureExt as _;
+        let (failed, stop) = (self.failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(task).catch_unwind().await;
+            if stop.is_cancelled() {
+                return;
+            }
+            let why = match outcome {
+                Ok(()) => format!("the {name} task ended while nothing asked it to"),
+                Err(panic) => {
+                    let message = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+                    format!("the {name} task panicked: {message}")
+                }
+            };
+            let _ = failed.send(why);
+        })
     }
 }
 
