@@ -96,13 +96,16 @@ impl Report {
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
-            "sagas={} kills={} broker_restarts={} db_restarts={} duplicates={} poison={} stuck={} parked={} violations={}",
+            "sagas={} kills={} broker_restarts={} db_restarts={} duplicates={} poison={} completed={} compensated={} unintended={} stuck={} parked={} violations={}",
             self.sagas,
             self.kills,
             self.broker_restarts,
             self.db_restarts,
             self.duplicates,
             self.poison,
+            self.verdict.completed,
+            self.verdict.compensated,
+            self.verdict.unexpected_outcomes.len(),
             self.verdict.stuck,
             self.verdict.parked,
             self.verdict.violations.len()
