@@ -157,6 +157,16 @@ impl Cluster {
         Err(last.expect("ten attempts failed"))
     }
 
+    /// SIGSTOP of `name`, then SIGCONT after `paused`. The process is held (no other fault takes
+    /// it meanwhile), and a stopped process has not exited, so the watcher leaves it alone.
+    pub async fn pause(&self, name: &str, paused: Duration) -> anyhow::Result<()> {
+        let slot = self.slot(name)?.lock().await;
+        let Some(pid) = slot.child.as_ref().map(Child::id) else { anyhow::bail!("{name} is not running") };
+        signal(pid, "STOP").await?;
+        tokio::time::sleep(paused).await;
+        signal(pid, "CONT").await
+    }
+
     /// Restarts processes that exited by themselves (as a container runtime would), recording
     /// each exit; runs until aborted.
     pub async fn watch(self: Arc<Self>) {
@@ -213,6 +223,13 @@ async fn kill9(slot: &mut Slot) -> Option<ExitStatus> {
             Err(_) => return None,
         }
     }
+}
+
+/// Sends `kill -<signal> <pid>`.
+async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().await?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
+    Ok(())
 }
 
 /// A TCP port that was free a moment ago.

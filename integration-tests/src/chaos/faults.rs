@@ -48,6 +48,8 @@ pub struct Injected {
     pub broker_restarts: AtomicUsize,
     /// PostgreSQL restarts.
     pub db_restarts: AtomicUsize,
+    /// Services paused past their session timeout.
+    pub pauses: AtomicUsize,
     /// Records re-published.
     pub duplicates: AtomicUsize,
     /// The poison records.
@@ -111,6 +113,10 @@ impl Injector {
             Fault::BrokerRestart { down } => {
                 self.cluster.kill_and_restart("tansu", *down).await?;
                 self.injected.broker_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Fault::Pause { target, paused } => {
+                self.cluster.pause(target, *paused).await?;
+                self.injected.pauses.fetch_add(1, Ordering::Relaxed);
             }
             Fault::DbRestart => {
                 self.restart_postgres().await?;

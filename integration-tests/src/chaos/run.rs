@@ -40,6 +40,10 @@ pub struct Options {
     /// PostgreSQL restarts.
     #[arg(long, default_value_t = 2)]
     pub db_restarts: usize,
+    /// SIGSTOP of a service for 11-16 s (past its 10 s session timeout), then SIGCONT: a zombie
+    /// member that wakes with a batch in hand.
+    #[arg(long, default_value_t = 0)]
+    pub pauses: usize,
     /// Consumed records to publish again [default: a quarter of --sagas, at least 10].
     #[arg(long)]
     pub duplicates: Option<usize>,
@@ -84,6 +88,8 @@ pub struct Report {
     pub broker_restarts: usize,
     /// PostgreSQL restarts.
     pub db_restarts: usize,
+    /// Services paused past their session timeout.
+    pub pauses: usize,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records published.
@@ -96,11 +102,12 @@ impl Report {
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
-            "sagas={} kills={} broker_restarts={} db_restarts={} duplicates={} poison={} completed={} compensated={} unintended={} stuck={} parked={} violations={}",
+            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} duplicates={} poison={} completed={} compensated={} unintended={} stuck={} parked={} violations={}",
             self.sagas,
             self.kills,
             self.broker_restarts,
             self.db_restarts,
+            self.pauses,
             self.duplicates,
             self.poison,
             self.verdict.completed,
@@ -211,6 +218,7 @@ async fn body(
         kills: opts.kills,
         broker_restarts: opts.broker_restarts,
         db_restarts: opts.db_restarts,
+        pauses: opts.pauses,
         duplicates: opts.duplicates.unwrap_or((opts.sagas / 4).max(10)),
         poison: opts.poison.unwrap_or((opts.sagas / 40).max(8)),
     };
@@ -317,6 +325,7 @@ async fn body(
         kills: i.kills.load(Ordering::Relaxed),
         broker_restarts: i.broker_restarts.load(Ordering::Relaxed),
         db_restarts: i.db_restarts.load(Ordering::Relaxed),
+        pauses: i.pauses.load(Ordering::Relaxed),
         duplicates: i.duplicates.load(Ordering::Relaxed),
         poison: poison.len(),
         verdict,

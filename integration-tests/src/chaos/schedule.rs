@@ -46,6 +46,9 @@ impl Rng {
 /// The processes a kill can hit.
 pub const KILLABLE: [&str; 5] = ["saga-registry", "saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"];
 
+/// The processes a pause can hit: the services, which hold consumer-group memberships.
+pub const PAUSABLE: [&str; 4] = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"];
+
 /// How a poison record is broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoisonKind {
@@ -71,6 +74,10 @@ pub enum Fault {
     Kill { target: &'static str, down: Duration },
     /// `kill -9` of the broker, restarted on the same port and storage after `down`.
     BrokerRestart { down: Duration },
+    /// SIGSTOP of a service for `paused` (past its consumer session timeout, so the group gives
+    /// its partitions to another member or none), then SIGCONT: a zombie that wakes up with a
+    /// batch in hand and a membership it lost.
+    Pause { target: &'static str, paused: Duration },
     /// `pg_ctlcluster … restart` of the PostgreSQL server.
     DbRestart,
     /// Re-publish `count` already-consumed records of the command and event topics.
@@ -84,6 +91,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::Kill { target, down } => write!(f, "kill -9 {target}, restart after {} ms", down.as_millis()),
             Fault::BrokerRestart { down } => write!(f, "kill -9 broker, restart after {} ms", down.as_millis()),
+            Fault::Pause { target, paused } => write!(f, "SIGSTOP {target} for {} ms, then SIGCONT", paused.as_millis()),
             Fault::DbRestart => write!(f, "restart postgresql"),
             Fault::Duplicates { count } => write!(f, "re-publish {count} consumed records"),
             Fault::Poison { records } => {
@@ -115,6 +123,8 @@ pub struct Amounts {
     pub broker_restarts: usize,
     /// PostgreSQL restarts.
     pub db_restarts: usize,
+    /// Services paused past their session timeout.
+    pub pauses: usize,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records.
@@ -145,6 +155,15 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         let n = amounts.db_restarts as f64;
         out.push(Planned { at: at(&mut rng, (i as f64 + 0.2) / n, (i as f64 + 0.8) / n), fault: Fault::DbRestart });
     }
+    // The session timeout is 10 s: paused 11-16 s, the member is out of its group when it wakes.
+    let mut pausable = PAUSABLE;
+    for i in 0..amounts.pauses {
+        if i % pausable.len() == 0 {
+            rng.shuffle(&mut pausable);
+        }
+        let paused = Duration::from_millis(11_000 + rng.below(5_000));
+        out.push(Planned { at: at(&mut rng, 0.0, 1.0), fault: Fault::Pause { target: pausable[i % pausable.len()], paused } });
+    }
     for count in split(amounts.duplicates, 25) {
         out.push(Planned { at: at(&mut rng, 0.1, 1.0), fault: Fault::Duplicates { count } });
     }
@@ -170,7 +189,7 @@ mod tests {
     use super::*;
 
     fn amounts() -> Amounts {
-        Amounts { kills: 12, broker_restarts: 2, db_restarts: 2, duplicates: 120, poison: 23 }
+        Amounts { kills: 12, broker_restarts: 2, db_restarts: 2, pauses: 3, duplicates: 120, poison: 23 }
     }
 
     #[test]
@@ -188,6 +207,7 @@ mod tests {
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::Kill { .. }))), 12);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::BrokerRestart { .. }))), 2);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::DbRestart))), 2);
+        assert_eq!(count(&|f| usize::from(matches!(f, Fault::Pause { paused, .. } if *paused > Duration::from_secs(10)))), 3);
         assert_eq!(count(&|f| if let Fault::Duplicates { count } = f { *count } else { 0 }), 120);
         assert_eq!(count(&|f| if let Fault::Poison { records } = f { records.len() } else { 0 }), 23);
         assert!(p.windows(2).all(|w| w[0].at <= w[1].at));
