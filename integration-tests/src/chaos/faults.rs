@@ -54,7 +54,14 @@ pub struct Injected {
     pub duplicates: AtomicUsize,
     /// The poison records.
     pub poison: Mutex<Vec<PoisonRecord>>,
+    /// After each kill or pause of a service: how long from the process being back (restarted,
+    /// or continued) to its first record consumed; `None` when that took longer than
+    /// [`RECOVERY_LIMIT`].
+    pub recoveries: Mutex<Vec<(&'static str, Option<Duration>)>>,
 }
+
+/// How long a recovery is waited for before it counts as not recovered.
+pub const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Everything the faults need.
 pub struct Injector {
@@ -78,6 +85,8 @@ pub struct Injector {
     pub run_dir: std::path::PathBuf,
     /// What happened.
     pub injected: Injected,
+    /// Each service's binary and its HTTP port (`/metrics`), to time recoveries.
+    pub service_ports: Vec<(&'static str, u16)>,
 }
 
 impl Injector {
@@ -109,6 +118,8 @@ impl Injector {
             Fault::Kill { target, down } => {
                 self.cluster.kill_and_restart(target, *down).await?;
                 self.injected.kills.fetch_add(1, Ordering::Relaxed);
+                // A restarted process counts from zero.
+                self.time_recovery(target, 0.0, "restart").await;
             }
             Fault::BrokerRestart { down } => {
                 self.cluster.kill_and_restart("tansu", *down).await?;
@@ -117,6 +128,13 @@ impl Injector {
             Fault::Pause { target, paused } => {
                 self.cluster.pause(target, *paused).await?;
                 self.injected.pauses.fetch_add(1, Ordering::Relaxed);
+                // Stopped, it consumed nothing: what it shows now is where it stood.
+                let port = self.port_of(target);
+                let before = match port {
+                    Some(port) => consumed(port).await.unwrap_or(0.0),
+                    None => 0.0,
+                };
+                self.time_recovery(target, before, "pause").await;
             }
             Fault::DbRestart => {
                 self.restart_postgres().await?;
@@ -126,6 +144,31 @@ impl Injector {
             Fault::Poison { records } => self.poison(index, records).await?,
         }
         Ok(())
+    }
+
+    fn port_of(&self, target: &str) -> Option<u16> {
+        self.service_ports.iter().find(|(name, _)| *name == target).map(|(_, port)| *port)
+    }
+
+    /// Waits (up to [`RECOVERY_LIMIT`]) until `target` has consumed more than `before` records
+    /// and records how long that took. Not a service (the registry): nothing to time.
+    async fn time_recovery(&self, target: &'static str, before: f64, after: &str) {
+        let Some(port) = self.port_of(target) else { return };
+        let back = Instant::now();
+        let recovered = loop {
+            if consumed(port).await.is_some_and(|n| n > before) {
+                break Some(back.elapsed());
+            }
+            if back.elapsed() > RECOVERY_LIMIT {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match recovered {
+            Some(d) => eprintln!("chaos: {target} consumed again {} ms after its {after}", d.as_millis()),
+            None => eprintln!("chaos: {target} consumed nothing within {} s of its {after}", RECOVERY_LIMIT.as_secs()),
+        }
+        self.injected.recoveries.lock().unwrap_or_else(|p| p.into_inner()).push((target, recovered));
     }
 
     async fn restart_postgres(&self) -> anyhow::Result<()> {
@@ -287,4 +330,14 @@ fn pick_consumed(kafka: &KafkaSettings, topics: &Topics, mut rng: Rng, count: us
         out.extend(inspect::read_range(&reader, topic, *p, from, *committed, run)?);
     }
     Ok(out)
+}
+
+/// The records a service has consumed (`saga_records_consumed_total`, every topic), from its
+/// `/metrics`; `None` while it does not answer.
+async fn consumed(port: u16) -> Option<f64> {
+    let response = tokio::task::spawn_blocking(move || crate::procs::try_http_get(port, "/metrics")).await.ok()?.ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(response.lines().filter(|l| l.starts_with("saga_records_consumed_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
 }

@@ -90,6 +90,9 @@ pub struct Report {
     pub db_restarts: usize,
     /// Services paused past their session timeout.
     pub pauses: usize,
+    /// After kills and pauses of services: milliseconds from the process being back to its first
+    /// record consumed (p50, max), and how many consumed nothing within the limit.
+    pub recovery: Recovery,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records published.
@@ -102,7 +105,8 @@ impl Report {
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
-            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} duplicates={} poison={} completed={} compensated={} unintended={} stuck={} parked={} violations={}",
+            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} duplicates={} poison={} completed={} compensated={} unintended={} \
+             recovery_p50_ms={} recovery_max_ms={} not_recovered={} stuck={} parked={} violations={}",
             self.sagas,
             self.kills,
             self.broker_restarts,
@@ -113,10 +117,39 @@ impl Report {
             self.verdict.completed,
             self.verdict.compensated,
             self.verdict.unexpected_outcomes.len(),
+            self.recovery.p50_ms,
+            self.recovery.max_ms,
+            self.recovery.not_recovered,
             self.verdict.stuck,
             self.verdict.parked,
             self.verdict.violations.len()
         )
+    }
+}
+
+/// How fast killed and paused services consumed again.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Recoveries timed.
+    pub count: usize,
+    /// Median, of those that recovered.
+    pub p50_ms: u128,
+    /// Slowest, of those that recovered.
+    pub max_ms: u128,
+    /// Consumed nothing within the limit.
+    pub not_recovered: usize,
+}
+
+impl Recovery {
+    fn of(timed: &[(&'static str, Option<Duration>)]) -> Recovery {
+        let mut ms: Vec<u128> = timed.iter().filter_map(|(_, d)| d.map(|d| d.as_millis())).collect();
+        ms.sort_unstable();
+        Recovery {
+            count: timed.len(),
+            p50_ms: ms.get(ms.len().saturating_sub(1) / 2).copied().unwrap_or(0),
+            max_ms: ms.last().copied().unwrap_or(0),
+            not_recovered: timed.iter().filter(|(_, d)| d.is_none()).count(),
+        }
     }
 }
 
@@ -239,6 +272,7 @@ async fn body(
         pg_admin_url: opts.postgres_url.clone(),
         run_dir: dir.to_path_buf(),
         injected: Default::default(),
+        service_ports: SERVICES.iter().map(|s| crate::procs::service_binary(s)).zip(ports.http).collect(),
     });
 
     let orders = load::orders(&format!("chaos{}", opts.seed), opts.sagas);
@@ -320,12 +354,22 @@ async fn body(
         println!("… and {} more violations", verdict.violations.len() - 50);
     }
     let i = &injector.injected;
+    let recovery = Recovery::of(&i.recoveries.lock().unwrap_or_else(|p| p.into_inner()));
+    println!(
+        "recovery of {} killed or paused services (from the process back to its first record consumed): p50 {} ms, max {} ms, {} not within {} s",
+        recovery.count,
+        recovery.p50_ms,
+        recovery.max_ms,
+        recovery.not_recovered,
+        super::faults::RECOVERY_LIMIT.as_secs()
+    );
     Ok(Report {
         sagas: placed.len(),
         kills: i.kills.load(Ordering::Relaxed),
         broker_restarts: i.broker_restarts.load(Ordering::Relaxed),
         db_restarts: i.db_restarts.load(Ordering::Relaxed),
         pauses: i.pauses.load(Ordering::Relaxed),
+        recovery,
         duplicates: i.duplicates.load(Ordering::Relaxed),
         poison: poison.len(),
         verdict,
