@@ -55,6 +55,8 @@ pub struct Readiness {
     registry: AtomicBool,
     broker: AtomicBool,
     halt: Arc<Halt>,
+    /// Set once a supervised task failed and the service is stopping; never cleared.
+    failed: Arc<Halt>,
 }
 
 /// `/readyz` body.
@@ -74,9 +76,9 @@ pub struct ReadyReport {
 }
 
 impl Readiness {
-    /// Readiness that also reports the consume loop's `halt`.
-    pub fn new(halt: Arc<Halt>) -> Readiness {
-        Readiness { halt, ..Readiness::default() }
+    /// Readiness that also reports the consume loop's `halt` and a supervised task's `failed`.
+    pub fn new(halt: Arc<Halt>, failed: Arc<Halt>) -> Readiness {
+        Readiness { halt, failed, ..Readiness::default() }
     }
 
     /// The current report.
@@ -84,7 +86,9 @@ impl Readiness {
         let database = self.database.load(Ordering::Relaxed);
         let registry = self.registry.load(Ordering::Relaxed);
         let broker = self.broker.load(Ordering::Relaxed);
-        let halted = self.halt.reason();
+        // A failure outranks a halt: the batch that ends a halt must not make a stopping service
+        // look ready again.
+        let halted = self.failed.reason().or_else(|| self.halt.reason());
         ReadyReport { ready: database && registry && broker && halted.is_none(), database, registry, broker, halted }
     }
 }

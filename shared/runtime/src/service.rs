@@ -75,6 +75,8 @@ pub struct Service<H: Handler> {
     metrics: Metrics,
     /// Set while a fatal database error holds the consume loop still.
     halt: Arc<crate::health::Halt>,
+    /// Set when a supervised task failed and the service stops.
+    failed: Arc<crate::health::Halt>,
     /// The handler's own HTTP routes ([`Service::observed`]).
     routes: Option<axum::Router>,
     /// The handler's gauge refresh loop ([`Service::observed`]), started with the health tasks.
@@ -140,6 +142,7 @@ impl<H: Handler> Service<H> {
             http,
             metrics,
             halt: Arc::default(),
+            failed: Arc::default(),
             routes: None,
             gauges: None,
             side: Vec::new(),
@@ -246,7 +249,7 @@ impl<H: Handler> Service<H> {
         let health_stop = CancellationToken::new();
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
-            let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone()));
+            let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone(), self.failed.clone()));
             let extra = self.routes.take();
             health_tasks.push(supervisor.spawn(
                 "HTTP endpoints",
@@ -332,7 +335,7 @@ impl<H: Handler> Service<H> {
                 return Err(ServiceError::Database { url: saga_store::redact_url(&self.settings.database.url), source: saga_store::StoreError::Sqlx(e) })
             }
         };
-        let halt = self.halt.clone();
+        let failed = self.failed.clone();
         let consume = ConsumeLoop {
             handler: self.handler,
             consumer: self.consumer,
@@ -358,7 +361,7 @@ impl<H: Handler> Service<H> {
         if let Some(why) = &failure {
             tracing::error!(service = H::SERVICE, failure = %why, "a background task failed; stopping (finishing the batch in hand) so that the service is restarted");
             // /readyz answers 503 with the reason for as long as the stop takes.
-            halt.set(why);
+            failed.set(why);
         }
         consume_stop.cancel();
         let stopping = async {
