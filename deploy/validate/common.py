@@ -92,16 +92,18 @@ PROGRAM_SECTIONS = {
     "saga-inventory": ["services", "opentelemetry"],
     "saga-payment": ["services", "opentelemetry"],
     "saga-orchestrator": ["services", "opentelemetry"],
+    "saga-query": ["services", "saga-query", "opentelemetry"],
     "saga-registry": ["saga-registry"],
     "sagactl": ["sagactl", "opentelemetry"],
 }
-SERVICES = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"]
+SERVICES = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator", "saga-query"]
 # Dockerfile target -> program.
 TARGETS = {
     "order": "saga-order",
     "inventory": "saga-inventory",
     "payment": "saga-payment",
     "orchestrator": "saga-orchestrator",
+    "query": "saga-query",
     "registry": "saga-registry",
     "sagactl": "sagactl",
 }

@@ -159,7 +159,7 @@ def check_overlay(report: Report, overlay: str, docs: list[dict], env_vars: EnvV
         matched = [s for s in by_kind.get("Service", []) if selects(sel, s["metadata"].get("labels", {}))]
         matched_names = {s["metadata"]["name"] for s in matched}
         report.check(matched_names >= {n for n in SERVICES if n in service_names} and bool(matched),
-                     f"{overlay}: ServiceMonitor {sm['metadata']['name']} must select the four services' Services (selects {sorted(matched_names)})")
+                     f"{overlay}: ServiceMonitor {sm['metadata']['name']} must select the five services' Services (selects {sorted(matched_names)})")
         for ep in sm["spec"]["endpoints"]:
             report.check(all(ep.get("port") in {p.get("name") for p in s["spec"]["ports"]} for s in matched),
                          f"{overlay}: ServiceMonitor endpoint port {ep.get('port')!r} is not a port name of every selected Service")
@@ -167,7 +167,7 @@ def check_overlay(report: Report, overlay: str, docs: list[dict], env_vars: EnvV
         sel = np["spec"]["podSelector"].get("matchLabels", {})
         covered = {d["metadata"]["name"] for d, labels in templates if selects(sel, labels)}
         report.check(covered >= {n for n in SERVICES if n in deployments},
-                     f"{overlay}: NetworkPolicy {np['metadata']['name']} must cover the four services (covers {sorted(covered)})")
+                     f"{overlay}: NetworkPolicy {np['metadata']['name']} must cover the five services (covers {sorted(covered)})")
         check_egress(report, overlay, np, configmaps, [d for d, labels in templates if selects(sel, labels)])
     topics = {t["spec"].get("topicName", t["metadata"]["name"]): t for t in by_kind.get("KafkaTopic", [])}
     for so in by_kind.get("ScaledObject", []):
@@ -282,7 +282,7 @@ def check_production(report: Report, by_kind, configmaps, referenced_secrets) ->
     section = readme.split("## Deploying", 1)[1] if "## Deploying" in readme else ""
     section = section.split("\n## ", 1)[0]
     for name in sorted(referenced_secrets):
-        generic = re.sub(r"^saga-(order|inventory|payment|orchestrator)-", "saga-<service>-", name)
+        generic = re.sub(r"^saga-(order|inventory|payment|orchestrator|query)-", "saga-<service>-", name)
         report.check(name in section or generic in section,
                      f"production: Secret {name} is referenced but not listed in README.md, section Deploying")
     report.count("production secrets documented", len(referenced_secrets))

@@ -35,6 +35,8 @@ pub fn external_bootstrap() -> String {
 /// Stack options for `infra`, with unique topic and group names so runs never meet.
 pub fn options(infra: Infra, dir: &std::path::Path) -> StackOptions {
     let mut o = StackOptions::embedded(dir.to_path_buf());
+    // The query service joins only the suites about it (it dead-letters what it cannot read too).
+    o.query = false;
     if let Infra::External = infra {
         let bootstrap = external_bootstrap();
         let addr = bootstrap.split(',').next().unwrap_or_default().to_string();

@@ -44,7 +44,9 @@ fn the_topic_list_for_deployments_is_the_topics_the_code_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scrape_after_a_run_counts_what_happened() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
+    let mut o = options(Infra::Embedded, dir.path());
+    o.query = true;
+    let stack = saga_cli::stack::Stack::start(o).await.expect("stack starts");
     let orders: Vec<_> = (0..7).map(|i| sample_order("metrics", i).0).collect();
     let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
     for o in &orders {
@@ -67,7 +69,9 @@ async fn a_scrape_after_a_run_counts_what_happened() {
         let settled = value(&text, "saga_sagas_finished_total", &[("outcome", "compensated")]) == 2.0
             && value(&text, "saga_records_produced_total", &[("service", "order"), ("topic", &order_events)]) == 14.0
             && text.contains("saga_consumer_lag{")
-            && text.contains("saga_kafka_broker_rtt_seconds{");
+            && text.contains("saga_kafka_broker_rtt_seconds{")
+            && text.contains("saga_projection_lag{")
+            && value(&text, "saga_projection_lag_total", &[("service", "query")]) == 0.0;
         if settled || tokio::time::Instant::now() > deadline {
             break text;
         }
@@ -96,6 +100,12 @@ async fn a_scrape_after_a_run_counts_what_happened() {
     assert!(value(&text, "saga_consumer_assigned_partitions", &[("service", "payment"), ("topic", &payment_commands)]) >= 1.0);
     let lag: Vec<&str> = text.lines().filter(|l| l.starts_with("saga_consumer_lag{")).collect();
     assert!(!lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0")), "no lag once everything is consumed: {lag:?}");
+
+    // The read model applied every record of the topics it reads.
+    assert_eq!(value(&text, "saga_projection_lag_total", &[("service", "query")]), 0.0, "{text}");
+    let projection: Vec<&str> = text.lines().filter(|l| l.starts_with("saga_projection_lag{")).collect();
+    assert!(projection.iter().any(|l| l.contains(&format!("topic=\"{order_commands}\""))) && projection.iter().all(|l| l.ends_with(" 0")), "{projection:?}");
+    assert!(value(&text, "saga_projection_newest_event_age_ms", &[("service", "query")]) > 0.0);
 
     let exported: BTreeSet<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).filter_map(|l| l.split_whitespace().nth(2)).collect();
     for name in listed("metrics.txt") {

@@ -77,7 +77,7 @@ async fn the_saga_view_shows_completed_and_compensated_sagas_in_a_browser() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let routes = stack.web_routes();
+    let routes = stack.web_routes(None);
     tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
 
     let (done, undone) = (ids[0].clone(), ids[1].clone());

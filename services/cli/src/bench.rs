@@ -50,6 +50,11 @@ pub struct BenchOptions {
     /// The services as processes of the binaries in this directory, instead of tasks of this
     /// process.
     pub processes: Option<std::path::PathBuf>,
+    /// Run the query service (the read side) too, and measure how long its lag takes to return
+    /// to 0 once the load ends.
+    pub query: bool,
+    /// Where to serve the query API during the run (embedded mode), for a load tool beside.
+    pub query_api: Option<String>,
 }
 
 /// What the benchmark measured.
@@ -109,6 +114,18 @@ pub struct BenchReport {
     pub stages: Vec<StageFigure>,
     /// Per service, the fraction of the run its consume loop was busy decoding and applying.
     pub busy: Vec<ServiceBusy>,
+    /// With the query service: the read model's lag when the last saga finished, and how long
+    /// after that it reached 0.
+    pub projection: Option<ProjectionFigure>,
+}
+
+/// How the read model kept up.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionFigure {
+    /// Records not yet applied when the last saga's outcome was read.
+    pub lag_at_end: i64,
+    /// Milliseconds from then until the lag was 0 (`None`: not within 60 s).
+    pub caught_up_ms: Option<f64>,
 }
 
 /// What one process used.
@@ -218,6 +235,10 @@ impl BenchReport {
         let mut stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
         stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
         stages.extend(self.processes.iter().map(|p| format!(" cpu_{}={:.2} rss_mib_{}={:.0}", p.name, p.cpu_cores, p.name, p.peak_rss_mib)));
+        if let Some(p) = &self.projection {
+            let caught_up = p.caught_up_ms.map_or("never".to_string(), |ms| format!("{ms:.0}"));
+            stages.push_str(&format!(" projection_lag_at_end={} projection_caught_up_ms={caught_up}", p.lag_at_end));
+        }
         format!(
             "mode={} broker={} database={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
              p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
@@ -272,8 +293,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     stack_options.batch_size = options.batch_size;
     stack_options.instances = options.instances;
     stack_options.processes = options.processes.clone();
+    stack_options.query = options.query;
     stack_options.seed = bench_seed();
     let stack = Arc::new(Stack::start(stack_options).await?);
+    let api_stop = saga_runtime::CancellationToken::new();
+    if let (Some(addr), Some(routes)) = (&options.query_api, stack.query_routes()) {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--query-api {addr}: {e}"))?;
+        eprintln!("query API at http://{}", listener.local_addr()?);
+        let stop = api_stop.clone();
+        tokio::spawn(async move { axum::serve(listener, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await });
+    } else if let Some(url) = &stack.query_url {
+        eprintln!("query API at {url}");
+    }
     let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
     let run_id = format!("bench{}", saga_store::now_ms());
@@ -350,6 +381,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
     let elapsed = started.elapsed();
+    let projection = if options.query { Some(projection_catch_up(&stack).await) } else { None };
     let cpu: Vec<f64> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
     let processes: Vec<ProcessFigure> = if pids.is_empty() {
         Vec::new()
@@ -368,6 +400,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         scheduler.abort();
     }
     watch.close().await;
+    api_stop.cancel();
     if let Ok(stack) = Arc::try_unwrap(stack) {
         stack.stop().await;
     }
@@ -412,7 +445,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         processes,
         stages,
         busy,
+        projection,
     })
+}
+
+/// The read model's lag now, and how long it takes to reach 0 (measured every 20 ms, up to 60 s).
+async fn projection_catch_up(stack: &Stack) -> ProjectionFigure {
+    let since = Instant::now();
+    let lag_at_end = stack.projection_lag().await.unwrap_or(-1);
+    let mut lag = lag_at_end;
+    while lag != 0 && since.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lag = stack.projection_lag().await.unwrap_or(-1);
+    }
+    ProjectionFigure { lag_at_end, caught_up_ms: (lag == 0).then(|| since.elapsed().as_secs_f64() * 1000.0) }
 }
 
 /// The shipped seed, with stock and credit enough that no approved benchmark order is refused

@@ -31,6 +31,8 @@ pub struct DevOptions {
     pub timeout: Duration,
     /// Where to serve the saga view and `/metrics` (`host:port`); empty turns it off.
     pub web: String,
+    /// Where to serve the query API (`host:port`); empty turns the query service off.
+    pub query: String,
 }
 
 /// The summary `dev --exit` prints.
@@ -69,6 +71,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
         "" => None,
         addr => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--web {addr}: cannot listen there"))?),
     };
+    let query = match options.query.as_str() {
+        "" => None,
+        addr => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--query {addr}: cannot listen there"))?),
+    };
+    stack_options.query = query.is_some();
+    let query_url = query.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| format!("http://{a}"));
+    if let Some(w) = &web {
+        stack_options.saga_view_url = Some(format!("http://{}", w.local_addr()?));
+    }
     let stack = Stack::start(stack_options).await?;
     let say = |line: String| {
         if !options.json {
@@ -78,7 +89,14 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
     let web_stop = saga_runtime::CancellationToken::new();
     if let Some(listener) = web {
         say(format!("saga view:                           http://{}/sagas   (metrics at /metrics)", listener.local_addr()?));
-        let (routes, stop) = (stack.web_routes(), web_stop.clone());
+        let (routes, stop) = (stack.web_routes(query_url.clone()), web_stop.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        });
+    }
+    if let (Some(listener), Some(routes)) = (query, stack.query_routes()) {
+        say(format!("query API (read side):               http://{}/orders   (OpenAPI at /openapi.json)", listener.local_addr()?));
+        let stop = web_stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, routes).with_graceful_shutdown(async move { stop.cancelled().await }).await;
         });

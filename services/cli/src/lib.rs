@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod dev;
 pub mod dlt;
+pub mod orders;
 pub mod sagas;
 pub mod sample;
 pub mod seed;

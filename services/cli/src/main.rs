@@ -46,6 +46,21 @@ enum Command {
         /// Serve the live saga view (/sagas) and metrics (/metrics) here; "" turns it off.
         #[arg(long, default_value = "127.0.0.1:9100")]
         web: String,
+        /// Serve the query API (the read side: /orders, /openapi.json) here; "" turns the query
+        /// service off.
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        query: String,
+    },
+    /// Ask the query service (the read side) about orders.
+    Orders {
+        /// Base URL of the query API.
+        #[arg(long, env = "SAGA_QUERY_URL", default_value = "http://127.0.0.1:9200")]
+        url: String,
+        /// Print the API's JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: OrdersCommand,
     },
     /// Create the topics (and their dead-letter topics) on a broker.
     Topics {
@@ -139,6 +154,55 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Run the query service (the read side) too, and report how long its lag takes to
+        /// return to 0 once the load ends.
+        #[arg(long)]
+        query: bool,
+        /// With --query in embedded mode: serve the query API here during the run (for a load
+        /// tool such as wrk beside it).
+        #[arg(long, requires = "query", value_name = "HOST:PORT")]
+        query_api: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrdersCommand {
+    /// One order as the read model knows it.
+    Show {
+        /// The order id.
+        order_id: String,
+        /// The order as it was at this time (RFC 3339 or epoch ms).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Wait up to this many ms for the order to exist (with --until-not: to leave that status).
+        #[arg(long)]
+        wait_ms: Option<u64>,
+        /// With --wait-ms: wait until the order is not in this status (PENDING, APPROVED, REJECTED).
+        #[arg(long)]
+        until_not: Option<String>,
+    },
+    /// Orders, newest first.
+    List {
+        /// Only this customer's.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only in this status (PENDING, APPROVED, REJECTED).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only created at or after this time (RFC 3339 or epoch ms).
+        #[arg(long)]
+        since: Option<String>,
+        /// Orders per page.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where the previous page ended.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Every event that touched an order.
+    History {
+        /// The order id.
+        order_id: String,
     },
 }
 
@@ -207,9 +271,9 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = saga_runtime::telemetry::init_with_default("sagactl", "warn")?;
     match cli.command {
-        Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs, web } => {
-            let summary =
-                dev::run(dev::DevOptions { orders, exit, json, data_dir, registry_port, partitions, timeout: Duration::from_secs(timeout_secs), web }).await?;
+        Command::Dev { orders, exit, json, data_dir, registry_port, partitions, timeout_secs, web, query } => {
+            let timeout = Duration::from_secs(timeout_secs);
+            let summary = dev::run(dev::DevOptions { orders, exit, json, data_dir, registry_port, partitions, timeout, web, query }).await?;
             if summary.stuck > 0 {
                 std::process::exit(2);
             }
@@ -232,6 +296,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let payment = saga_runtime::service::open_database(&payment_db, 2, &saga_payment::MIGRATIONS).await?;
             seed.apply_accounts(&payment).await?;
             println!("seeded {} skus and {} customers", seed.stock.len(), seed.customers.len());
+        }
+        Command::Orders { url, json, command } => {
+            let api = saga_cli::orders::Orders::new(&url)?;
+            let some = |k: &'static str, v: Option<String>| v.map(|v| (k, v));
+            let (body, text): (_, fn(&serde_json::Value) -> String) = match command {
+                OrdersCommand::Show { order_id, as_of, wait_ms, until_not } => {
+                    let q: Vec<_> =
+                        [some("as_of", as_of), some("wait_ms", wait_ms.map(|w| w.to_string())), some("until_not", until_not)].into_iter().flatten().collect();
+                    (api.get(&format!("/orders/{}", path_segment(&order_id)), &q).await?, saga_cli::orders::render_order)
+                }
+                OrdersCommand::List { customer, status, since, limit, cursor } => {
+                    let q: Vec<_> =
+                        [some("customer", customer), some("status", status), some("since", since), Some(("limit", limit.to_string())), some("cursor", cursor)]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                    (api.get("/orders", &q).await?, saga_cli::orders::render_page)
+                }
+                OrdersCommand::History { order_id } => {
+                    (api.get(&format!("/orders/{}/history", path_segment(&order_id)), &[]).await?, saga_cli::orders::render_history)
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", text(&body));
+            }
         }
         Command::Sagas { db, config, command } => {
             if let Some(path) = db.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
@@ -270,7 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
             }
         }
-        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, mode, instances, json } => {
+        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, mode, instances, json, query, query_api } => {
             let (load, sagas) = match rate {
                 Some(rate) => (bench::Load::Open { rate }, duration.map_or(sagas as usize, |d| (rate * d as f64).ceil() as usize)),
                 None => (bench::Load::Closed { concurrency: concurrency as usize }, sagas as usize),
@@ -292,6 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 broker,
                 postgres,
                 instances: instances as usize,
+                query,
+                query_api,
                 processes,
             })
             .await?;
@@ -323,4 +416,14 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("expected a positive number of sagas per second, found {s:?}")),
     }
+}
+
+/// Percent-encodes an order id for a URL path.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

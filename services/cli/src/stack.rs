@@ -65,6 +65,10 @@ pub struct StackOptions {
     /// Run the registry and the services as processes of the binaries in this directory
     /// (`saga-registry`, `saga-order`, ...) instead of as tasks of this process.
     pub processes: Option<PathBuf>,
+    /// Run the query service (the read side) too.
+    pub query: bool,
+    /// Base URL of the saga view the query API links each order's saga to.
+    pub saga_view_url: Option<String>,
 }
 
 impl StackOptions {
@@ -81,6 +85,8 @@ impl StackOptions {
             seed: Seed::dev(),
             batch_size: 500,
             processes: None,
+            query: true,
+            saga_view_url: None,
         }
     }
 }
@@ -96,6 +102,8 @@ pub struct Databases {
     pub payment: Db,
     /// Sagas and their log.
     pub orchestrator: Db,
+    /// The read model (the query service's), when it runs.
+    pub query: Option<Db>,
 }
 
 /// A running system.
@@ -110,6 +118,10 @@ pub struct Stack {
     pub dbs: Databases,
     /// The settings the services were started with (without per-service overrides).
     pub settings: ServiceSettings,
+    /// The query API, when the query service runs as a process (`http://127.0.0.1:PORT`).
+    pub query_url: Option<String>,
+    /// What the query API reads, when the query service runs in this process.
+    query: Option<saga_query::api::Reader>,
     codec: Arc<Codec>,
     producer: FutureProducer,
     shutdown: CancellationToken,
@@ -142,7 +154,7 @@ impl Stack {
 
         let mut urls = Vec::new();
         let mut created_databases = Vec::new();
-        for name in ["registry", "order", "inventory", "payment", "orchestrator"] {
+        for name in ["registry", "order", "inventory", "payment", "orchestrator", "query"] {
             let url = match &options.database {
                 DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
                 DatabaseChoice::Postgres => {
@@ -195,6 +207,7 @@ impl Stack {
             inventory: open(urls[2].clone(), &saga_inventory::MIGRATIONS).await?,
             payment: open(urls[3].clone(), &saga_payment::MIGRATIONS).await?,
             orchestrator: open(urls[4].clone(), &saga_orchestrator::MIGRATIONS).await?,
+            query: if options.query { Some(open(urls[5].clone(), &saga_query::MIGRATIONS).await?) } else { None },
         };
         options.seed.apply_stock(&dbs.inventory).await.context("seeding stock")?;
         options.seed.apply_accounts(&dbs.payment).await.context("seeding accounts")?;
@@ -213,13 +226,18 @@ impl Stack {
 
         let shutdown = CancellationToken::new();
         let mut services = Vec::new();
+        let mut query_url = None;
+        let mut query = None;
         if let (Some(bin_dir), Some(logs)) = (&options.processes, &log_dir) {
             if options.instances > 1 && matches!(options.database, DatabaseChoice::Sqlite(_)) {
                 anyhow::bail!("{} instances per service as processes need PostgreSQL: a SQLite file takes one writing process", options.instances);
             }
-            let databases = [("order", &urls[1]), ("inventory", &urls[2]), ("payment", &urls[3]), ("orchestrator", &urls[4])];
+            let mut databases = vec![("order", &urls[1]), ("inventory", &urls[2]), ("payment", &urls[3]), ("orchestrator", &urls[4])];
+            if options.query {
+                databases.push(("query", &urls[5]));
+            }
             for instance in 0..options.instances.max(1) {
-                for (service, url) in databases {
+                for &(service, url) in &databases {
                     let port = free_port()?;
                     let env = [
                         ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
@@ -233,7 +251,14 @@ impl Stack {
                         ("SAGA_HTTP__BIND", format!("127.0.0.1:{port}")),
                     ]
                     .map(|(k, v)| (k.to_string(), v));
+                    let mut env = env.to_vec();
+                    if let Some(url) = &options.saga_view_url {
+                        env.push((saga_query::SAGA_VIEW_URL_ENV.to_string(), url.clone()));
+                    }
                     let name = if options.instances > 1 { format!("{service}-{instance}") } else { service.to_string() };
+                    if service == "query" && instance == 0 {
+                        query_url = Some(format!("http://127.0.0.1:{port}"));
+                    }
                     procs.push(ServiceProcess::spawn(bin_dir, &format!("saga-{service}"), &name, &env, port, logs.path())?);
                 }
             }
@@ -249,6 +274,12 @@ impl Stack {
             services.push(
                 spawn(&settings, &options.group_suffix, orchestrator, saga_orchestrator::Orchestrator::capabilities, &dbs.orchestrator, &shutdown).await?,
             );
+            if let Some(db) = &dbs.query {
+                let lag = saga_query::lag::LagWatch::new(&settings.kafka, saga_query::CONSUMES.iter().map(|k| topics.name(*k)).collect())?;
+                let handler = saga_query::QueryHandler::new(lag, saga_query::api::ApiSettings { saga_view_url: options.saga_view_url.clone() });
+                query.get_or_insert_with(|| handler.reader(db.clone()));
+                services.push(spawn(&settings, &options.group_suffix, handler, |s| Ok(s.observed()), db, &shutdown).await?);
+            }
         }
         let (services, metrics): (Vec<_>, Vec<_>) = services.into_iter().unzip();
         let codec = Arc::new(Codec::new(&registry_url)?);
@@ -260,6 +291,8 @@ impl Stack {
             topics,
             dbs,
             settings,
+            query_url,
+            query,
             codec,
             producer,
             shutdown,
@@ -275,20 +308,21 @@ impl Stack {
     }
 
     /// Publishes a message to its topic as any client would: wire format, keyed by order id.
-    pub async fn publish(&self, message: &Message) -> anyhow::Result<()> {
+    /// Returns where the broker wrote it: (partition, offset).
+    pub async fn publish(&self, message: &Message) -> anyhow::Result<(i32, i64)> {
         let payload = self.codec.encode(message).await?;
         let topic = self.topics.name(message.topic_kind());
         self.publish_raw(&topic, Some(message.order_id().as_bytes()), &payload).await
     }
 
-    /// Publishes raw bytes (for poison-message tests and redrives).
-    pub async fn publish_raw(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
+    /// Publishes raw bytes (for poison-message tests and redrives); returns (partition, offset).
+    pub async fn publish_raw(&self, topic: &str, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<(i32, i64)> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
         }
-        self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
-        Ok(())
+        let delivered = self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
+        Ok((delivered.partition, delivered.offset))
     }
 
     /// The Prometheus text of every service instance's metrics (each series labelled with its
@@ -307,11 +341,30 @@ impl Stack {
         self.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.id()?))).collect()
     }
 
-    /// The live saga view and `/metrics` for the whole stack, to serve on an address of the caller's.
-    pub fn web_routes(&self) -> axum::Router {
+    /// The live saga view and `/metrics` for the whole stack, to serve on an address of the
+    /// caller's; with `query_url`, each saga links to its order in the query API.
+    pub fn web_routes(&self, query_url: Option<String>) -> axum::Router {
         let metrics = self.metrics.clone();
-        saga_orchestrator::web::router(self.dbs.orchestrator.clone())
+        saga_orchestrator::web::router(self.dbs.orchestrator.clone(), query_url)
             .route("/metrics", axum::routing::get(move || async move { metrics.iter().map(saga_runtime::Metrics::render).collect::<String>() }))
+    }
+
+    /// Records the read model has not applied yet, over every partition it reads, measured now
+    /// (`None` when the query service does not run, or the broker or its database did not answer).
+    pub async fn projection_lag(&self) -> Option<i64> {
+        if let Some(reader) = &self.query {
+            return reader.lag.refresh(&reader.db, reader.progress.newest_event_ms()).await.map(|r| r.total_lag);
+        }
+        let port: u16 = self.query_url.as_deref()?.rsplit(':').next()?.parse().ok()?;
+        let (status, body) = http_get(port, "/projection").await.ok()?;
+        let report: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        report["total_lag"].as_i64()
+    }
+
+    /// The query API, to serve on an address of the caller's, when the query service runs in
+    /// this process.
+    pub fn query_routes(&self) -> Option<axum::Router> {
+        self.query.clone().map(saga_query::api::router)
     }
 
     /// The codec the stack uses (to decode what tests read back).
@@ -344,7 +397,7 @@ impl Stack {
         // Clients go before the broker, so none of them reports the broker gone.
         let broker = self.broker.take();
         let created = std::mem::take(&mut self.created_databases);
-        for db in [&self.dbs.order, &self.dbs.inventory, &self.dbs.payment, &self.dbs.orchestrator] {
+        for db in [&self.dbs.order, &self.dbs.inventory, &self.dbs.payment, &self.dbs.orchestrator].into_iter().chain(self.dbs.query.as_ref()) {
             db.close().await;
         }
         drop(self);

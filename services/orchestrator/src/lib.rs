@@ -138,7 +138,7 @@ impl Observed for Orchestrator {
     }
 
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
-        Some(web::router(db.clone()))
+        Some(web::router(db.clone(), std::env::var(web::QUERY_URL_ENV).ok().filter(|u| !u.is_empty())))
     }
 }
 

@@ -5,7 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     saga_runtime::service::service_main(
-        saga_orchestrator::Orchestrator::configured,
+        async |settings, _| Ok(saga_orchestrator::Orchestrator::configured(settings)),
         &saga_orchestrator::MIGRATIONS,
         saga_orchestrator::Orchestrator::capabilities,
     )

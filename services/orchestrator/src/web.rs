@@ -15,14 +15,28 @@ use crate::store::{self, LogEntry, SagaRecord};
 
 const PAGE: &str = include_str!("web/sagas.html");
 
-/// The routes of the view over the orchestrator's database.
-pub fn router(db: Db) -> Router {
+/// Where a saga's order is in the read side: the query API's base URL (`http://host:port`), set
+/// with this variable for the orchestrator binary.
+pub const QUERY_URL_ENV: &str = "SAGA_ORCHESTRATOR_QUERY_URL";
+
+/// What the view's handlers read.
+#[derive(Clone)]
+struct View {
+    db: Db,
+    /// Base URL of the query API, when there is one: each saga links to its order there.
+    query_url: Option<String>,
+}
+
+/// The routes of the view over the orchestrator's database; with `query_url`, each saga links to
+/// its order in the query API.
+pub fn router(db: Db, query_url: Option<String>) -> Router {
+    let view = View { db, query_url: query_url.map(|u| u.trim_end_matches('/').to_string()) };
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::temporary("/sagas") }))
         .route("/sagas", get(|| async { ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)) }))
         .route("/api/sagas", get(list))
         .route("/api/sagas/{id}", get(show))
-        .with_state(db)
+        .with_state(view)
 }
 
 #[derive(Deserialize)]
@@ -75,7 +89,7 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(View { db, .. }): State<View>, Query(q): Query<ListQuery>) -> Response {
     let status = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match Status::parse(&s.to_ascii_uppercase()) {
@@ -90,7 +104,7 @@ async fn list(State(db): State<Db>, Query(q): Query<ListQuery>) -> Response {
     }
 }
 
-async fn show(State(db): State<Db>, Path(id): Path<String>) -> Response {
+async fn show(State(View { db, query_url }): State<View>, Path(id): Path<String>) -> Response {
     let saga = match store::get_saga(&db, &id).await {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga {id:?}")),
@@ -110,5 +124,17 @@ async fn show(State(db): State<Db>, Path(id): Path<String>) -> Response {
             TimelineEntry { entry, duration_ms, trace_id }
         })
         .collect();
-    Json(serde_json::json!({ "saga": SagaSummary::from(&saga), "data": saga.data, "timeline": timeline })).into_response()
+    // The saga of an order is identified by the order id.
+    let order_url = query_url.map(|q| format!("{q}/orders/{}", path_segment(&saga.saga_id)));
+    Json(serde_json::json!({ "saga": SagaSummary::from(&saga), "data": saga.data, "timeline": timeline, "order_url": order_url })).into_response()
+}
+
+/// Percent-encodes a path segment.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

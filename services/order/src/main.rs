@@ -4,5 +4,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    saga_runtime::service::service_main(|_| saga_order::OrderHandler, &saga_order::MIGRATIONS, Ok).await
+    saga_runtime::service::service_main(async |_, _| Ok(saga_order::OrderHandler), &saga_order::MIGRATIONS, Ok).await
 }

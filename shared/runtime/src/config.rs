@@ -347,6 +347,7 @@ fn default_http_bind(service: &str) -> &'static str {
         "inventory" => "127.0.0.1:9102",
         "payment" => "127.0.0.1:9103",
         "orchestrator" => "127.0.0.1:9104",
+        "query" => "127.0.0.1:9105",
         _ => "",
     }
 }

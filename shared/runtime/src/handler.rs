@@ -133,6 +133,17 @@ pub trait Observed: Handler {
     /// Extra HTTP routes served beside `/healthz`, `/readyz` and `/metrics` (the orchestrator's
     /// saga view).
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router>;
+
+    /// How often [`Observed::refresh_gauges`] runs.
+    fn gauge_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(5)
+    }
+
+    /// What `/readyz` reports of the handler's own beside the dependencies (it does not decide
+    /// readiness); read at every request, so it must be cheap.
+    fn readiness_details(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// An item of work that fell due.

@@ -57,7 +57,12 @@ pub struct Readiness {
     halt: Arc<Halt>,
     /// Set once a supervised task failed and the service is stopping; never cleared.
     failed: Arc<Halt>,
+    /// What the handler adds to the report ([`crate::Observed::readiness_details`]).
+    details: Option<Details>,
 }
+
+/// What a handler adds to `/readyz` (the query service's projection lag).
+pub type Details = Arc<dyn Fn() -> Option<serde_json::Value> + Send + Sync>;
 
 /// `/readyz` body.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -73,12 +78,21 @@ pub struct ReadyReport {
     /// Why the consume loop stands still, when a fatal database error holds it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub halted: Option<String>,
+    /// The handler's own state (the query service's projection lag); it does not decide readiness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl Readiness {
     /// Readiness that also reports the consume loop's `halt` and a supervised task's `failed`.
     pub fn new(halt: Arc<Halt>, failed: Arc<Halt>) -> Readiness {
         Readiness { halt, failed, ..Readiness::default() }
+    }
+
+    /// Adds the handler's details to every report.
+    pub fn with_details(mut self, details: Option<Details>) -> Readiness {
+        self.details = details;
+        self
     }
 
     /// The current report.
@@ -89,7 +103,8 @@ impl Readiness {
         // A failure outranks a halt: the batch that ends a halt must not make a stopping service
         // look ready again.
         let halted = self.failed.reason().or_else(|| self.halt.reason());
-        ReadyReport { ready: database && registry && broker && halted.is_none(), database, registry, broker, halted }
+        let details = self.details.as_ref().and_then(|d| d());
+        ReadyReport { ready: database && registry && broker && halted.is_none(), database, registry, broker, halted, details }
     }
 }
 

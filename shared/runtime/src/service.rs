@@ -43,6 +43,9 @@ pub enum ServiceError {
     /// that it is restarted, rather than run on without it.
     #[error("{0}; the service stopped so that it is restarted")]
     TaskFailed(String),
+    /// The handler refused to start (a read model built by another version of its code).
+    #[error("{0}")]
+    Refused(String),
     /// The health endpoint's address could not be bound.
     #[error("http.bind {addr}: {source}")]
     Http {
@@ -81,6 +84,8 @@ pub struct Service<H: Handler> {
     routes: Option<axum::Router>,
     /// The handler's gauge refresh loop ([`Service::observed`]), started with the health tasks.
     gauges: Option<GaugeTask>,
+    /// What the handler adds to `/readyz` ([`Service::observed`]).
+    details: Option<crate::health::Details>,
     /// Tasks the capabilities add beside the consume loop (deadlines, the dead-letter watch);
     /// started once schemas are registered, stopped before the relay.
     side: Vec<(&'static str, SideTask)>,
@@ -145,6 +150,7 @@ impl<H: Handler> Service<H> {
             failed: Arc::default(),
             routes: None,
             gauges: None,
+            details: None,
             side: Vec::new(),
         })
     }
@@ -200,8 +206,9 @@ impl<H: Handler> Service<H> {
         Ok(self)
     }
 
-    /// Adds the handler's own metrics (registered now), its gauges (refreshed every 5 s while
-    /// the service runs) and its HTTP routes (served beside the health endpoints).
+    /// Adds the handler's own metrics (registered now), its gauges (refreshed every
+    /// [`Observed::gauge_interval`] while the service runs), its HTTP routes (served beside the
+    /// health endpoints) and its `/readyz` details.
     pub fn observed(mut self) -> Self
     where
         H: Observed,
@@ -209,12 +216,14 @@ impl<H: Handler> Service<H> {
         self.handler.register_metrics(self.metrics.registry());
         self.routes = self.handler.http_routes(&self.db);
         let handler = self.handler.clone();
+        self.details = Some(Arc::new(move || handler.readiness_details()));
+        let handler = self.handler.clone();
         self.gauges = Some(Box::new(move |db: Db, stop: CancellationToken| {
             Box::pin(async move {
                 loop {
                     handler.refresh_gauges(&db).await;
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = tokio::time::sleep(handler.gauge_interval()) => {}
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -249,7 +258,7 @@ impl<H: Handler> Service<H> {
         let health_stop = CancellationToken::new();
         let mut health_tasks = Vec::new();
         if let Some(listener) = self.http.take() {
-            let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone(), self.failed.clone()));
+            let readiness = Arc::new(crate::health::Readiness::new(self.halt.clone(), self.failed.clone()).with_details(self.details.take()));
             let extra = self.routes.take();
             health_tasks.push(supervisor.spawn(
                 "HTTP endpoints",
@@ -454,10 +463,11 @@ pub struct ServiceArgs {
 /// An error that stops it is printed as a sentence with its causes (`error: invalid
 /// configuration: kafka.partitions must be at least 1`), and the exit code is 1.
 ///
-/// `make` builds the handler from the loaded settings; `add` adds the capabilities it uses
-/// (`Ok` for none; the orchestrator's: `|s| s.observed().with_deadlines().with_dead_letter_watch()`).
+/// `make` builds the handler from the loaded settings and the opened, migrated database (it may
+/// refuse: [`ServiceError::Refused`]); `add` adds the capabilities it uses (`Ok` for none; the
+/// orchestrator's: `|s| s.observed().with_deadlines().with_dead_letter_watch()`).
 pub async fn service_main<H: Handler>(
-    make: impl FnOnce(&ServiceSettings) -> H,
+    make: impl AsyncFnOnce(&ServiceSettings, &Db) -> Result<H, ServiceError>,
     migrations: &Migrations,
     add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
 ) -> std::process::ExitCode {
@@ -480,7 +490,7 @@ pub async fn service_main<H: Handler>(
 }
 
 async fn run_service<H: Handler>(
-    make: impl FnOnce(&ServiceSettings) -> H,
+    make: impl AsyncFnOnce(&ServiceSettings, &Db) -> Result<H, ServiceError>,
     migrations: &Migrations,
     add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -513,7 +523,7 @@ async fn run_service<H: Handler>(
             Err(e) => return Err(e.into()),
         }
     };
-    let handler = make(&settings);
+    let handler = make(&settings, &db).await?;
     let service = add(Service::build_with_db(settings, handler, db).await?)?;
     service.run_until_stopped(shutdown).await?;
     Ok(())

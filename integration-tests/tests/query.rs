@@ -1,0 +1,293 @@
+//! The read side (the query service) against the running system: the read model equals the write
+//! side once quiet, a replay from offset 0 builds the same model, read-your-writes holds, and
+//! history and `as_of` tell what happened. Each scenario runs on the in-process broker with
+//! SQLite, and (ignored by default; `.ci/run` runs them) on tansu with PostgreSQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use saga_cli::sample::sample_order;
+use saga_cli::stack::Stack;
+use saga_contracts::TopicKind;
+use saga_integration_tests::{options, read_topic, wait_for_orders, Infra};
+use saga_query::model::{PaymentState, Status, StockState};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(saga_integration_tests::Infra::Embedded).await
+                }
+            )*
+        }
+        mod tansu_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = "needs tansu at SAGA_TEST_KAFKA_BOOTSTRAP and PostgreSQL; .ci/run runs it with --ignored"]
+                async fn $name() {
+                    super::$name(saga_integration_tests::Infra::External).await
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(read_model_equals_write_side_and_a_replay_rebuilds_it, read_your_writes_holds_every_time, history_and_as_of_tell_what_happened);
+
+struct Running {
+    stack: Stack,
+    api: String,
+    _dir: tempfile::TempDir,
+    stop: saga_runtime::CancellationToken,
+}
+
+async fn start(infra: Infra) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(infra, dir.path());
+    o.query = true;
+    let stack = Stack::start(o).await.expect("stack starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    let routes = stack.query_routes().expect("the query service runs in the stack");
+    let stop = saga_runtime::CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move { axum::serve(listener, routes).with_graceful_shutdown(async move { stopped.cancelled().await }).await });
+    Running { stack, api, _dir: dir, stop }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.stack.stop().await;
+    }
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_else(|e| panic!("GET {url}: body is not JSON: {e}")))
+}
+
+/// What the write side says of an order: (status, stock, payment).
+async fn write_side(stack: &Stack, id: &str) -> (Status, StockState, PaymentState) {
+    let order = saga_order::get_order(&stack.dbs.order, id).await.unwrap().expect("order exists");
+    let status = Status::parse(order.status.as_str()).unwrap();
+    let stock = match saga_inventory::reservation_status(&stack.dbs.inventory, id).await.unwrap().as_deref() {
+        None => StockState::Pending,
+        Some("RESERVED") => StockState::Reserved,
+        Some("RELEASED") => StockState::Released,
+        Some("FAILED") => StockState::Failed,
+        Some(other) => panic!("reservation of {id} is {other}"),
+    };
+    let payment = match saga_payment::authorization_of(&stack.dbs.payment, id).await.unwrap() {
+        None => PaymentState::Pending,
+        Some((s, _)) if s == "AUTHORIZED" => PaymentState::Authorized,
+        Some((s, _)) if s == "DECLINED" => PaymentState::Declined,
+        Some((s, _)) if s == "VOIDED" => PaymentState::Voided,
+        Some((other, _)) => panic!("authorization of {id} is {other}"),
+    };
+    (status, stock, payment)
+}
+
+/// Every row of a read model, by order id.
+async fn snapshot(db: &saga_store::Db) -> BTreeMap<String, String> {
+    sqlx::query_as::<_, (String, String)>("SELECT order_id, view FROM order_view").fetch_all(db.pool()).await.unwrap().into_iter().collect()
+}
+
+async fn place(stack: &Stack, run: &str, n: usize) -> Vec<String> {
+    let orders: Vec<saga_contracts::Message> = (0..n).map(|i| sample_order(run, i).0.into()).collect();
+    for r in futures::future::join_all(orders.iter().map(|m| stack.publish(m))).await {
+        r.unwrap();
+    }
+    orders.iter().map(|m| m.order_id().to_string()).collect()
+}
+
+async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
+    let running = start(infra).await;
+    let stack = &running.stack;
+    let ids = place(stack, "q", 300).await;
+    wait_for_orders(stack, &ids, WAIT).await;
+    // Quiet: every order is final on the write side. The read model must come to the same.
+    let query = stack.dbs.query.as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut differ = Vec::new();
+        for id in &ids {
+            let want = write_side(stack, id).await;
+            let got = saga_query::store::get(query, id).await.unwrap().map(|v| (v.status, v.stock, v.payment));
+            if got != Some(want) {
+                differ.push(format!("{id}: read {got:?}, write {want:?}"));
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} orders differ from the write side, e.g. {:?}",
+            differ.len(),
+            ids.len(),
+            &differ[..differ.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, page) = get(&format!("{}/orders?customer=alice&status=APPROVED&limit=1000", running.api)).await;
+    let listed = page["orders"].as_array().unwrap();
+    assert!(!listed.is_empty() && listed.iter().all(|o| o["customer_id"] == "alice" && o["status"] == "APPROVED"), "filters hold: {page}");
+    let mut approved_for_alice = 0;
+    for id in &ids {
+        let o = saga_order::get_order(&stack.dbs.order, id).await.unwrap().unwrap();
+        approved_for_alice += usize::from(o.customer_id == "alice" && o.status.as_str() == "APPROVED");
+    }
+    assert_eq!(listed.len(), approved_for_alice, "every approved order of alice, none other");
+
+    // A replay from offset 0: a second projection, its own consumer group and a fresh database,
+    // reads every topic from the beginning; its model must equal the live one, row for row.
+    let live = snapshot(query).await;
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica_url = match infra {
+        Infra::Embedded => format!("sqlite://{}", replica_dir.path().join("replica.db").display()),
+        Infra::External => saga_store::testing::create_postgres_database().await.unwrap(),
+    };
+    let replica_db = saga_runtime::service::open_database(&replica_url, 4, &saga_query::MIGRATIONS).await.unwrap();
+    let mut settings = stack.settings.clone();
+    settings.kafka.group_id = format!("saga-query-replay-{}", uuid::Uuid::new_v4().simple());
+    let topics = saga_contracts::Topics::new(settings.topics.prefix.clone());
+    let lag = saga_query::lag::LagWatch::new(&settings.kafka, saga_query::CONSUMES.iter().map(|k| topics.name(*k)).collect()).unwrap();
+    let replica =
+        saga_runtime::Service::build_with_db(settings, saga_query::QueryHandler::new(lag, Default::default()), replica_db.clone()).await.unwrap().observed();
+    let stop = saga_runtime::CancellationToken::new();
+    let task = tokio::spawn(replica.run_until_stopped(stop.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let copy = snapshot(&replica_db).await;
+        if copy == live {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let differ: Vec<_> = live.keys().filter(|k| copy.get(*k) != live.get(*k)).take(3).map(|k| (k, live.get(k), copy.get(k))).collect();
+            panic!("the replay's model ({} rows) differs from the live one ({} rows), e.g. {differ:?}", copy.len(), live.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    // And the rebuild from the stored history gives the same rows again.
+    assert_eq!(saga_query::store::rebuild(query).await.unwrap(), live.len());
+    assert_eq!(snapshot(query).await, live, "rebuilt from history");
+    replica_db.close().await;
+    if let Infra::External = infra {
+        saga_store::testing::drop_postgres_database(&replica_url).await.unwrap();
+    }
+    running.stop().await;
+}
+
+async fn read_your_writes_holds_every_time(infra: Infra) {
+    let running = start(infra).await;
+    let stack = &running.stack;
+    let topic = stack.topic(TopicKind::OrderCommands);
+    for i in 0..100 {
+        let (order, _) = sample_order("ryw", i);
+        let id = order.order_id.clone();
+        let (partition, offset) = stack.publish(&order.into()).await.unwrap();
+        // Alternately: the producer's position, or a long poll until the order exists.
+        let url = if i % 2 == 0 {
+            format!("{}/orders/{id}?min_position={topic}:{partition}:{offset}", running.api)
+        } else {
+            format!("{}/orders/{id}?wait_ms=5000", running.api)
+        };
+        let (status, body) = get(&url).await;
+        assert_eq!(status, 200, "order {i} not seen right after it was placed: {body}");
+        assert_eq!(body["order_id"], id.as_str());
+        assert!(body["position"].as_array().unwrap().iter().any(|p| p["topic"] == topic.as_str()), "reflects the PlaceOrder: {body}");
+    }
+    // The outcome, by waiting until the order leaves PENDING.
+    let (status, body) = get(&format!("{}/orders/ryw-00099?wait_ms=30000&until_not=PENDING", running.api)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["status"], "PENDING");
+    // A position the model cannot have reached: a 504 that says how far behind it is.
+    let (status, body) = get(&format!("{}/orders/ryw-00001?min_position={topic}:0:999999999&wait_ms=300", running.api)).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["behind"]["partition"], 0);
+    assert!(body["behind"]["applied_next_offset"].as_i64().unwrap() < 999_999_999);
+    // Unknown orders and malformed parameters.
+    assert_eq!(get(&format!("{}/orders/nope", running.api)).await.0, 404);
+    let (status, body) = get(&format!("{}/orders/ryw-00001?wait_ms=soon", running.api)).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("wait_ms:"), "{body}");
+    running.stop().await;
+}
+
+async fn history_and_as_of_tell_what_happened(infra: Infra) {
+    let running = start(infra).await;
+    let stack = &running.stack;
+    // Order 6 of a sample run is declined: reserved, declined, released, rejected.
+    let ids = place(stack, "h", 7).await;
+    wait_for_orders(stack, &ids, WAIT).await;
+    let id = &ids[6];
+    let (status, order) = get(&format!("{}/orders/{id}?wait_ms=30000&until_not=PENDING", running.api)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (order["status"].as_str(), order["stock"]["state"].as_str(), order["payment"]["state"].as_str()),
+        (Some("REJECTED"), Some("released"), Some("declined"))
+    );
+    // Wait until the compensation's events are in too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let history = loop {
+        let (_, h) = get(&format!("{}/orders/{id}/history", running.api)).await;
+        if h["events"].as_array().is_some_and(|e| e.len() >= 6) || tokio::time::Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events = history["events"].as_array().unwrap();
+    // Exactly the messages of this order on the topics the projection reads.
+    let mut on_topics = BTreeSet::new();
+    for kind in saga_query::CONSUMES {
+        let topic = stack.topic(*kind);
+        for r in read_topic(stack, &topic, usize::MAX, Duration::from_secs(10)).await {
+            use rdkafka::Message as _;
+            if r.key() == Some(id.as_bytes()) {
+                let m = stack.codec().decode(*kind, r.payload()).await.unwrap();
+                if saga_query::model::Fact::of(&m).is_some() {
+                    on_topics.insert(m.envelope().message_id.clone());
+                }
+            }
+        }
+    }
+    let in_history: BTreeSet<String> = events.iter().map(|e| e["message_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(in_history, on_topics, "history lists exactly the events applied");
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for want in ["PlaceOrder", "OrderCreated", "StockReserved", "PaymentDeclined", "StockReleased", "OrderRejected"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    // As of each event's time: the state after it (and every event of the same millisecond).
+    for e in events {
+        let t = e["occurred_at_ms"].as_i64().unwrap();
+        let (status, then) = get(&format!("{}/orders/{id}?as_of={t}", running.api)).await;
+        assert_eq!(status, 200, "{then}");
+        let upto: Vec<&str> = events.iter().filter(|x| x["occurred_at_ms"].as_i64().unwrap() <= t).map(|x| x["event"].as_str().unwrap()).collect();
+        let expect_stock = if upto.contains(&"StockReleased") {
+            "released"
+        } else if upto.contains(&"StockReserved") {
+            "reserved"
+        } else {
+            "pending"
+        };
+        let expect_payment = if upto.contains(&"PaymentDeclined") { "declined" } else { "pending" };
+        let expect_status = if upto.contains(&"OrderRejected") { "REJECTED" } else { "PENDING" };
+        assert_eq!(
+            (then["status"].as_str(), then["stock"]["state"].as_str(), then["payment"]["state"].as_str()),
+            (Some(expect_status), Some(expect_stock), Some(expect_payment)),
+            "as of {t} (after {upto:?})"
+        );
+    }
+    let first = events[0]["occurred_at_ms"].as_i64().unwrap();
+    assert_eq!(get(&format!("{}/orders/{id}?as_of={}", running.api, first - 1)).await.0, 404, "nothing known before its first event");
+    running.stop().await;
+}
