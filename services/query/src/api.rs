@@ -69,6 +69,7 @@ pub fn router(reader: Reader) -> Router {
 /// The OpenAPI document of this API.
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&WireEnums),
     info(title = "saga-query", description = "The read side of the order saga system: orders as projected from the event stream."),
     paths(get_order, list_orders, order_history, projection),
     components(schemas(
@@ -91,6 +92,29 @@ pub fn router(reader: Reader) -> Router {
     ))
 )]
 pub struct ApiDoc;
+
+/// Puts the wire form of the model's enums (`PENDING`, `pending`, ...) into the document.
+/// `#[derive(ToSchema)]` inside `ranked_enum!` does not see the variants' `#[serde(rename = $text)]`
+/// (utoipa reads a rename only from a bare string literal, and a `$text:literal` fragment reaches it
+/// wrapped in an invisible group), so the derived schemas list the Rust names (`Pending`) instead.
+struct WireEnums;
+
+impl utoipa::Modify for WireEnums {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{schema::Schema, RefOr};
+        let Some(components) = openapi.components.as_mut() else { return };
+        let wire: [(&str, Vec<&'static str>); 3] = [
+            ("Status", Status::ALL.iter().map(|s| s.as_str()).collect()),
+            ("StockState", StockState::ALL.iter().map(|s| s.as_str()).collect()),
+            ("PaymentState", PaymentState::ALL.iter().map(|s| s.as_str()).collect()),
+        ];
+        for (name, values) in wire {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(name) {
+                object.enum_values = Some(values.into_iter().map(serde_json::Value::from).collect());
+            }
+        }
+    }
+}
 
 /// One line of an order.
 #[derive(Debug, Serialize, ToSchema)]
@@ -177,8 +201,12 @@ pub struct OrderDto {
     pub links: LinksDto,
 }
 
+/// The last millisecond humantime can format (9999-12-31T23:59:59.999Z): past it its `Display`
+/// fails, and `to_string()` would panic.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
 fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_RFC3339_MS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -315,6 +343,9 @@ fn parse_position(text: &str) -> Result<Position, ApiError> {
 #[allow(dead_code)] // Documents the parameters; they are read from the query string by name.
 struct GetOrderParams {
     /// The order as it was at this time (RFC 3339 or epoch ms), folded from its stored history.
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z?)$"
+    )]
     as_of: Option<String>,
     /// Long-poll: wait up to this many ms (at most 30000) until the order exists (and, with
     /// `until_not`, leaves that status; with `min_position`, until that record is reflected).
@@ -323,6 +354,7 @@ struct GetOrderParams {
     until_not: Option<Status>,
     /// Read your writes: answer only once the model reflects the record at TOPIC:PARTITION:OFFSET
     /// (where the client's producer wrote its PlaceOrder); waits `wait_ms` (default 5000).
+    #[param(pattern = r"^.+:[0-9]{1,9}:[0-9]{1,18}$")]
     min_position: Option<String>,
 }
 
@@ -349,7 +381,15 @@ async fn get_order(State(reader): State<Reader>, Path(id): Path<String>, Query(q
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| bad("until_not", format!("expected PENDING, APPROVED or REJECTED, found {s:?}")))?),
     };
-    let wait_ms = q.get("wait_ms").map(|w| parse_number::<u64>("wait_ms", w, "a whole number of milliseconds")).transpose()?;
+    // Read as i64 (then refused if negative) so that what is accepted is what the document says:
+    // an int64 of at least 0.
+    let wait_ms = q
+        .get("wait_ms")
+        .map(|w| {
+            parse_number::<i64>("wait_ms", w, "a whole number of milliseconds")
+                .and_then(|ms| u64::try_from(ms).map_err(|_| bad("wait_ms", format!("must not be negative, found {ms}"))))
+        })
+        .transpose()?;
     if let Some(as_of) = q.get("as_of") {
         if wait_ms.is_some() || until_not.is_some() || min_position.is_some() {
             return Err(bad("as_of", "a temporal query does not wait: drop wait_ms, until_not and min_position"));
@@ -442,8 +482,12 @@ struct ListParams {
     /// Only orders in this status.
     status: Option<Status>,
     /// Only orders created at or after this time (RFC 3339 or epoch ms).
+    #[param(
+        pattern = r"^([+-]?[0-9]{1,18}|(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z?)$"
+    )]
     since: Option<String>,
     /// Orders per page (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Where the previous page ended (its `next_cursor`).
     cursor: Option<String>,
@@ -597,6 +641,7 @@ mod tests {
         assert_eq!(parse_time("as_of", "2023-11-14T22:13:20.123Z").ok(), Some(1_700_000_000_123));
         assert!(parse_time("as_of", "yesterday").is_err());
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z", "past year 9999 humantime cannot format");
     }
 
     #[test]
@@ -613,5 +658,14 @@ mod tests {
         for path in ["/orders", "/orders/{id}", "/orders/{id}/history", "/projection"] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+    }
+
+    #[test]
+    fn the_openapi_document_names_enum_values_as_they_are_sent() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Status"]["enum"], serde_json::json!(["PENDING", "APPROVED", "REJECTED"]));
+        assert_eq!(schemas["StockState"]["enum"], serde_json::json!(["pending", "failed", "reserved", "released"]));
+        assert_eq!(schemas["PaymentState"]["enum"], serde_json::json!(["pending", "declined", "authorized", "voided"]));
     }
 }
