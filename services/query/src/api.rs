@@ -658,6 +658,8 @@ mod tests {
         for path in ["/orders", "/orders/{id}", "/orders/{id}/history", "/projection"] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing");
         }
+        assert_eq!(doc["components"]["schemas"]["Status"]["enum"], serde_json::json!(["PENDING", "APPROVED", "REJECTED"]));
+        assert_eq!(doc["components"]["schemas"]["StockState"]["enum"], serde_json::json!(["pending", "failed", "reserved", "released"]));
     }
 
     #[test]

@@ -114,12 +114,15 @@ impl Fact {
 }
 
 macro_rules! ranked_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident as $case:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$doc])*
         /// Variants are declared in precedence order: a later one outranks an earlier one.
+        // The wire form is spelled by `rename_all` (which the OpenAPI derive reads) and by
+        // `as_str`; a test keeps the two equal.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = $case)]
         pub enum $name {
-            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)*
+            $($(#[$vdoc])* $variant,)*
         }
 
         impl $name {
@@ -141,7 +144,7 @@ macro_rules! ranked_enum {
 
 ranked_enum! {
     /// Where an order stands.
-    Status {
+    Status as "UPPERCASE" {
         /// Placed or validated; its saga runs.
         #[default]
         Pending = "PENDING",
@@ -154,7 +157,7 @@ ranked_enum! {
 
 ranked_enum! {
     /// The order's stock reservation.
-    StockState {
+    StockState as "lowercase" {
         /// Nothing heard from inventory yet.
         #[default]
         Pending = "pending",
@@ -169,7 +172,7 @@ ranked_enum! {
 
 ranked_enum! {
     /// The order's payment authorization.
-    PaymentState {
+    PaymentState as "lowercase" {
         /// Nothing heard from payment yet.
         #[default]
         Pending = "pending",
@@ -417,14 +420,20 @@ mod tests {
 
     #[test]
     fn wire_forms_round_trip() {
+        fn same<T: Serialize>(v: &T, text: &str) {
+            assert_eq!(serde_json::to_value(v).unwrap(), text, "serde's spelling is as_str's");
+        }
         for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(*s));
+            same(s, s.as_str());
         }
         for s in StockState::ALL {
             assert_eq!(StockState::parse(s.as_str()), Some(*s));
+            same(s, s.as_str());
         }
         for s in PaymentState::ALL {
             assert_eq!(PaymentState::parse(s.as_str()), Some(*s));
+            same(s, s.as_str());
         }
         assert_eq!(Status::parse("pending"), None);
     }
