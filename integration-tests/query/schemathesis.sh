@@ -165,17 +165,19 @@ if [ "$rc" -ne 0 ]; then
   say "FAILED (exit $rc): ${verdict:-no summary}; ${cases:-no test cases}; against $base in ${elapsed}s"
   exit 1
 fi
-# A run whose time budget went before fuzzing or stateful testing started tested next to nothing.
-if ! skipped=$("$py" - "$work/report.json" <<'EOF'
+# A run whose time budget went before fuzzing started tested next to nothing: that is a failure.
+# Stateful testing comes last and may be cut short by long polls: that is only noted.
+skipped=$("$py" - "$work/report.json" <<'EOF' || echo "fuzzing (no readable report)"
 import json, sys
 phases = json.load(open(sys.argv[1])).get("phases", {})
-skipped = [f"{name} ({(phases.get(name) or {}).get('skip_reason') or 'not run'})" for name in ("fuzzing", "stateful")
-           if (phases.get(name) or {}).get("status", "skip") == "skip"]
-print(", ".join(skipped))
-sys.exit(1 if skipped else 0)
+print(" ".join(name for name in ("fuzzing", "stateful") if (phases.get(name) or {}).get("status", "skip") == "skip"))
 EOF
-); then
-  say "FAILED: no failures, but these phases did not run: ${skipped:-see the report}; raise SCHEMATHESIS_MAX_TIME (now $max_time)"
-  exit 1
-fi
+)
+case " $skipped " in
+  *" fuzzing "*)
+    say "FAILED: no failures, but the time budget ran out before fuzzing ($skipped did not run); raise SCHEMATHESIS_MAX_TIME (now $max_time)"
+    exit 1
+    ;;
+  *" stateful "*) say "note: stateful testing did not run within the time budget" ;;
+esac
 say "passed: ${verdict:-no issues}; ${cases:-no test cases}; in ${elapsed}s"

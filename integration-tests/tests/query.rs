@@ -37,7 +37,12 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(read_model_equals_write_side_and_a_replay_rebuilds_it, read_your_writes_holds_every_time, history_and_as_of_tell_what_happened);
+scenarios!(
+    read_model_equals_write_side_and_a_replay_rebuilds_it,
+    read_your_writes_holds_every_time,
+    history_and_as_of_tell_what_happened,
+    unreadable_records_are_dead_lettered_and_the_rest_applied,
+);
 
 struct Running {
     stack: Stack,
@@ -234,12 +239,19 @@ async fn history_and_as_of_tell_what_happened(infra: Infra) {
     let ids = place(stack, "h", 7).await;
     wait_for_orders(stack, &ids, WAIT).await;
     let id = &ids[6];
-    let (status, order) = get(&format!("{}/orders/{id}?wait_ms=30000&until_not=PENDING", running.api)).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        (order["status"].as_str(), order["stock"]["state"].as_str(), order["payment"]["state"].as_str()),
-        (Some("REJECTED"), Some("released"), Some("declined"))
-    );
+    // The order's events travel on three topics, so its OrderRejected may be applied before the
+    // StockReleased: wait for the whole outcome.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        let (status, order) = get(&format!("{}/orders/{id}?wait_ms=30000&until_not=PENDING", running.api)).await;
+        assert_eq!(status, 200, "{order}");
+        let outcome = [&order["status"], &order["stock"]["state"], &order["payment"]["state"]].map(|v| v.as_str().unwrap_or_default().to_string());
+        if outcome[1] == "released" || tokio::time::Instant::now() > deadline {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcome, ["REJECTED", "released", "declined"]);
     // Wait until the compensation's events are in too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let history = loop {
@@ -293,5 +305,41 @@ async fn history_and_as_of_tell_what_happened(infra: Infra) {
     }
     let first = events[0]["occurred_at_ms"].as_i64().unwrap();
     assert_eq!(get(&format!("{}/orders/{id}?as_of={}", running.api, first - 1)).await.0, 404, "nothing known before its first event");
+    running.stop().await;
+}
+
+async fn unreadable_records_are_dead_lettered_and_the_rest_applied(infra: Infra) {
+    let running = start(infra).await;
+    let stack = &running.stack;
+    let events = stack.topic(TopicKind::OrderEvents);
+    stack.publish_raw(&events, Some(b"poison-q"), b"not avro").await.unwrap();
+    // A valid event after it, on the same partition (same key).
+    let created = saga_contracts::OrderCreated {
+        envelope: saga_runtime::testing::envelope("poison-q-created", saga_contracts::OrderCreated::FULL_NAME, "poison-q"),
+        order_id: "poison-q".into(),
+        customer_id: "alice".into(),
+        currency: "EUR".into(),
+        total_minor: 1250,
+        lines: vec![saga_cli::sample::line("WIDGET-1", 1, 1250)],
+    };
+    stack.publish(&created.into()).await.unwrap();
+    let (status, body) = get(&format!("{}/orders/poison-q?wait_ms=30000", running.api)).await;
+    assert_eq!(status, 200, "the event after the poison is applied: {body}");
+    let dlt = saga_contracts::Topics::dlt(&events);
+    // The orchestrator reads that topic too, and dead-letters the record as well.
+    let records = read_topic(stack, &dlt, 2, WAIT).await;
+    let ours: Vec<_> = records
+        .iter()
+        .filter(|r| saga_integration_tests::header(r, saga_runtime::dlt::headers::CONSUMER_GROUP).is_some_and(|g| g.starts_with("saga-query")))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "one dead letter from the query service: {:?}",
+        records.iter().map(|r| saga_integration_tests::header(r, saga_runtime::dlt::headers::CONSUMER_GROUP)).collect::<Vec<_>>()
+    );
+    use rdkafka::Message as _;
+    assert_eq!(ours[0].payload(), Some(&b"not avro"[..]), "value kept");
+    assert_eq!(saga_integration_tests::header(ours[0], saga_runtime::dlt::headers::ERROR_CLASS).as_deref(), Some("not-wire-format"));
     running.stop().await;
 }
