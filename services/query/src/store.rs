@@ -52,12 +52,41 @@ pub async fn apply(conn: &mut Conn<'_>, incoming: &Incoming) -> Result<(), sqlx:
         saga_id: envelope.saga_id.clone(),
         position: Position { topic: incoming.topic.clone(), partition: incoming.partition, offset: incoming.offset },
     };
-    let mut view = match conn.fetch_optional("SELECT view FROM order_view WHERE order_id = $1", args![order_id]).await? {
-        Some(row) => parse_view(order_id, &row.get::<String>("view")?)?,
-        None => OrderView::new(order_id),
+    // Instances of the projection own different topics' partitions, so two may apply facts of
+    // one order at once. On PostgreSQL (READ COMMITTED) a plain read would see the view as it was
+    // before the other committed, and the write would drop the other's fact. So the view is read
+    // FOR UPDATE (which waits for the other and returns its committed row), and a new view is
+    // inserted only if no other transaction inserted it meanwhile; if one did, it is read again,
+    // locked. (SQLite has one writer: nothing runs beside the transaction.)
+    let lock = if conn.backend() == saga_store::Backend::Postgres { " FOR UPDATE" } else { "" };
+    let read = format!("SELECT view FROM order_view WHERE order_id = $1{lock}");
+    for _ in 0..2 {
+        if let Some(row) = conn.fetch_optional(read.clone(), args![order_id]).await? {
+            let mut view = parse_view(order_id, &row.get::<String>("view")?)?;
+            view.apply(&applied);
+            return write_view(conn, &view, false).await.map(drop);
+        }
+        let mut view = OrderView::new(order_id);
+        view.apply(&applied);
+        if write_view(conn, &view, true).await? {
+            return Ok(());
+        }
+    }
+    Err(sqlx::Error::Protocol(format!("the view of order {order_id} was inserted by another transaction and then could not be read")))
+}
+
+/// Writes a view: a new row (`insert`: false when another transaction inserted the order's row
+/// first) or over the existing one.
+async fn write_view(conn: &mut Conn<'_>, view: &OrderView, insert: bool) -> Result<bool, sqlx::Error> {
+    let json = serde_json::to_string(view).expect("views always serialize");
+    let sql = if insert {
+        "INSERT INTO order_view (order_id, customer_id, status, created_at_ms, updated_at_ms, view) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (order_id) DO NOTHING"
+    } else {
+        "UPDATE order_view SET customer_id = $2, status = $3, created_at_ms = $4, updated_at_ms = $5, view = $6 WHERE order_id = $1"
     };
-    view.apply(&applied);
-    upsert(conn, &view).await
+    let n = conn.execute(sql, args![&view.order_id, &view.customer_id, view.status.as_str(), view.created_at_ms, view.updated_at_ms, &json]).await?;
+    Ok(n == 1)
 }
 
 async fn upsert(conn: &mut Conn<'_>, view: &OrderView) -> Result<(), sqlx::Error> {

@@ -12,6 +12,7 @@ saga_store::backend_tests!(
     every_arrival_order_with_duplicates_gives_the_same_view,
     history_as_of_and_rebuild_read_back_what_was_applied,
     a_stored_view_that_cannot_be_read_is_an_error,
+    two_instances_applying_facts_of_the_same_orders_lose_none,
 );
 
 async fn migrated(test_db: &TestDb) -> &Db {
@@ -160,4 +161,38 @@ async fn a_stored_view_that_cannot_be_read_is_an_error(test_db: TestDb) {
     sqlx::query("UPDATE projection_meta SET version = 999").execute(db.pool()).await.unwrap();
     let e = store::check_version(db).await.expect_err("another version's model");
     assert!(e.to_string().contains("saga-query --rebuild"), "{e}");
+}
+
+/// Two instances of the projection own different topics' partitions, so facts of one order are
+/// applied by both at once: neither may overwrite what the other joined into the view.
+async fn two_instances_applying_facts_of_the_same_orders_lose_none(test_db: TestDb) {
+    let db = migrated(&test_db).await.clone();
+    let orders: Vec<String> = (0..40).map(|k| format!("c{k}")).collect();
+    // One instance gets the order topics' messages, the other the inventory and payment events.
+    let split = |order: &str| -> (Vec<Message>, Vec<Message>) { compensated(order).into_iter().partition(|m| m.full_name().starts_with("saga.order.")) };
+    let (first, second): (Vec<_>, Vec<_>) = orders.iter().map(|o| split(o)).unzip();
+    let run = |db: Db, batches: Vec<Vec<Message>>| {
+        tokio::spawn(async move {
+            let handler = handler();
+            for messages in batches {
+                for m in messages {
+                    // A conflict or deadlock between the two is retried, as the consume loop does.
+                    let mut tries = 0;
+                    while let Err(e) = saga_runtime::testing::apply(&db, &handler, m.clone()).await {
+                        tries += 1;
+                        assert!(tries < 50, "{}: {e}", m.short_name());
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        })
+    };
+    let (a, b) = (run(db.clone(), first), run(db.clone(), second));
+    a.await.unwrap();
+    b.await.unwrap();
+    for order in &orders {
+        let v = store::get(&db, order).await.unwrap().expect("view exists");
+        assert_eq!((v.status, v.stock, v.payment), (Status::Rejected, StockState::Released, PaymentState::Declined), "{order}: a fact was lost");
+        assert_eq!((v.customer_id.as_str(), v.total_minor), ("alice", 300), "{order}");
+    }
 }
