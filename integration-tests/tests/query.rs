@@ -42,6 +42,7 @@ scenarios!(
     read_your_writes_holds_every_time,
     history_and_as_of_tell_what_happened,
     unreadable_records_are_dead_lettered_and_the_rest_applied,
+    a_replay_beside_the_live_service_switches_without_losing_anything,
 );
 
 struct Running {
@@ -341,5 +342,66 @@ async fn unreadable_records_are_dead_lettered_and_the_rest_applied(infra: Infra)
     use rdkafka::Message as _;
     assert_eq!(ours[0].payload(), Some(&b"not avro"[..]), "value kept");
     assert_eq!(saga_integration_tests::header(ours[0], saga_runtime::dlt::headers::ERROR_CLASS).as_deref(), Some("not-wire-format"));
+    running.stop().await;
+}
+
+async fn a_replay_beside_the_live_service_switches_without_losing_anything(infra: Infra) {
+    let running = start(infra).await;
+    let stack = &running.stack;
+    let ids = place(stack, "r", 150).await;
+    wait_for_orders(stack, &ids, WAIT).await;
+    let query = stack.dbs.query.as_ref().unwrap();
+    // Readers keep getting answers all through the replay, and orders keep coming.
+    let stop = saga_runtime::CancellationToken::new();
+    let reads = {
+        let (api, id, stop) = (running.api.clone(), ids[0].clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let (status, body) = get(&format!("{api}/orders/{id}")).await;
+                assert_eq!(status, 200, "a read during the replay: {body}");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let more: Vec<saga_contracts::Message> = (0..60).map(|i| sample_order("r2", i).0.into()).collect();
+    let placing = async {
+        for m in &more {
+            stack.publish(m).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut settings = stack.settings.clone();
+    settings.database.url = stack.query_database_url.clone().unwrap();
+    let (report, ()) = tokio::join!(saga_query::replay::replay(&settings, query), placing);
+    let report = report.expect("the replay switches");
+    stop.cancel();
+    assert!(reads.await.unwrap() > 10, "reads went on during the replay");
+    assert!(report.applied >= 150 * 5, "{report:?}");
+    // Once quiet, every order of both runs is in the model as the write side has it, and the
+    // model equals a refold of its own history.
+    let all: Vec<String> = ids.iter().cloned().chain(more.iter().map(|m| m.order_id().to_string())).collect();
+    wait_for_orders(stack, &all, WAIT).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut differ = Vec::new();
+        for id in &all {
+            let want = write_side(stack, id).await;
+            let got = saga_query::store::get(query, id).await.unwrap().map(|v| (v.status, v.stock, v.payment));
+            if got != Some(want) {
+                differ.push(format!("{id}: read {got:?}, write {want:?}"));
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} orders differ after the replay, e.g. {:?}", differ.len(), &differ[..differ.len().min(5)]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = snapshot(query).await;
+    saga_query::store::rebuild(query).await.unwrap();
+    assert_eq!(snapshot(query).await, before, "the replayed model is what its history folds to");
     running.stop().await;
 }

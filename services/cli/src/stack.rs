@@ -122,6 +122,8 @@ pub struct Stack {
     pub query_url: Option<String>,
     /// What the query API reads, when the query service runs in this process.
     query: Option<saga_query::api::Reader>,
+    /// The read model's database URL, when the query service runs.
+    pub query_database_url: Option<String>,
     codec: Arc<Codec>,
     producer: FutureProducer,
     shutdown: CancellationToken,
@@ -293,6 +295,7 @@ impl Stack {
             settings,
             query_url,
             query,
+            query_database_url: options.query.then(|| urls[5].clone()),
             codec,
             producer,
             shutdown,

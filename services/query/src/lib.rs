@@ -7,6 +7,7 @@
 //! - [`store`]: the tables: applying a record in the consumer's transaction, and the queries.
 //! - [`api`]: the HTTP JSON API and its OpenAPI document.
 //! - [`lag`]: how far the model is behind the topics.
+//! - [`replay`]: rebuild by replay: the topics from offset 0 into a fresh copy, then a switch.
 //! - this file: the [`QueryHandler`] the runtime drives.
 //!
 //! Delivery: see `saga-runtime`. Each batch of records is applied in one transaction with the
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod lag;
 pub mod model;
+pub mod replay;
 pub mod store;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -153,27 +155,42 @@ struct QueryArgs {
     service: saga_runtime::service::ServiceArgs,
     /// Refold every order's view from the stored history in one transaction (queries keep the
     /// old views until it commits), record this code's projection version, and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "replay")]
     rebuild: bool,
+    /// Replay the topics from offset 0 into a fresh copy of the read model, then replace the
+    /// live views and history with it in one transaction (queries keep the old ones until then;
+    /// a running saga-query waits during the switch), and exit. Runs beside the live service.
+    #[arg(long)]
+    replay: bool,
 }
 
 /// The whole `main` of `saga-query`.
 pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     let args = QueryArgs::parse();
-    if !args.rebuild {
+    if !args.rebuild && !args.replay {
         return saga_runtime::service::service_main(make, &MIGRATIONS, |s| Ok(s.observed())).await;
     }
     let rebuilt = async {
+        let _telemetry = saga_runtime::telemetry::init(QueryHandler::SERVICE)?;
         let settings = saga_runtime::ServiceSettings::load(QueryHandler::SERVICE, args.service.config.as_deref())?;
         let db = saga_runtime::service::open_database(&settings.database.url, 2, &MIGRATIONS).await?;
-        let n = store::rebuild(&db).await?;
+        let said = if args.replay {
+            let r = replay::replay(&settings, &db).await?;
+            format!(
+                "replayed {} records ({} unreadable, skipped as the service dead-lettered them) into a fresh copy and switched to it: {} orders, in {} ms",
+                r.applied, r.unreadable, r.orders, r.elapsed_ms
+            )
+        } else {
+            let n = store::rebuild(&db).await?;
+            format!("rebuilt the read model of {n} orders from their history (projection version {})", store::PROJECTION_VERSION)
+        };
         db.close().await;
-        Ok::<usize, Box<dyn std::error::Error>>(n)
+        Ok::<String, Box<dyn std::error::Error>>(said)
     };
     match rebuilt.await {
-        Ok(n) => {
-            println!("rebuilt the read model of {n} orders from their history (projection version {})", store::PROJECTION_VERSION);
+        Ok(said) => {
+            println!("{said}");
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
