@@ -110,3 +110,29 @@ pub async fn in_inbox(db: &saga_store::Db, message_id: &str) -> bool {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE message_id = $1").bind(message_id).fetch_one(db.pool()).await.expect("inbox readable");
     n == 1
 }
+
+/// Declares each scenario `name(infra)` twice: `embedded::name` on the in-process broker with
+/// SQLite, and `tansu_postgres::name` (ignored by default; `.ci/run` runs it with `--ignored`)
+/// on tansu with PostgreSQL.
+#[macro_export]
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Infra::Embedded).await
+                }
+            )*
+        }
+        mod tansu_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = "needs tansu at SAGA_TEST_KAFKA_BOOTSTRAP and PostgreSQL; .ci/run runs it with --ignored"]
+                async fn $name() {
+                    super::$name($crate::Infra::External).await
+                }
+            )*
+        }
+    };
+}

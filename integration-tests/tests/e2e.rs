@@ -15,29 +15,14 @@ use saga_runtime::dlt::headers as dlt;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(saga_integration_tests::Infra::Embedded).await
-                }
-            )*
-        }
-        mod tansu_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                #[ignore = "needs tansu at SAGA_TEST_KAFKA_BOOTSTRAP and PostgreSQL; .ci/run runs it with --ignored"]
-                async fn $name() {
-                    super::$name(saga_integration_tests::Infra::External).await
-                }
-            )*
-        }
-    };
-}
-
-scenarios!(happy_path, out_of_stock, payment_declined, duplicates_apply_once, poison_records_are_dead_lettered, concurrent_orders_conserve_stock_and_credit);
+saga_integration_tests::scenarios!(
+    happy_path,
+    out_of_stock,
+    payment_declined,
+    duplicates_apply_once,
+    poison_records_are_dead_lettered,
+    concurrent_orders_conserve_stock_and_credit
+);
 
 async fn start(infra: Infra, seed: Option<Seed>) -> (Stack, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -15,29 +15,7 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::$name(saga_integration_tests::Infra::Embedded).await
-                }
-            )*
-        }
-        mod tansu_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                #[ignore = "needs tansu at SAGA_TEST_KAFKA_BOOTSTRAP and PostgreSQL; .ci/run runs it with --ignored"]
-                async fn $name() {
-                    super::$name(saga_integration_tests::Infra::External).await
-                }
-            )*
-        }
-    };
-}
-
-scenarios!(
+saga_integration_tests::scenarios!(
     read_model_equals_write_side_and_a_replay_rebuilds_it,
     read_your_writes_holds_every_time,
     history_and_as_of_tell_what_happened,
@@ -100,6 +78,34 @@ async fn write_side(stack: &Stack, id: &str) -> (Status, StockState, PaymentStat
     (status, stock, payment)
 }
 
+/// Waits until the read model says of every order in `ids` what the write side says (order
+/// status, reservation, authorization); panics with examples after 30 s.
+async fn wait_until_read_equals_write(stack: &Stack, ids: &[String]) {
+    let query = stack.dbs.query.as_ref().expect("the query service runs");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut differ = Vec::new();
+        for id in ids {
+            let want = write_side(stack, id).await;
+            let got = saga_query::store::get(query, id).await.unwrap().map(|v| (v.status, v.stock, v.payment));
+            if got != Some(want) {
+                differ.push(format!("{id}: read {got:?}, write {want:?}"));
+            }
+        }
+        if differ.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} orders differ from the write side, e.g. {:?}",
+            differ.len(),
+            ids.len(),
+            &differ[..differ.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every row of a read model, by order id.
 async fn snapshot(db: &saga_store::Db) -> BTreeMap<String, String> {
     sqlx::query_as::<_, (String, String)>("SELECT order_id, view FROM order_view").fetch_all(db.pool()).await.unwrap().into_iter().collect()
@@ -119,29 +125,8 @@ async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
     let ids = place(stack, "q", 300).await;
     wait_for_orders(stack, &ids, WAIT).await;
     // Quiet: every order is final on the write side. The read model must come to the same.
+    wait_until_read_equals_write(stack, &ids).await;
     let query = stack.dbs.query.as_ref().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut differ = Vec::new();
-        for id in &ids {
-            let want = write_side(stack, id).await;
-            let got = saga_query::store::get(query, id).await.unwrap().map(|v| (v.status, v.stock, v.payment));
-            if got != Some(want) {
-                differ.push(format!("{id}: read {got:?}, write {want:?}"));
-            }
-        }
-        if differ.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {} orders differ from the write side, e.g. {:?}",
-            differ.len(),
-            ids.len(),
-            &differ[..differ.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let (_, page) = get(&format!("{}/orders?customer=alice&status=APPROVED&limit=1000", running.api)).await;
     let listed = page["orders"].as_array().unwrap();
     assert!(!listed.is_empty() && listed.iter().all(|o| o["customer_id"] == "alice" && o["status"] == "APPROVED"), "filters hold: {page}");
@@ -384,22 +369,7 @@ async fn a_replay_beside_the_live_service_switches_without_losing_anything(infra
     // model equals a refold of its own history.
     let all: Vec<String> = ids.iter().cloned().chain(more.iter().map(|m| m.order_id().to_string())).collect();
     wait_for_orders(stack, &all, WAIT).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut differ = Vec::new();
-        for id in &all {
-            let want = write_side(stack, id).await;
-            let got = saga_query::store::get(query, id).await.unwrap().map(|v| (v.status, v.stock, v.payment));
-            if got != Some(want) {
-                differ.push(format!("{id}: read {got:?}, write {want:?}"));
-            }
-        }
-        if differ.is_empty() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{} orders differ after the replay, e.g. {:?}", differ.len(), &differ[..differ.len().min(5)]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_read_equals_write(stack, &all).await;
     let before = snapshot(query).await;
     saga_query::store::rebuild(query).await.unwrap();
     assert_eq!(snapshot(query).await, before, "the replayed model is what its history folds to");

@@ -304,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 OrdersCommand::Show { order_id, as_of, wait_ms, until_not } => {
                     let q: Vec<_> =
                         [some("as_of", as_of), some("wait_ms", wait_ms.map(|w| w.to_string())), some("until_not", until_not)].into_iter().flatten().collect();
-                    (api.get(&format!("/orders/{}", path_segment(&order_id)), &q).await?, saga_cli::orders::render_order)
+                    (api.get(&format!("/orders/{}", saga_runtime::health::path_segment(&order_id)), &q).await?, saga_cli::orders::render_order)
                 }
                 OrdersCommand::List { customer, status, since, limit, cursor } => {
                     let q: Vec<_> =
@@ -315,7 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (api.get("/orders", &q).await?, saga_cli::orders::render_page)
                 }
                 OrdersCommand::History { order_id } => {
-                    (api.get(&format!("/orders/{}/history", path_segment(&order_id)), &[]).await?, saga_cli::orders::render_history)
+                    (api.get(&format!("/orders/{}/history", saga_runtime::health::path_segment(&order_id)), &[]).await?, saga_cli::orders::render_history)
                 }
             };
             if json {
@@ -416,14 +416,4 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("expected a positive number of sagas per second, found {s:?}")),
     }
-}
-
-/// Percent-encodes an order id for a URL path.
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

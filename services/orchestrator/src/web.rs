@@ -125,16 +125,6 @@ async fn show(State(View { db, query_url }): State<View>, Path(id): Path<String>
         })
         .collect();
     // The saga of an order is identified by the order id.
-    let order_url = query_url.map(|q| format!("{q}/orders/{}", path_segment(&saga.saga_id)));
+    let order_url = query_url.map(|q| format!("{q}/orders/{}", saga_runtime::health::path_segment(&saga.saga_id)));
     Json(serde_json::json!({ "saga": SagaSummary::from(&saga), "data": saga.data, "timeline": timeline, "order_url": order_url })).into_response()
-}
-
-/// Percent-encodes a path segment.
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -212,9 +212,9 @@ fn rfc3339(ms: i64) -> String {
 
 impl Reader {
     fn dto(&self, v: OrderView, as_of_ms: Option<i64>) -> OrderDto {
-        let id = urlencoding(&v.order_id);
+        let id = saga_runtime::health::path_segment(&v.order_id);
         let saga = match (&self.settings.saga_view_url, &v.saga_id) {
-            (Some(base), Some(saga)) => Some(format!("{}/sagas?saga={}", base.trim_end_matches('/'), urlencoding(saga))),
+            (Some(base), Some(saga)) => Some(format!("{}/sagas?saga={}", base.trim_end_matches('/'), saga_runtime::health::path_segment(saga))),
             _ => None,
         };
         OrderDto {
@@ -242,16 +242,6 @@ impl Reader {
             order_id: v.order_id,
         }
     }
-}
-
-/// Percent-encodes a path segment or query value.
-fn urlencoding(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// An error, for people.

@@ -174,3 +174,21 @@ pub async fn registry_answers(http: &reqwest::Client, registry: &RegistrySetting
 pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
     listener.local_addr().ok()
 }
+
+/// Characters a URL path segment keeps as they are (RFC 3986 unreserved); the rest is
+/// percent-encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// An id (an order id, a saga id) as one URL path segment or query value: `a/b c` is `a%2Fb%20c`.
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod path_segment_tests {
+    #[test]
+    fn keeps_unreserved_characters_and_encodes_the_rest() {
+        assert_eq!(super::path_segment("dev-00001_a.b~c"), "dev-00001_a.b~c");
+        assert_eq!(super::path_segment("a/b c?d#é"), "a%2Fb%20c%3Fd%23%C3%A9");
+    }
+}
