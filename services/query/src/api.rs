@@ -94,9 +94,10 @@ pub fn router(reader: Reader) -> Router {
 pub struct ApiDoc;
 
 /// Puts the wire form of the model's enums (`PENDING`, `pending`, ...) into the document.
-/// `#[derive(ToSchema)]` inside `ranked_enum!` does not see the variants' `#[serde(rename = $text)]`
-/// (utoipa reads a rename only from a bare string literal, and a `$text:literal` fragment reaches it
-/// wrapped in an invisible group), so the derived schemas list the Rust names (`Pending`) instead.
+/// `#[derive(ToSchema)]` inside `ranked_enum!` does not see the enum's `#[serde(rename_all = $case)]`
+/// (utoipa reads it only from a bare string literal, and a `$case:literal` fragment reaches it
+/// wrapped in an invisible group), so the derived schemas would list the Rust names (`Pending`);
+/// a test fails if this is removed.
 struct WireEnums;
 
 impl utoipa::Modify for WireEnums {

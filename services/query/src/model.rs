@@ -117,8 +117,8 @@ macro_rules! ranked_enum {
     ($(#[$doc:meta])* $name:ident as $case:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$doc])*
         /// Variants are declared in precedence order: a later one outranks an earlier one.
-        // The wire form is spelled by `rename_all` (which the OpenAPI derive reads) and by
-        // `as_str`; a test keeps the two equal.
+        // The wire form is spelled by `rename_all` (serde) and by `as_str`; a test keeps the two
+        // equal. The OpenAPI document takes it from `as_str` (see `api::WireEnums`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = $case)]
         pub enum $name {

@@ -233,7 +233,7 @@ async fn switch_sqlite(live: &Db, copy: &Db, reader: &mut Reader) -> Result<u64,
         let target = positions_on(&mut conn).await?;
         let applied = reader.apply_until(copy, &target).await?;
         copy_rows(copy, &mut conn).await?;
-        record_version(&mut conn).await?;
+        store::record_version(&mut Conn::Sqlx(&mut conn)).await?;
         Ok::<u64, ReplayError>(applied)
     }
     .await;
@@ -327,7 +327,7 @@ async fn switch_postgres(live: &Db, reader: &mut Reader, copy: &Db) -> Result<u6
     ] {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
-    record_version(&mut tx).await?;
+    store::record_version(&mut Conn::Sqlx(&mut tx)).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -335,15 +335,4 @@ async fn switch_postgres(live: &Db, reader: &mut Reader, copy: &Db) -> Result<u6
 async fn positions_on(conn: &mut sqlx::AnyConnection) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
     let rows = Conn::Sqlx(conn).fetch_all("SELECT topic, kafka_partition, next_offset FROM projection_position", &[]).await?;
     rows.iter().map(|r| Ok((r.get("topic")?, r.get("kafka_partition")?, r.get("next_offset")?))).collect()
-}
-
-async fn record_version(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-    Conn::Sqlx(conn)
-        .execute(
-            "INSERT INTO projection_meta (name, version, built_at_ms) VALUES ('orders', $1, $2) \
-             ON CONFLICT (name) DO UPDATE SET version = excluded.version, built_at_ms = excluded.built_at_ms",
-            saga_store::args![store::PROJECTION_VERSION, saga_store::now_ms()],
-        )
-        .await?;
-    Ok(())
 }

@@ -58,10 +58,12 @@ pub async fn apply(conn: &mut Conn<'_>, incoming: &Incoming) -> Result<(), sqlx:
     // FOR UPDATE (which waits for the other and returns its committed row), and a new view is
     // inserted only if no other transaction inserted it meanwhile; if one did, it is read again,
     // locked. (SQLite has one writer: nothing runs beside the transaction.)
-    let lock = if conn.backend() == saga_store::Backend::Postgres { " FOR UPDATE" } else { "" };
-    let read = format!("SELECT view FROM order_view WHERE order_id = $1{lock}");
+    let read = match conn.backend() {
+        saga_store::Backend::Postgres => "SELECT view FROM order_view WHERE order_id = $1 FOR UPDATE",
+        saga_store::Backend::Sqlite => "SELECT view FROM order_view WHERE order_id = $1",
+    };
     for _ in 0..2 {
-        if let Some(row) = conn.fetch_optional(read.clone(), args![order_id]).await? {
+        if let Some(row) = conn.fetch_optional(read, args![order_id]).await? {
             let mut view = parse_view(order_id, &row.get::<String>("view")?)?;
             view.apply(&applied);
             return write_view(conn, &view, false).await.map(drop);
@@ -87,18 +89,6 @@ async fn write_view(conn: &mut Conn<'_>, view: &OrderView, insert: bool) -> Resu
     };
     let n = conn.execute(sql, args![&view.order_id, &view.customer_id, view.status.as_str(), view.created_at_ms, view.updated_at_ms, &json]).await?;
     Ok(n == 1)
-}
-
-async fn upsert(conn: &mut Conn<'_>, view: &OrderView) -> Result<(), sqlx::Error> {
-    let json = serde_json::to_string(view).expect("views always serialize");
-    conn.execute(
-        "INSERT INTO order_view (order_id, customer_id, status, created_at_ms, updated_at_ms, view) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, status = excluded.status, \
-         created_at_ms = excluded.created_at_ms, updated_at_ms = excluded.updated_at_ms, view = excluded.view",
-        args![&view.order_id, &view.customer_id, view.status.as_str(), view.created_at_ms, view.updated_at_ms, &json],
-    )
-    .await?;
-    Ok(())
 }
 
 /// A stored view that cannot be read is an error, never a default.
@@ -224,7 +214,11 @@ impl HistoryEntry {
 /// Every message applied to an order, oldest first (by time, then by where it was read).
 pub async fn history(db: &Db, order_id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error> {
     let mut c = db.pool().acquire().await?;
-    let rows = Conn::Sqlx(&mut c)
+    history_on(&mut Conn::Sqlx(&mut c), order_id).await
+}
+
+async fn history_on(conn: &mut Conn<'_>, order_id: &str) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+    let rows = conn
         .fetch_all(
             "SELECT message_id, message_type, topic, kafka_partition, kafka_offset, occurred_at_ms, applied_at_ms, saga_id, causation_id, fact \
              FROM order_history WHERE order_id = $1 ORDER BY occurred_at_ms, topic, kafka_offset",
@@ -313,6 +307,18 @@ pub async fn check_version(db: &Db) -> Result<(), VersionError> {
     Ok(())
 }
 
+/// Records this code's projection version as the one that built the model, in the caller's
+/// transaction.
+pub async fn record_version(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
+    conn.execute(
+        "INSERT INTO projection_meta (name, version, built_at_ms) VALUES ('orders', $1, $2) \
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, built_at_ms = excluded.built_at_ms",
+        args![PROJECTION_VERSION, saga_store::now_ms()],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Refolds every order's view from the stored history and records this code's version, in one
 /// transaction: queries read the old views until it commits, then the new ones. Returns how many
 /// orders it rebuilt.
@@ -329,32 +335,11 @@ pub async fn rebuild(db: &Db) -> Result<usize, sqlx::Error> {
         .collect::<Result<_, _>>()?;
     conn.execute("DELETE FROM order_view", &[]).await?;
     for id in &ids {
-        let rows = conn
-            .fetch_all(
-                "SELECT message_id, topic, kafka_partition, kafka_offset, occurred_at_ms, saga_id, fact FROM order_history WHERE order_id = $1",
-                args![id],
-            )
-            .await?;
-        let mut view = OrderView::new(id);
-        for r in &rows {
-            let message_id: String = r.get("message_id")?;
-            let fact: Fact = serde_json::from_str(&r.get::<String>("fact")?)
-                .map_err(|e| sqlx::Error::Decode(format!("history entry {message_id} of order {id} cannot be read: {e}").into()))?;
-            view.apply(&Applied {
-                fact,
-                occurred_at_ms: r.get("occurred_at_ms")?,
-                saga_id: r.get("saga_id")?,
-                position: Position { topic: r.get("topic")?, partition: r.get("kafka_partition")?, offset: r.get("kafka_offset")? },
-            });
-        }
-        upsert(&mut conn, &view).await?;
+        let entries = history_on(&mut conn, id).await?;
+        let view = OrderView::fold(id, &entries.iter().map(HistoryEntry::applied).collect::<Vec<_>>());
+        write_view(&mut conn, &view, true).await?;
     }
-    conn.execute(
-        "INSERT INTO projection_meta (name, version, built_at_ms) VALUES ('orders', $1, $2) \
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, built_at_ms = excluded.built_at_ms",
-        args![PROJECTION_VERSION, saga_store::now_ms()],
-    )
-    .await?;
+    record_version(&mut conn).await?;
     tx.commit().await?;
     Ok(ids.len())
 }
