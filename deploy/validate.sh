@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static checks of the deployment artifacts: the Dockerfile and .dockerignore, docker-compose.yml,
 # the Kustomize overlays (rendered, every object validated), the Grafana dashboard, the alert rules
-# and the variables every container sets. Needs no cluster, Docker engine or network beyond PyPI for
+# (and their unit tests, with promtool) and the variables every container sets. Needs kubectl and
+# promtool (Debian: the prometheus package), no cluster, Docker engine or network beyond PyPI for
 # the first install of the pinned tools below.
 #
 #   bash deploy/validate.sh PYTHON [CARGO_PROFILE_DIR]
@@ -28,6 +29,7 @@ then
 fi
 
 command -v kubectl >/dev/null || { echo "FAIL: kubectl is needed to render the Kustomize overlays (kubectl kustomize)"; exit 1; }
+command -v promtool >/dev/null || { echo "FAIL: promtool is needed to check the alert rules and run their unit tests (Debian: apt-get install prometheus)"; exit 1; }
 
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
@@ -39,5 +41,19 @@ for overlay in base overlays/dev overlays/production; do
     exit 1
   fi
 done
+
+# The alert rules as Prometheus parses them, and their unit tests (deploy/prometheus/saga-alerts.test.yml:
+# every alert fires on its condition once its `for:` has elapsed, and stays silent otherwise).
+promtool_ok() {
+  if ! promtool "$@" >"$rendered/promtool.out" 2>&1; then
+    echo "FAIL: promtool $*:"
+    cat "$rendered/promtool.out"
+    exit 1
+  fi
+}
+promtool_ok check rules deploy/prometheus/saga-alerts.yml
+rules=$(sed -n 's/.*SUCCESS: \([0-9]*\) rules found.*/\1/p' "$rendered/promtool.out")
+promtool_ok test rules deploy/prometheus/saga-alerts.test.yml
+echo "validate: promtool: ${rules:-?} alert rules parsed, $(grep -c '^  - name:' deploy/prometheus/saga-alerts.test.yml) unit tests passed"
 
 exec "$py" deploy/validate/run.py "$rendered" "$binaries"

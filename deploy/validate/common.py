@@ -91,7 +91,7 @@ PROGRAM_SECTIONS = {
     "saga-order": ["services", "opentelemetry"],
     "saga-inventory": ["services", "opentelemetry"],
     "saga-payment": ["services", "opentelemetry"],
-    "saga-orchestrator": ["services", "opentelemetry"],
+    "saga-orchestrator": ["services", "saga-orchestrator", "opentelemetry"],
     "saga-query": ["services", "saga-query", "opentelemetry"],
     "saga-registry": ["saga-registry"],
     "sagactl": ["sagactl", "opentelemetry"],

@@ -15,6 +15,7 @@ from common import ROOT, Metric, Report, promql_problems
 
 DASHBOARD = ROOT / "deploy/grafana/dashboards/saga.json"
 ALERTS = ROOT / "deploy/prometheus/saga-alerts.yml"
+ALERT_TESTS = ROOT / "deploy/prometheus/saga-alerts.test.yml"
 PROMETHEUS = ROOT / "deploy/compose/prometheus.yml"
 COLLECTOR = ROOT / "deploy/compose/otel-collector.yaml"
 DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/datasources.yaml"
@@ -113,6 +114,27 @@ def check_alerts(report: Report, metrics: dict[str, Metric]) -> None:
                     kept = {x.strip() for g in grouped for x in g.split(",")}
                     report.check(label in kept, f"{where}: {name}: annotation uses $labels.{label}, which the expression aggregates away")
     report.count("alert rules", len(names))
+    check_alert_tests(report, {r["alert"] for g in doc.get("groups", []) for r in g.get("rules", []) if "alert" in r})
+
+
+def check_alert_tests(report: Report, alerts: set[str]) -> None:
+    """promtool runs the unit tests (deploy/validate.sh); this checks that they cover every alert:
+    a case where it fires and one where it stays silent."""
+    where = "deploy/prometheus/saga-alerts.test.yml"
+    if not report.check(ALERT_TESTS.exists(), f"{where}: missing (unit tests of the alert rules)"):
+        return
+    doc = yaml.safe_load(ALERT_TESTS.read_text())
+    report.check(doc.get("rule_files") == ["saga-alerts.yml"], f"{where}: rule_files must be [saga-alerts.yml]")
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for test in doc.get("tests", []):
+        for case in test.get("alert_rule_test", []):
+            name = case.get("alertname")
+            report.check(name in alerts, f"{where}: test {test.get('name')!r} names alert {name!r}, which saga-alerts.yml does not define")
+            (fires if case.get("exp_alerts") else silent).add(name)
+    for name in sorted(alerts):
+        report.check(name in fires, f"{where}: no test case in which {name} fires")
+        report.check(name in silent, f"{where}: no test case in which {name} stays silent")
 
 
 def check_prometheus(report: Report, compose: dict) -> None:

@@ -1,9 +1,12 @@
 """Interoperability check: a client this project did not write talks to our services.
 
-Produces PlaceOrder records with confluent-kafka-python's AvroSerializer (RecordNameStrategy, the
-schema from schemas/) and reads the order events back with its AvroDeserializer, against a running
-`sagactl dev` (its broker and registry). Exits non-zero when an order does not reach the expected
-outcome in time.
+Produces PlaceOrder records with confluent-kafka-python's AvroSerializer (RecordNameStrategy) in
+both schema versions side by side: an old producer with the released v1 (no promotion code) and a
+new one with v2 (schemas/order/PlaceOrder.avsc); reads the order events back with its
+AvroDeserializer, against a running `sagactl dev` (its broker and registry). Then reads the
+PlaceOrder records back as an old consumer would, with v1 as its reader schema (v2's field is
+dropped), and as a new one (v1's records get the default). Exits non-zero when an order does not
+reach the expected outcome in time, or a record does not read as its reader expects.
 """
 
 import argparse
@@ -21,7 +24,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def place_order(order_id, customer, lines):
+def place_order(order_id, customer, lines, **v2_fields):
     return {
         "envelope": {
             "message_id": f"py-{uuid.uuid4()}",
@@ -35,6 +38,7 @@ def place_order(order_id, customer, lines):
         "customer_id": customer,
         "currency": "EUR",
         "lines": [{"sku": s, "quantity": q, "unit_price_minor": p, "currency": "EUR"} for s, q, p in lines],
+        **v2_fields,
     }
 
 
@@ -47,22 +51,28 @@ def main():
     args = parser.parse_args()
 
     registry = SchemaRegistryClient({"url": args.registry})
-    schema = (ROOT / "schemas/order/PlaceOrder.avsc").read_text()
-    serialize = AvroSerializer(
-        registry, schema, conf={"auto.register.schemas": True, "subject.name.strategy": record_subject_name_strategy}
-    )
+    v1 = (ROOT / "schemas/released/saga.order.PlaceOrder/v1.avsc").read_text()
+    v2 = (ROOT / "schemas/order/PlaceOrder.avsc").read_text()
+    conf = {"auto.register.schemas": True, "subject.name.strategy": record_subject_name_strategy}
+    serializers = {"v1": AvroSerializer(registry, v1, conf=conf), "v2": AvroSerializer(registry, v2, conf=conf)}
     deserialize = AvroDeserializer(registry)
     commands = f"{args.prefix}.order.commands"
     events = f"{args.prefix}.order.events"
 
     run = uuid.uuid4().hex[:8]
+    # order id -> (expected outcome, schema version written with, record)
     expected = {
-        f"py-{run}-ok": ("OrderApproved", place_order(f"py-{run}-ok", "alice", [("WIDGET-1", 2, 1250)])),
-        f"py-{run}-oos": ("OrderRejected", place_order(f"py-{run}-oos", "alice", [("RARE-GEM", 1000, 10)])),
+        f"py-{run}-v1-ok": ("OrderApproved", "v1", place_order(f"py-{run}-v1-ok", "alice", [("WIDGET-1", 2, 1250)])),
+        f"py-{run}-v2-ok": (
+            "OrderApproved",
+            "v2",
+            place_order(f"py-{run}-v2-ok", "alice", [("WIDGET-1", 1, 1250)], promotion_code="PY-SPRING"),
+        ),
+        f"py-{run}-oos": ("OrderRejected", "v1", place_order(f"py-{run}-oos", "alice", [("RARE-GEM", 1000, 10)])),
     }
     producer = Producer({"bootstrap.servers": args.bootstrap})
-    for order_id, (_, value) in expected.items():
-        payload = serialize(value, SerializationContext(commands, MessageField.VALUE))
+    for order_id, (_, version, value) in expected.items():
+        payload = serializers[version](value, SerializationContext(commands, MessageField.VALUE))
         producer.produce(commands, key=order_id.encode(), value=payload)
     if producer.flush(30) != 0:
         sys.exit("interop: PlaceOrder records were not delivered")
@@ -93,13 +103,52 @@ def main():
     consumer.close()
 
     failures = [
-        f"{oid}: expected {want}, got {seen.get(oid, 'nothing')}" for oid, (want, _) in expected.items() if seen.get(oid) != want
+        f"{oid}: expected {want}, got {seen.get(oid, 'nothing')}" for oid, (want, _, _) in expected.items() if seen.get(oid) != want
     ]
     if len(created) != len(expected):
         failures.append(f"OrderCreated decoded for {len(created)} of {len(expected)} orders")
+    failures += read_back_with_both_reader_schemas(args, registry, commands, run, expected, v1, v2)
     if failures:
         sys.exit("interop: FAILED: " + "; ".join(failures))
-    print("interop: 2 passed, 0 failed")
+    print("interop: 4 passed, 0 failed")
+
+
+def read_back_with_both_reader_schemas(args, registry, commands, run, expected, v1, v2):
+    """Reads our PlaceOrder records as an old consumer (reader schema v1) and a new one (v2)."""
+    failures = []
+    by_type = AvroDeserializer(registry)
+    readers = {"v1": AvroDeserializer(registry, v1), "v2": AvroDeserializer(registry, v2)}
+    consumer = Consumer(
+        {"bootstrap.servers": args.bootstrap, "group.id": f"interop-readers-{run}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([commands])
+    read = {}
+    deadline = time.time() + 30
+    while len(read) < len(expected) and time.time() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error() or (msg.key() or b"").decode() not in expected:
+            continue
+        ctx = SerializationContext(commands, MessageField.VALUE)
+        if by_type(msg.value(), ctx)["envelope"]["message_type"] != "saga.order.PlaceOrder":
+            continue  # the orchestrator's ApproveOrder / RejectOrder travel on the same topic
+        read[msg.key().decode()] = {v: readers[v](msg.value(), ctx) for v in readers}
+    consumer.close()
+    for order_id, (_, version, value) in expected.items():
+        if order_id not in read:
+            failures.append(f"{order_id}: PlaceOrder not read back")
+            continue
+        as_v1, as_v2 = read[order_id]["v1"], read[order_id]["v2"]
+        if "promotion_code" in as_v1 or as_v1["order_id"] != order_id:
+            failures.append(f"{order_id} (written with {version}) read with reader schema v1: {as_v1}")
+        if as_v2.get("promotion_code", "absent") != value.get("promotion_code"):
+            failures.append(f"{order_id} (written with {version}) read with reader schema v2: {as_v2}")
+    if not failures:
+        print(
+            f"interop: {len(read)} PlaceOrder records read back with reader schemas v1 and v2 "
+            "(v1 readers drop the promotion code, v2 readers default it to null)",
+            flush=True,
+        )
+    return failures
 
 
 if __name__ == "__main__":

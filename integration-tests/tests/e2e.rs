@@ -44,6 +44,12 @@ fn envelope(id: &str, full_name: &str, order_id: &str) -> Envelope {
     }
 }
 
+/// `event step` of each entry of a saga's log.
+async fn log_steps(stack: &saga_cli::stack::Stack, saga_id: &str) -> Vec<String> {
+    let log = saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, saga_id).await.unwrap();
+    log.into_iter().map(|e| format!("{} {}", e.event, e.step.unwrap_or_default())).collect()
+}
+
 async fn happy_path(infra: Infra) {
     let (stack, _dir) = start(infra, None).await;
     let before = saga_inventory::stock_of(&stack.dbs.inventory, "WIDGET-1").await.unwrap().unwrap();
@@ -56,9 +62,12 @@ async fn happy_path(infra: Infra) {
     assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "happy-1").await.unwrap(), Some(("AUTHORIZED".into(), 3750)));
     let saga = saga_orchestrator::store::get_saga(&stack.dbs.orchestrator, "happy-1").await.unwrap().unwrap();
     assert_eq!(saga.state.status.as_str(), "COMPLETED");
-    assert_eq!(saga.definition_version, 1);
-    let events: Vec<_> = saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, "happy-1").await.unwrap().into_iter().map(|e| e.event).collect();
-    assert_eq!(events, ["started", "step-succeeded", "step-succeeded", "completed"]);
+    assert_eq!(saga.definition_version, 2, "new sagas start on the newest definition");
+    let steps = log_steps(&stack, "happy-1").await;
+    assert_eq!(
+        steps,
+        ["started reserve_stock", "step-succeeded reserve_stock", "step-succeeded check_risk", "step-succeeded authorize_payment", "completed approve_order"]
+    );
     stack.stop().await;
 }
 
@@ -89,8 +98,18 @@ async fn payment_declined(infra: Infra) {
     assert_eq!(saga_inventory::stock_of(&stack.dbs.inventory, "GADGET-2").await.unwrap().unwrap(), before, "stock released");
     assert_eq!(saga_inventory::reservation_status(&stack.dbs.inventory, "declined-1").await.unwrap().as_deref(), Some("RELEASED"));
     assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "declined-1").await.unwrap().unwrap().0, "DECLINED");
-    let events: Vec<_> = saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, "declined-1").await.unwrap().into_iter().map(|e| e.event).collect();
-    assert_eq!(events, ["started", "step-succeeded", "step-failed", "step-compensated", "compensated"]);
+    let steps = log_steps(&stack, "declined-1").await;
+    assert_eq!(
+        steps,
+        [
+            "started reserve_stock",
+            "step-succeeded reserve_stock",
+            "step-succeeded check_risk",
+            "step-failed authorize_payment",
+            "step-compensated reserve_stock",
+            "compensated finalize"
+        ]
+    );
     stack.stop().await;
 }
 

@@ -84,12 +84,12 @@ async fn a_scrape_after_a_run_counts_what_happened() {
     assert_eq!(value(&text, "saga_sagas_finished_total", &[orch[0], orch[1], ("outcome", "compensated")]), 2.0);
     assert_eq!(value(&text, "saga_duration_seconds_count", &[orch[0], ("outcome", "completed")]), 5.0);
     assert!(value(&text, "saga_duration_seconds_sum", &[orch[0], ("outcome", "completed")]) > 0.0);
-    // Every reply a saga applied is one step observation: approved 3 (stock reserved, payment
-    // authorized, order approved) × 5, out of stock 2, declined 4 (reserved, declined, released,
-    // rejected).
+    // Every reply a saga applied is one step observation (the sagas run definition v2): approved
+    // 4 (stock reserved, risk accepted, payment authorized, order approved) × 5, out of stock 2,
+    // declined 5 (reserved, risk accepted, declined, released, rejected).
     let steps: f64 =
         text.lines().filter(|l| l.starts_with("saga_step_duration_seconds_count{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
-    assert_eq!(steps, 21.0, "{text}");
+    assert_eq!(steps, 27.0, "{text}");
     assert_eq!(value(&text, "saga_sagas_in_state", &[orch[0], ("state", "RUNNING")]), 0.0);
     // The order service: 8 PlaceOrder records (one a duplicate) and 7 approvals or rejections.
     assert_eq!(value(&text, "saga_records_consumed_total", &[("service", "order"), ("topic", &order_commands)]), 15.0);

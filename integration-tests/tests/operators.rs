@@ -125,6 +125,20 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     let (ok, retried) = run(&["retry", &a_id]);
     assert!(ok && retried.contains(&format!("{a_id}:reserve_stock:undo:3")) && retried.contains("STUCK -> COMPENSATING"), "{retried}");
 
+    // The definitions, and which versions are in flight: A (STUCK) and B (COMPENSATING) run v2.
+    let (ok, defs) = sagactl(&["definitions"], &[]);
+    assert!(ok && defs.contains("order v1: 3 step(s)") && defs.contains("order v2: 4 step(s)") && defs.contains("check_risk"), "{defs}");
+    let (ok, json) = sagactl(&["definitions", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert!(ok && json["starting"] == 2 && json["definitions"].as_array().map(Vec::len) == Some(2), "{json}");
+    let (ok, in_flight) = sagactl(&["definitions", "in-flight", "--db", db_arg.as_str()], &[]);
+    assert!(ok && in_flight.contains("v1: 0 saga(s) in flight; may be retired") && in_flight.contains("v2: 2 saga(s) in flight"), "{in_flight}");
+    assert!(in_flight.contains(&a_id) && in_flight.contains(&b_id), "{in_flight}");
+    let (ok, _) = sagactl(&["definitions", "in-flight", "--db", db_arg.as_str(), "--version", "2"], &[]);
+    assert!(!ok, "version 2 has sagas in flight: it cannot be retired");
+    let (ok, v1) = sagactl(&["definitions", "in-flight", "--db", db_arg.as_str(), "--version", "1"], &[]);
+    assert!(ok && v1.contains("may be retired"), "{v1}");
+
     // Clear errors.
     let (ok, unknown) = run(&["retry", "no-such-order"]);
     assert!(!ok && unknown.contains("no saga \"no-such-order\""), "{unknown}");

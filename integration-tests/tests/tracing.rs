@@ -201,7 +201,18 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let chain = causal_chain(&members, leaf(&members, "saga-orchestrator", "OrderApproved"));
     assert_eq!(
         chain,
-        ["PlaceOrder", "OrderCreated", "ReserveStock", "StockReserved", "AuthorizePayment", "PaymentAuthorized", "ApproveOrder", "OrderApproved"]
+        [
+            "PlaceOrder",
+            "OrderCreated",
+            "ReserveStock",
+            "StockReserved",
+            "CheckRisk",
+            "RiskAccepted",
+            "AuthorizePayment",
+            "PaymentAuthorized",
+            "ApproveOrder",
+            "OrderApproved"
+        ]
     );
     let process = leaf(&members, "saga-payment", "AuthorizePayment");
     for (k, v) in [("messaging.system", "kafka"), ("messaging.operation.type", "process"), ("messaging.consumer.group.name", "saga-payment")] {
@@ -225,6 +236,8 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
             "OrderCreated",
             "ReserveStock",
             "StockReserved",
+            "CheckRisk",
+            "RiskAccepted",
             "AuthorizePayment",
             "PaymentDeclined",
             "ReleaseStock",
@@ -244,6 +257,6 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     assert_eq!(services(&members), all);
     let chain = causal_chain(&members, leaf(&members, "saga-orchestrator", "OrderApproved"));
     assert_eq!(chain.first().map(String::as_str), Some("PlaceOrder"));
-    assert_eq!(chain.len(), 8, "{chain:?}");
+    assert_eq!(chain.len(), 10, "{chain:?}");
     drop(cluster);
 }

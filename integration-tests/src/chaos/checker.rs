@@ -269,20 +269,32 @@ pub async fn gather_databases(dbs: &Dbs, snap: &mut Snapshot) -> Result<(), sqlx
     Ok(())
 }
 
-/// The orchestrator's group that follows the dead-letter topics (to park the saga of a
-/// dead-lettered message).
-pub const DEAD_LETTER_GROUP: &str = "saga-orchestrator.dead-letters";
+/// Reads the whole snapshot: the databases, then (off the runtime's threads) the broker's offsets
+/// and dead letters. `group_suffix` ends every consumer group id (see `StackOptions`).
+pub async fn gather(dbs: &Dbs, kafka: &KafkaSettings, topics: &Topics, group_suffix: &str, snap: &mut Snapshot) -> anyhow::Result<()> {
+    gather_databases(dbs, snap).await?;
+    let (kafka, topics, suffix, mut s) = (kafka.clone(), topics.clone(), group_suffix.to_string(), std::mem::take(snap));
+    let (s, result) = tokio::task::spawn_blocking(move || {
+        let r = gather_offsets(&kafka, &topics, &suffix, &mut s).and_then(|()| gather_dead_letters(&kafka, &topics, &mut s));
+        (s, r)
+    })
+    .await?;
+    *snap = s;
+    result
+}
 
 /// Reads each consumer group's committed offsets against the high watermarks: the services' groups
-/// on the topics they consume, and the orchestrator's dead-letter group on every dead-letter topic.
-pub fn gather_offsets(kafka: &KafkaSettings, topics: &Topics, snap: &mut Snapshot) -> anyhow::Result<()> {
+/// on the topics they consume, and the orchestrator's dead-letter group (it parks the saga of a
+/// dead-lettered message) on every dead-letter topic.
+pub fn gather_offsets(kafka: &KafkaSettings, topics: &Topics, group_suffix: &str, snap: &mut Snapshot) -> anyhow::Result<()> {
     snap.offsets.clear();
+    let dead_letter_group = format!("saga-orchestrator{group_suffix}.dead-letters");
     for kind in TopicKind::ALL {
         let topic = topics.name(kind);
         let dlt = Topics::dlt(&topic);
-        for (group, topic) in [(group_of(kind), topic), (DEAD_LETTER_GROUP, dlt)] {
-            for (p, (_low, high, committed)) in inspect::offsets(kafka, group, &topic)? {
-                snap.offsets.insert((group.to_string(), topic.clone(), p), (committed, high));
+        for (group, topic) in [(format!("{}{group_suffix}", group_of(kind)), topic), (dead_letter_group.clone(), dlt)] {
+            for (p, (_low, high, committed)) in inspect::offsets(kafka, &group, &topic)? {
+                snap.offsets.insert((group.clone(), topic.clone(), p), (committed, high));
             }
         }
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use saga_contracts::Topics;
-use saga_runtime::config::KafkaSettings;
 
 use super::checker::{self, Dbs, Snapshot, Verdict};
 use super::cluster::{free_port, Cluster, Spec};
@@ -296,7 +295,7 @@ async fn body(
     let mut last_progress = Instant::now();
     let verdict = loop {
         let mut snap = Snapshot::default();
-        let gathered = gather(&dbs, &kafka, &topics, &mut snap).await;
+        let gathered = checker::gather(&dbs, &kafka, &topics, "", &mut snap).await;
         let verdict = gathered.as_ref().ok().map(|()| checker::check(&snap, &placed, &initial_stock, &poison));
         if let Some(v) = &verdict {
             if v.violations.is_empty() {
@@ -374,18 +373,6 @@ async fn body(
         poison: poison.len(),
         verdict,
     })
-}
-
-async fn gather(dbs: &Dbs, kafka: &KafkaSettings, topics: &Topics, snap: &mut Snapshot) -> anyhow::Result<()> {
-    checker::gather_databases(dbs, snap).await?;
-    let (kafka, topics, mut s) = (kafka.clone(), topics.clone(), std::mem::take(snap));
-    let (s, result) = tokio::task::spawn_blocking(move || {
-        let r = checker::gather_offsets(&kafka, &topics, &mut s).and_then(|()| checker::gather_dead_letters(&kafka, &topics, &mut s));
-        (s, r)
-    })
-    .await?;
-    *snap = s;
-    result
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -55,6 +55,8 @@ pub struct BenchOptions {
     pub query: bool,
     /// Where to serve the query API during the run (embedded mode), for a load tool beside.
     pub query_api: Option<String>,
+    /// The order saga's definition version the sagas run.
+    pub saga_version: u32,
 }
 
 /// What the benchmark measured.
@@ -97,6 +99,8 @@ pub struct BenchReport {
     pub broker: String,
     /// `sqlite` or `postgres`.
     pub database: &'static str,
+    /// The order saga's definition version the sagas ran.
+    pub saga_version: u32,
     /// Partitions per topic.
     pub partitions: i32,
     /// Instances of each service.
@@ -240,11 +244,12 @@ impl BenchReport {
             stages.push_str(&format!(" projection_lag_at_end={} projection_caught_up_ms={caught_up}", p.lag_at_end));
         }
         format!(
-            "mode={} broker={} database={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
+            "mode={} broker={} database={} saga_version={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
              p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
             self.mode,
             self.broker,
             self.database,
+            self.saga_version,
             self.partitions,
             self.instances,
             self.load,
@@ -294,6 +299,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     stack_options.instances = options.instances;
     stack_options.processes = options.processes.clone();
     stack_options.query = options.query;
+    stack_options.order_version = options.saga_version;
     stack_options.seed = bench_seed();
     let stack = Arc::new(Stack::start(stack_options).await?);
     let api_stop = saga_runtime::CancellationToken::new();
@@ -438,6 +444,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             BrokerChoice::External(bootstrap) => bootstrap.clone(),
         },
         database: if options.postgres { "postgres" } else { "sqlite" },
+        saga_version: options.saga_version,
         partitions: options.partitions,
         instances: options.instances,
         cpu_cores: cpu.iter().sum::<f64>() / elapsed.as_secs_f64(),

@@ -9,6 +9,7 @@
 //! - [`dlt`]: list, redrive and purge dead letters.
 
 pub mod bench;
+pub mod definitions;
 pub mod dev;
 pub mod dlt;
 pub mod orders;

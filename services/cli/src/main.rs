@@ -103,6 +103,16 @@ enum Command {
         #[command(subcommand)]
         command: SagasCommand,
     },
+    /// The saga definitions this build knows: every version's steps, kinds, compensations and
+    /// timeouts; `in-flight` says which versions still have sagas running (and so cannot be
+    /// retired).
+    Definitions {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<DefinitionsCommand>,
+    },
     /// List, redrive and purge the records in the dead-letter topics.
     ///
     /// Purge does not delete records: it moves a mark (the committed offsets of the consumer
@@ -162,6 +172,10 @@ enum Command {
         /// tool such as wrk beside it).
         #[arg(long, requires = "query", value_name = "HOST:PORT")]
         query_api: Option<String>,
+        /// The order saga's definition version to run (`sagactl definitions` lists them). 1, the
+        /// three steps the peers' benchmark runs (reserve, authorize, approve), unless told.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        saga_version: u32,
     },
 }
 
@@ -240,6 +254,20 @@ enum SagasCommand {
         /// and change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DefinitionsCommand {
+    /// Unfinished sagas per definition version, with a few of their ids: a version may be
+    /// retired only when none runs it. With --version, exits 1 while that version has any.
+    InFlight {
+        /// Orchestrator database URL (sqlite://… or postgres://…).
+        #[arg(long, env = "SAGA_ORCHESTRATOR_DATABASE_URL", default_value = "sqlite://orchestrator.db")]
+        db: String,
+        /// Only this version; exit status 1 while it has sagas in flight.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        version: Option<i64>,
     },
 }
 
@@ -325,10 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Sagas { db, config, command } => {
-            if let Some(path) = db.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
-                anyhow::ensure!(std::path::Path::new(path).exists(), "no orchestrator database at {path} (--db)");
-            }
-            let db = saga_store::Db::connect(&db, 2).await.map_err(|e| anyhow::anyhow!("orchestrator database {}: {e}", saga_store::redact_url(&db)))?;
+            let db = open_orchestrator_db(&db).await?;
             let text = match command {
                 SagasCommand::List { state, limit } => saga_cli::sagas::list(&db, state, limit).await?,
                 SagasCommand::Show { order_id } => saga_cli::sagas::show(&db, &order_id).await?,
@@ -343,6 +368,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             print!("{text}");
+        }
+        Command::Definitions { json, command: None } => {
+            let versions = saga_cli::definitions::known();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&saga_cli::definitions::to_json(&versions))?);
+            } else {
+                print!("{}", saga_cli::definitions::render(&versions));
+            }
+        }
+        Command::Definitions { json, command: Some(DefinitionsCommand::InFlight { db, version }) } => {
+            let db = open_orchestrator_db(&db).await?;
+            let mut rows = saga_cli::definitions::in_flight(&db, &saga_cli::definitions::known()).await?;
+            if let Some(v) = version {
+                rows.retain(|r| r.version == v);
+                if rows.is_empty() {
+                    rows.push(saga_cli::definitions::InFlight { version: v, known: false, count: 0, examples: vec![] });
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", saga_cli::definitions::render_in_flight(&rows));
+            }
+            if version.is_some() && rows.iter().any(|r| r.count > 0) {
+                std::process::exit(1);
+            }
         }
         Command::Dlt { connection, command } => {
             let dlt = saga_cli::dlt::Dlt::connect(&connection)?;
@@ -361,7 +412,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DltCommand::Purge(args) => print!("{}", saga_cli::dlt::render_purge(&dlt.purge(&args)?)),
             }
         }
-        Command::Bench { sagas, concurrency, rate, duration, partitions, batch_size, broker, postgres, mode, instances, json, query, query_api } => {
+        Command::Bench {
+            sagas,
+            concurrency,
+            rate,
+            duration,
+            partitions,
+            batch_size,
+            broker,
+            postgres,
+            mode,
+            instances,
+            json,
+            query,
+            query_api,
+            saga_version,
+        } => {
             let (load, sagas) = match rate {
                 Some(rate) => (bench::Load::Open { rate }, duration.map_or(sagas as usize, |d| (rate * d as f64).ceil() as usize)),
                 None => (bench::Load::Closed { concurrency: concurrency as usize }, sagas as usize),
@@ -386,6 +452,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 query,
                 query_api,
                 processes,
+                saga_version,
             })
             .await?;
             if json {
@@ -416,4 +483,13 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err(format!("expected a positive number of sagas per second, found {s:?}")),
     }
+}
+
+/// Opens the orchestrator's database for reading the saga log; a SQLite file that does not exist
+/// is an error (opening would create an empty one).
+async fn open_orchestrator_db(url: &str) -> anyhow::Result<saga_store::Db> {
+    if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+        anyhow::ensure!(std::path::Path::new(path).exists(), "no orchestrator database at {path} (--db)");
+    }
+    saga_store::Db::connect(url, 2).await.map_err(|e| anyhow::anyhow!("orchestrator database {}: {e}", saga_store::redact_url(url)))
 }

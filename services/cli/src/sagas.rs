@@ -42,7 +42,7 @@ impl Operator {
         let settings = saga_runtime::ServiceSettings::load("orchestrator", file)?;
         let codec = Codec::connect(&settings.registry).with_context(|| format!("schema registry {}", settings.registry.url))?;
         let mut orchestrator = Orchestrator::default();
-        orchestrator.configure(&settings);
+        orchestrator.configure(&settings)?;
         Ok(Operator { orchestrator, codec, topics: Topics::new(settings.topics.prefix.clone()) })
     }
 
@@ -130,15 +130,16 @@ pub async fn abort_plan(db: &Db, saga_id: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// One line per saga: id, status, position, last change.
+/// One line per saga: id, definition version, status, position, last change.
 pub async fn list(db: &Db, status: Option<Status>, limit: i64) -> anyhow::Result<String> {
     let sagas = store::list_sagas(db, status, limit).await?;
     let mut out = String::new();
     for s in &sagas {
         writeln!(
             out,
-            "{:<28} {:<13} {:<16} attempt {}  updated {}  {}",
+            "{:<28} v{:<3} {:<13} {:<16} attempt {}  updated {}  {}",
             s.saga_id,
+            s.definition_version,
             s.state.status.as_str(),
             s.state.position.encode(),
             s.state.attempt,
@@ -191,9 +192,10 @@ fn render(saga: &SagaRecord, log: &[LogEntry]) -> String {
     for e in log {
         let _ = writeln!(
             out,
-            "{:>3} {} {:<16} {:<18} {} -> {}  cause {} ({}){}{}",
+            "{:>3} {} v{} {:<16} {:<18} {} -> {}  cause {} ({}){}{}",
             e.seq,
             e.at_ms,
+            e.definition_version,
             e.event,
             e.step.as_deref().unwrap_or("-"),
             e.from_status.as_deref().unwrap_or("-"),

@@ -43,6 +43,7 @@ pub fn place_order(order_id: &str, customer: &str, lines: Vec<OrderLine>) -> Pla
         customer_id: customer.into(),
         currency: "EUR".into(),
         lines,
+        promotion_code: None,
     }
 }
 

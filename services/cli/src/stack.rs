@@ -69,6 +69,9 @@ pub struct StackOptions {
     pub query: bool,
     /// Base URL of the saga view the query API links each order's saga to.
     pub saga_view_url: Option<String>,
+    /// The order saga's definition version new sagas start on (`saga.order_version`); 0 for the
+    /// newest.
+    pub order_version: u32,
 }
 
 impl StackOptions {
@@ -87,6 +90,7 @@ impl StackOptions {
             processes: None,
             query: true,
             saga_view_url: None,
+            order_version: 0,
         }
     }
 }
@@ -224,6 +228,9 @@ impl Stack {
         settings.registry.url = registry_url.clone();
         settings.topics.prefix = options.topic_prefix.clone();
         settings.consumer.batch_size = options.batch_size;
+        if options.order_version > 0 {
+            settings.saga.order_version = options.order_version;
+        }
         settings.validate()?;
 
         let shutdown = CancellationToken::new();
@@ -251,6 +258,7 @@ impl Stack {
                         ("SAGA_TOPICS__PREFIX", options.topic_prefix.clone()),
                         ("SAGA_CONSUMER__BATCH_SIZE", options.batch_size.to_string()),
                         ("SAGA_HTTP__BIND", format!("127.0.0.1:{port}")),
+                        ("SAGA_SAGA__ORDER_VERSION", settings.saga.order_version.to_string()),
                     ]
                     .map(|(k, v)| (k.to_string(), v));
                     let mut env = env.to_vec();
@@ -272,7 +280,8 @@ impl Stack {
             services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, Ok, &dbs.order, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, Ok, &dbs.inventory, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, Ok, &dbs.payment, &shutdown).await?);
-            let orchestrator = saga_orchestrator::Orchestrator::configured(&settings);
+            let orchestrator = saga_orchestrator::Orchestrator::configured(&settings)?;
+            orchestrator.check_in_flight(&dbs.orchestrator).await?;
             services.push(
                 spawn(&settings, &options.group_suffix, orchestrator, saga_orchestrator::Orchestrator::capabilities, &dbs.orchestrator, &shutdown).await?,
             );
@@ -344,11 +353,35 @@ impl Stack {
         self.procs.iter().filter_map(|p| Some((p.name.clone(), p.child.id()?))).collect()
     }
 
+    /// Stops the process `name` (SIGTERM: it finishes its batch and drains its outbox) and starts
+    /// it again on the same port with its environment changed by `env` (a rolling upgrade's
+    /// step: the same binary, a new configuration), then waits until it answers ready.
+    pub async fn restart_process(&mut self, name: &str, env: &[(&str, String)]) -> anyhow::Result<()> {
+        let i = self.procs.iter().position(|p| p.name == name).with_context(|| {
+            format!("no process {name} in this stack (it has {})", self.procs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "))
+        })?;
+        let old = self.procs.remove(i);
+        let (program, log, http_port, name) = (old.program.clone(), old.log.clone(), old.http_port, old.name.clone());
+        let mut new_env = old.env.clone();
+        old.terminate().await;
+        for (k, v) in env {
+            new_env.retain(|(key, _)| key != k);
+            new_env.push((k.to_string(), v.clone()));
+        }
+        let child = ServiceProcess::start(&program, &new_env, &log)?;
+        let restarted = ServiceProcess { name, child, http_port, log, program, env: new_env };
+        let ready = restarted.wait_ready(Duration::from_secs(60)).await;
+        self.procs.push(restarted);
+        ready
+    }
+
     /// The live saga view and `/metrics` for the whole stack, to serve on an address of the
-    /// caller's; with `query_url`, each saga links to its order in the query API.
+    /// caller's; with `query_url`, each saga links to its order in the query API, and to its trace
+    /// when `SAGA_ORCHESTRATOR_TRACE_URL` holds a URL template.
     pub fn web_routes(&self, query_url: Option<String>) -> axum::Router {
         let metrics = self.metrics.clone();
-        saga_orchestrator::web::router(self.dbs.orchestrator.clone(), query_url)
+        let links = saga_orchestrator::web::Links { query_url, trace_url: saga_orchestrator::web::Links::from_env().trace_url };
+        saga_orchestrator::web::router(self.dbs.orchestrator.clone(), links)
             .route("/metrics", axum::routing::get(move || async move { metrics.iter().map(saga_runtime::Metrics::render).collect::<String>() }))
     }
 
@@ -516,6 +549,9 @@ struct ServiceProcess {
     /// Its HTTP port (health, readiness, metrics; the registry's API).
     http_port: u16,
     log: PathBuf,
+    /// The executable, and the environment it was started with (to start it again).
+    program: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl ServiceProcess {
@@ -536,14 +572,19 @@ impl ServiceProcess {
             program.display()
         );
         let log = log_dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = tokio::process::Command::new(&program);
+        let child = Self::start(&program, env, &log)?;
+        Ok(ServiceProcess { name: name.to_string(), child, http_port, log, program, env: env.to_vec() })
+    }
+
+    fn start(program: &std::path::Path, env: &[(String, String)], log: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+        // Appended to: a restarted process's log follows its predecessor's.
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+        let mut command = tokio::process::Command::new(program);
         command.envs(env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(stderr).kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
-        let child = command.spawn().with_context(|| format!("starting {}", program.display()))?;
-        Ok(ServiceProcess { name: name.to_string(), child, http_port, log })
+        command.spawn().with_context(|| format!("starting {}", program.display()))
     }
 
     /// Waits until the process answers ready (a service's `/readyz`, the registry's `/subjects`).

@@ -18,11 +18,17 @@ use crate::{Cause, Observation, Orchestrator};
 /// nothing when the saga moved since the deadline was read.
 pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now_ms: i64, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
     let Some(saga) = store::load(conn, id).await? else { return Ok(vec![]) };
-    if saga.deadline_at_ms.is_none_or(|d| d > now_ms) || saga.definition_version != i64::from(orch.definition().version) {
+    if saga.deadline_at_ms.is_none_or(|d| d > now_ms) {
         return Ok(vec![]);
     }
+    let Ok(definition) = orch.definition_of(&saga) else {
+        // Started by a newer orchestrator (a rolling upgrade in progress): its deadline is that
+        // orchestrator's to keep.
+        tracing::warn!(saga_id = id, definition_version = saga.definition_version, "deadline of a saga of an unknown definition version left alone");
+        return Ok(vec![]);
+    };
     let cause = Cause { id: None, kind: "deadline" };
-    match saga::on_timeout(orch.definition(), &saga.state, orch.timing()) {
+    match saga::on_timeout(definition, &saga.state, orch.timing()) {
         Outcome::Applied(transition) => orch.record(conn, &saga, &transition, &cause, None, notes).await,
         Outcome::Ignored(why) => {
             // Nothing is awaited on a deadline: clear it, so it is not looked at again.
@@ -110,7 +116,7 @@ async fn load_for_operator(conn: &mut Conn<'_>, saga_id: &str) -> Result<SagaRec
 /// pushed to `notes`, for the caller to count once its transaction commits.
 pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, notes: &mut Vec<Observation>) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
-    let transition = saga::retry(orch.definition(), &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    let transition = saga::retry(orch.definition_of(&before)?, &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None, notes).await?;
     Ok(OperatorResult { before, commands })
 }
@@ -125,7 +131,8 @@ pub async fn abort(
     notes: &mut Vec<Observation>,
 ) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
-    let transition = saga::abort(orch.definition(), &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    let transition =
+        saga::abort(orch.definition_of(&before)?, &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason), notes).await?;
     Ok(OperatorResult { before, commands })
 }
@@ -134,7 +141,7 @@ pub async fn abort(
 /// idempotency key (message id) it would carry.
 pub async fn abort_plan(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str) -> Result<Vec<(Command, String)>, OperatorError> {
     let saga = load_for_operator(conn, saga_id).await?;
-    let plan = saga::abort_plan(orch.definition(), &saga.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
+    let plan = saga::abort_plan(orch.definition_of(&saga)?, &saga.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
     Ok(plan
         .into_iter()
         .map(|c| {

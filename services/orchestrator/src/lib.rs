@@ -1,7 +1,7 @@
 //! The orchestrator: drives each order's saga from a persisted saga log.
 //!
 //! # Layout
-//! - [`definition`]: saga definitions as data (steps, kinds, compensations).
+//! - [`definition`]: saga definitions as data (steps, kinds, compensations), every version.
 //! - [`saga`]: the interpreter, a pure state machine over a definition.
 //! - [`store`]: the `sagas` table, the append-only `saga_log`, and stray replies.
 //! - [`control`]: inputs that are not replies: deadlines, dead letters, operator commands.
@@ -10,6 +10,12 @@
 //! Every transition (saga row update, log entry, commands in the outbox) commits in the
 //! transaction of the reply that caused it, so a crash can neither lose a step nor send it twice
 //! in effect: commands carry idempotency keys derived from saga id, step, phase and attempt.
+//!
+//! Every instance runs to its end on the definition version it started with: the orchestrator
+//! holds every version it knows ([`definition::Versions`]), starts new sagas on one
+//! (`saga.order_version`, default the newest), refuses to start while an unfinished saga runs a
+//! version it does not know ([`Orchestrator::check_in_flight`]), and holds still rather than
+//! guess when a reply of such a saga reaches it ([`saga_runtime::HandleError::Unsupported`]).
 
 pub mod control;
 pub mod definition;
@@ -19,7 +25,7 @@ pub mod store;
 pub mod web;
 
 use saga_contracts::{
-    ApproveOrder, AuthorizePayment, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine, TopicKind, VoidPayment,
+    ApproveOrder, AuthorizePayment, CheckRisk, Envelope, Message, OrderCreated, RejectOrder, ReleaseStock, ReserveStock, StockLine, TopicKind, VoidPayment,
 };
 use saga_runtime::{Deadlines, HandleError, Handler, Incoming, Observed, WatchesDeadLetters};
 use saga_store::Conn;
@@ -28,7 +34,7 @@ use std::sync::OnceLock;
 pub use crate::metrics::Observation;
 use crate::metrics::SagaMetrics;
 
-use crate::definition::{order_saga, Action, Reply, SagaDefinition};
+use crate::definition::{order_saga_versions, Action, Reply, SagaDefinition, Versions};
 use crate::saga::{Command, Outcome, Timing, Transition};
 use crate::store::{LogEntry, SagaData, SagaRecord};
 
@@ -37,7 +43,8 @@ pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite:
 
 /// Drives order sagas.
 pub struct Orchestrator {
-    definition: SagaDefinition,
+    /// Every definition version this binary runs, and the one new sagas start on.
+    versions: Versions,
     /// Deadlines and retry limits (from `saga.*` settings).
     timing: Timing,
     /// How often due deadlines are looked for.
@@ -47,9 +54,8 @@ pub struct Orchestrator {
 
 impl Default for Orchestrator {
     fn default() -> Self {
-        let definition = order_saga();
-        definition.validate().expect("the built-in saga definition is well formed");
-        Orchestrator { definition, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new() }
+        let versions = Versions::new(order_saga_versions(), None).expect("the built-in saga definitions are well formed");
+        Orchestrator { versions, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new() }
     }
 }
 
@@ -70,6 +76,7 @@ impl Handler for Orchestrator {
             VoidPayment::FULL_NAME,
             ApproveOrder::FULL_NAME,
             RejectOrder::FULL_NAME,
+            CheckRisk::FULL_NAME,
         ]
     }
 
@@ -87,7 +94,7 @@ impl Handler for Orchestrator {
     fn committed(&self, notes: Vec<Observation>) {
         if let Some(m) = self.metrics.get() {
             for o in &notes {
-                m.count(self.definition.name, o);
+                m.count(self.versions.starting().name, o);
             }
         }
     }
@@ -130,7 +137,7 @@ impl Observed for Orchestrator {
             Ok(counts) => {
                 for state in ["RUNNING", "COMPENSATING", "STUCK", "PARKED"] {
                     let n = counts.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-                    m.in_state.with_label_values(&[self.definition.name, state]).set(n);
+                    m.in_state.with_label_values(&[self.versions.starting().name, state]).set(n);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "could not count sagas by state"),
@@ -138,22 +145,52 @@ impl Observed for Orchestrator {
     }
 
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
-        Some(web::router(db.clone(), std::env::var(web::QUERY_URL_ENV).ok().filter(|u| !u.is_empty())))
+        Some(web::router(db.clone(), web::Links::from_env()))
     }
 }
 
 impl Orchestrator {
-    /// An orchestrator with the deadlines and retry limits of `settings` (`saga.*`).
-    pub fn configured(settings: &saga_runtime::ServiceSettings) -> Orchestrator {
+    /// An orchestrator with the definition version, deadlines and retry limits of `settings`
+    /// (`saga.*`). Fails, naming the key, when `saga.order_version` names a version this binary
+    /// does not know.
+    pub fn configured(settings: &saga_runtime::ServiceSettings) -> Result<Orchestrator, saga_runtime::ServiceError> {
         let mut orchestrator = Orchestrator::default();
-        orchestrator.configure(settings);
-        orchestrator
+        orchestrator.configure(settings)?;
+        Ok(orchestrator)
     }
 
-    /// Takes the deadlines and retry limits of `settings` (`saga.*`).
-    pub fn configure(&mut self, settings: &saga_runtime::ServiceSettings) {
+    /// Takes the definition version new sagas start on, the deadlines and the retry limits of
+    /// `settings` (`saga.*`).
+    pub fn configure(&mut self, settings: &saga_runtime::ServiceSettings) -> Result<(), saga_runtime::ServiceError> {
+        let start = i32::try_from(settings.saga.order_version).ok().filter(|v| *v > 0);
+        self.versions = Versions::new(order_saga_versions(), start)
+            .map_err(|why| saga_runtime::ServiceError::Refused(format!("saga.order_version (from SAGA_SAGA__ORDER_VERSION or the config file): {why}")))?;
         self.timing = timing_of(&settings.saga);
         self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
+        Ok(())
+    }
+
+    /// Refuses to run beside unfinished sagas of a definition version this binary does not know
+    /// (started by a newer orchestrator): it names them, and nothing is reinterpreted with
+    /// another definition. Called at startup, before anything is consumed.
+    pub async fn check_in_flight(&self, db: &saga_store::Db) -> Result<(), saga_runtime::ServiceError> {
+        let refused = |e: sqlx::Error| saga_runtime::ServiceError::Refused(format!("reading the sagas in flight: {e}"));
+        let mut unknown = Vec::new();
+        for (version, count) in store::in_flight_by_version(db).await.map_err(refused)? {
+            if self.versions.get(version).is_none() {
+                let ids = store::in_flight_ids(db, version, 5).await.map_err(refused)?;
+                unknown.push(format!("version {version}: {count} saga(s), e.g. {}", ids.join(", ")));
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let known: Vec<String> = self.versions.all().iter().map(|d| d.version.to_string()).collect();
+        Err(saga_runtime::ServiceError::Refused(format!(
+            "unfinished sagas run definition versions this orchestrator does not know (it knows {}): {}; run a binary that knows them",
+            known.join(", "),
+            unknown.join("; ")
+        )))
     }
 
     /// Builds the orchestrator's service capabilities onto a built service: its metrics, gauges
@@ -171,12 +208,13 @@ impl Orchestrator {
             store::record_stray(conn, &created.envelope.message_id, &saga_id, OrderCreated::FULL_NAME, why).await?;
             return Ok(vec![]);
         }
-        let transition = saga::start(&self.definition);
+        let definition = self.versions.starting();
+        let transition = saga::start(definition);
         let now = saga_store::now_ms();
         let record = SagaRecord {
             saga_id: saga_id.clone(),
-            saga_type: self.definition.name.to_string(),
-            definition_version: i64::from(self.definition.version),
+            saga_type: definition.name.to_string(),
+            definition_version: i64::from(definition.version),
             state: transition.state.clone(),
             data: SagaData {
                 order_id: created.order_id.clone(),
@@ -192,14 +230,14 @@ impl Orchestrator {
             trace_parent: saga_runtime::telemetry::current_traceparent(),
             deadline_at_ms: None,
         };
-        let record = SagaRecord { deadline_at_ms: self.deadline_at(&record.saga_id, &transition.state), ..record };
+        let record = SagaRecord { deadline_at_ms: self.deadline_at(definition, &record.saga_id, &transition.state), ..record };
         store::insert(conn, &record).await?;
         let cause = Cause::message(&created.envelope.message_id, OrderCreated::FULL_NAME);
         let commands = self.commands(&record, &transition, &cause);
-        let entry = log_entry(1, None, &transition, &cause, &commands, None);
+        let entry = log_entry(1, None, definition.version, &transition, &cause, &commands, None);
         store::append_log(conn, &saga_id, &entry).await?;
         notes.push(Observation::Started);
-        tracing::info!(saga_id = %saga_id, order_id = %saga_id, "saga started");
+        tracing::info!(saga_id = %saga_id, order_id = %saga_id, definition_version = definition.version, "saga started");
         Ok(commands)
     }
 
@@ -219,14 +257,9 @@ impl Orchestrator {
             store::record_stray(conn, &envelope.message_id, saga_id, message.full_name(), why).await?;
             return Ok(vec![]);
         };
-        if i64::from(self.definition.version) != saga.definition_version {
-            return Err(HandleError::Reject(format!(
-                "saga {saga_id} runs definition version {}, this orchestrator has only version {}",
-                saga.definition_version, self.definition.version
-            )));
-        }
+        let definition = self.definition_of(&saga)?;
         let cause = Cause::message(&envelope.message_id, message.full_name());
-        match saga::on_reply(&self.definition, &saga.state, reply, reason) {
+        match saga::on_reply(definition, &saga.state, reply, reason) {
             Outcome::Applied(transition) => self.record(conn, &saga, &transition, &cause, reason, notes).await,
             Outcome::Ignored(why) => {
                 self.record_ignored(conn, &saga, &cause, &why).await?;
@@ -236,9 +269,29 @@ impl Orchestrator {
         }
     }
 
-    /// The saga definition this orchestrator runs.
+    /// The saga definition new sagas start on.
     pub fn definition(&self) -> &SagaDefinition {
-        &self.definition
+        self.versions.starting()
+    }
+
+    /// Every definition version this orchestrator runs.
+    pub fn versions(&self) -> &Versions {
+        &self.versions
+    }
+
+    /// The definition `saga` started on; [`HandleError::Unsupported`] when this binary does not
+    /// know it (a newer orchestrator started the saga).
+    pub fn definition_of(&self, saga: &SagaRecord) -> Result<&SagaDefinition, HandleError> {
+        self.versions.get(saga.definition_version).ok_or_else(|| {
+            HandleError::Unsupported(format!(
+                "saga {} runs definition version {} of {}, which this orchestrator does not know (it knows {}); \
+                 an orchestrator that knows it must take over",
+                saga.saga_id,
+                saga.definition_version,
+                saga.saga_type,
+                self.versions.all().iter().map(|d| d.version.to_string()).collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
 
     /// Deadlines and retry limits.
@@ -246,16 +299,22 @@ impl Orchestrator {
         &self.timing
     }
 
-    /// An orchestrator with these deadlines and retry limits.
-    pub fn with_timing(timing: Timing) -> Orchestrator {
-        Orchestrator { timing, ..Orchestrator::default() }
+    /// This orchestrator with these deadlines and retry limits.
+    pub fn with_timing(self, timing: Timing) -> Orchestrator {
+        Orchestrator { timing, ..self }
+    }
+
+    /// An orchestrator that knows only `versions` and starts new sagas on `start` (the newest of
+    /// them when `None`): what an older or newer build would run, for tests of upgrades.
+    pub fn with_versions(versions: Vec<SagaDefinition>, start: Option<i32>) -> Result<Orchestrator, String> {
+        Ok(Orchestrator { versions: Versions::new(versions, start)?, ..Orchestrator::default() })
     }
 
     /// When the wait of `state` times out: its deadline plus up to 20% jitter, so sagas that
     /// timed out together do not retry together.
-    fn deadline_at(&self, saga_id: &str, state: &saga::SagaState) -> Option<i64> {
+    fn deadline_at(&self, definition: &SagaDefinition, saga_id: &str, state: &saga::SagaState) -> Option<i64> {
         use std::hash::BuildHasher;
-        let base = saga::deadline_in_ms(&self.definition, state, &self.timing)?;
+        let base = saga::deadline_in_ms(definition, state, &self.timing)?;
         let spread = base / 5;
         let jitter = if spread == 0 { 0 } else { std::collections::hash_map::RandomState::new().hash_one((saga_id, state.attempt)) % spread };
         Some(saga_store::now_ms() + (base + jitter) as i64)
@@ -274,13 +333,14 @@ impl Orchestrator {
         notes: &mut Vec<Observation>,
     ) -> Result<Vec<Message>, HandleError> {
         let saga_id = saga.saga_id.as_str();
-        let deadline = self.deadline_at(saga_id, &transition.state);
+        let definition = self.definition_of(saga)?;
+        let deadline = self.deadline_at(definition, saga_id, &transition.state);
         if !store::update(conn, saga_id, saga.version, &transition.state, deadline).await? {
             return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
         }
         let commands = self.commands(saga, transition, cause);
         let detail = reason.or(transition.detail.as_deref());
-        let entry = log_entry(saga.version + 1, Some(saga), transition, cause, &commands, detail);
+        let entry = log_entry(saga.version + 1, Some(saga), definition.version, transition, cause, &commands, detail);
         store::append_log(conn, saga_id, &entry).await?;
         let now = saga_store::now_ms();
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
@@ -302,6 +362,7 @@ impl Orchestrator {
         let entry = LogEntry {
             seq: saga.version + 1,
             at_ms: saga_store::now_ms(),
+            definition_version: saga.definition_version,
             event: "ignored".into(),
             step: None,
             from_status: Some(saga.state.status.as_str().into()),
@@ -347,10 +408,19 @@ pub fn timing_of(settings: &saga_runtime::config::SagaSettings) -> Timing {
     }
 }
 
-fn log_entry(seq: i64, before: Option<&SagaRecord>, transition: &Transition, cause: &Cause<'_>, sent: &[Message], detail: Option<&str>) -> LogEntry {
+fn log_entry(
+    seq: i64,
+    before: Option<&SagaRecord>,
+    definition_version: i32,
+    transition: &Transition,
+    cause: &Cause<'_>,
+    sent: &[Message],
+    detail: Option<&str>,
+) -> LogEntry {
     LogEntry {
         seq,
         at_ms: saga_store::now_ms(),
+        definition_version: i64::from(definition_version),
         event: transition.event.into(),
         step: Some(transition.step.into()),
         from_status: before.map(|s| s.state.status.as_str().to_string()),
@@ -374,6 +444,8 @@ fn reply_of(message: &Message) -> Option<(Reply, Option<&str>)> {
         Message::PaymentVoided(_) => (Reply::PaymentVoided, None),
         Message::OrderApproved(_) => (Reply::OrderApproved, None),
         Message::OrderRejected(m) => (Reply::OrderRejected, Some(m.reason.as_str())),
+        Message::RiskAccepted(_) => (Reply::RiskAccepted, None),
+        Message::RiskRejected(m) => (Reply::RiskRejected, Some(m.reason.as_str())),
         _ => return None,
     })
 }
@@ -387,6 +459,7 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
         Action::VoidPayment => VoidPayment::FULL_NAME,
         Action::ApproveOrder => ApproveOrder::FULL_NAME,
         Action::RejectOrder => RejectOrder::FULL_NAME,
+        Action::CheckRisk => CheckRisk::FULL_NAME,
     };
     let envelope = Envelope {
         message_id: command.key(&saga.saga_id),
@@ -414,5 +487,13 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
         Action::VoidPayment => VoidPayment { envelope, order_id, reason }.into(),
         Action::ApproveOrder => ApproveOrder { envelope, order_id }.into(),
         Action::RejectOrder => RejectOrder { envelope, order_id, reason }.into(),
+        Action::CheckRisk => CheckRisk {
+            envelope,
+            order_id,
+            customer_id: saga.data.customer_id.clone(),
+            amount_minor: saga.data.total_minor,
+            currency: saga.data.currency.clone(),
+        }
+        .into(),
     }
 }

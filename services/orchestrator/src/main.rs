@@ -5,7 +5,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     saga_runtime::service::service_main(
-        async |settings, _| Ok(saga_orchestrator::Orchestrator::configured(settings)),
+        async |settings, db| {
+            let orchestrator = saga_orchestrator::Orchestrator::configured(settings)?;
+            orchestrator.check_in_flight(db).await?;
+            Ok(orchestrator)
+        },
         &saga_orchestrator::MIGRATIONS,
         saga_orchestrator::Orchestrator::capabilities,
     )

@@ -8,7 +8,7 @@
 //! Every wait has a deadline ([`deadline_in_ms`]). When it passes ([`on_timeout`]), a step
 //! before the pivot (or the pivot) is undone as if it had failed: its own compensation (or the
 //! pivot's cancel) goes out first, because its command may still land, and the participants
-//! make a late forward action harmless. A retriable step, a compensation and the final action
+//! make a late forward action harmless; a check, which changed nothing, fails as if rejected. A retriable step, a compensation and the final action
 //! are sent again with a new attempt number, backing off; a compensation still unconfirmed after
 //! [`Timing::max_compensation_attempts`] leaves the saga STUCK. A dead-lettered message of the
 //! saga PARKs it ([`park`]). Operators [`retry`] the awaited command or [`abort`] (compensate
@@ -335,6 +335,17 @@ pub fn on_timeout(def: &SagaDefinition, state: &SagaState, timing: &Timing) -> O
                     step: step.name,
                     detail: Some(waited),
                 }),
+                // A check changed nothing: compensate the steps before it; a late answer is ignored.
+                None if step.kind == StepKind::Check => {
+                    let (position, commands) = compensate_from(def, i);
+                    Outcome::Applied(Transition {
+                        state: SagaState::moving(Status::Compensating, position, 1, Some(format!("step {} timed out", step.name))),
+                        commands,
+                        event: "step-timed-out",
+                        step: step.name,
+                        detail: Some(waited),
+                    })
+                }
                 _ => {
                     let attempt = state.attempt + 1;
                     Outcome::Applied(Transition {

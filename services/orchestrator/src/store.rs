@@ -69,6 +69,9 @@ pub struct LogEntry {
     pub seq: i64,
     /// When, ms since epoch.
     pub at_ms: i64,
+    /// The definition version the saga runs (kept here so the entry explains itself after the
+    /// version is retired).
+    pub definition_version: i64,
     /// What happened (`started`, `step-succeeded`, `ignored`, …).
     pub event: String,
     /// Which step.
@@ -182,8 +185,8 @@ pub async fn update(conn: &mut Conn<'_>, saga_id: &str, version: i64, state: &Sa
 pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
     let sent = serde_json::to_string(&entry.sent).expect("ids always serialize");
     conn.execute(
-        "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent, \
+         definition_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         args![
             saga_id,
             entry.seq,
@@ -197,6 +200,7 @@ pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) ->
             &sent,
             entry.detail.as_deref(),
             entry.trace_parent.as_deref(),
+            entry.definition_version,
         ],
     )
     .await?;
@@ -232,28 +236,31 @@ pub async fn get_saga(db: &saga_store::Db, saga_id: &str) -> Result<Option<SagaR
 /// Reads a saga's whole log, oldest first.
 pub async fn saga_log(db: &saga_store::Db, saga_id: &str) -> Result<Vec<LogEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent \
+        "SELECT seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent, definition_version \
          FROM saga_log WHERE saga_id = $1 ORDER BY seq",
     )
     .bind(saga_id)
     .fetch_all(db.pool())
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| LogEntry {
-            seq: r.get(0),
-            at_ms: r.get(1),
-            event: r.get(2),
-            step: r.get(3),
-            from_status: r.get(4),
-            to_status: r.get(5),
-            cause_message_id: r.get(6),
-            cause_message_type: r.get(7),
-            sent: serde_json::from_str(&r.get::<String, _>(8)).unwrap_or_default(),
-            detail: r.get(9),
-            trace_parent: r.get(10),
+    rows.into_iter()
+        .map(|r| {
+            let sent: String = r.try_get("sent")?;
+            Ok(LogEntry {
+                seq: r.try_get("seq")?,
+                at_ms: r.try_get("at_ms")?,
+                definition_version: r.try_get("definition_version")?,
+                event: r.try_get("event")?,
+                step: r.try_get("step")?,
+                from_status: r.try_get("from_status")?,
+                to_status: r.try_get("to_status")?,
+                cause_message_id: r.try_get("cause_message_id")?,
+                cause_message_type: r.try_get("cause_message_type")?,
+                sent: serde_json::from_str(&sent).map_err(|e| sqlx::Error::Decode(format!("saga log of {saga_id}: sent ids {sent:?}: {e}").into()))?,
+                detail: r.try_get("detail")?,
+                trace_parent: r.try_get("trace_parent")?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Lists sagas, newest change first, optionally only those in `status`.
@@ -271,4 +278,141 @@ pub async fn list_sagas(db: &saga_store::Db, status: Option<Status>, limit: i64)
 pub async fn count_by_status(db: &saga_store::Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query("SELECT status, COUNT(*) FROM sagas GROUP BY status ORDER BY status").fetch_all(db.pool()).await?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Unfinished sagas (neither COMPLETED nor COMPENSATED) per definition version, oldest version
+/// first. A version may be retired once it has none.
+pub async fn in_flight_by_version(db: &saga_store::Db) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT definition_version, COUNT(*) FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED') GROUP BY definition_version ORDER BY definition_version",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Ids of up to `limit` unfinished sagas of definition `version`, oldest first.
+pub async fn in_flight_ids(db: &saga_store::Db, version: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT saga_id FROM sagas WHERE definition_version = $1 AND status NOT IN ('COMPLETED', 'COMPENSATED') ORDER BY created_at_ms, saga_id LIMIT $2",
+    )
+    .bind(version)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(|r| r.try_get(0)).collect()
+}
+
+/// What the saga view's search selects; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    /// The saga (order) id, or its beginning.
+    pub id_prefix: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this definition version.
+    pub version: Option<i64>,
+    /// Only sagas waiting at (or compensating) one of these positions, e.g. `step:1` (the
+    /// caller maps a step name to its position in each version).
+    pub positions: Vec<(i64, String)>,
+    /// Only sagas whose failure or blocked reason contains this text (any case).
+    pub reason: Option<String>,
+    /// Only sagas started at or after, ms since epoch.
+    pub since_ms: Option<i64>,
+    /// Only sagas started before, ms since epoch.
+    pub until_ms: Option<i64>,
+}
+
+/// Where a page of [`search`] ends: the (start time, id) of its last saga. The next page holds
+/// the sagas that sort after it (keyset paging: no OFFSET, stable while sagas move).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// `created_at_ms` of the last saga shown.
+    pub created_at_ms: i64,
+    /// Its id.
+    pub saga_id: String,
+}
+
+impl Cursor {
+    /// `created_at_ms.saga_id`, for URLs.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.saga_id)
+    }
+
+    /// Parses [`Cursor::encode`]'s form.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (ms, id) = s.split_once('.')?;
+        Some(Cursor { created_at_ms: ms.parse().ok()?, saga_id: id.to_string() })
+    }
+}
+
+/// Sagas matching `search`, newest start first (ties by id), at most `limit`, after `after`;
+/// with the cursor of the next page when there may be one.
+pub async fn search(db: &saga_store::Db, search: &Search, after: Option<&Cursor>, limit: i64) -> Result<(Vec<SagaRecord>, Option<Cursor>), sqlx::Error> {
+    enum Bind {
+        Text(String),
+        Int(i64),
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut bind = |b: Bind, binds_len: &mut usize| {
+        binds.push(b);
+        *binds_len += 1;
+        format!("${binds_len}")
+    };
+    let mut n = 0usize;
+    if let Some(prefix) = search.id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        let len = prefix.chars().count() as i64;
+        let (p, l) = (bind(Bind::Text(prefix.to_string()), &mut n), bind(Bind::Int(len), &mut n));
+        clauses.push(format!("substr(saga_id, 1, CAST({l} AS INTEGER)) = {p}"));
+    }
+    if let Some(status) = search.status {
+        clauses.push(format!("status = {}", bind(Bind::Text(status.as_str().to_string()), &mut n)));
+    }
+    if let Some(v) = search.version {
+        clauses.push(format!("definition_version = {}", bind(Bind::Int(v), &mut n)));
+    }
+    if !search.positions.is_empty() {
+        let mut any = Vec::new();
+        for (version, position) in &search.positions {
+            let (v, p) = (bind(Bind::Int(*version), &mut n), bind(Bind::Text(position.clone()), &mut n));
+            any.push(format!("(definition_version = {v} AND position = {p})"));
+        }
+        clauses.push(format!("({})", any.join(" OR ")));
+    }
+    if let Some(reason) = search.reason.as_deref().filter(|r| !r.is_empty()) {
+        let pattern = format!("%{}%", reason.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let p = bind(Bind::Text(pattern), &mut n);
+        clauses.push(format!("LOWER(COALESCE(failure_reason, '') || ' ' || COALESCE(blocked_reason, '')) LIKE {p} ESCAPE '\\'"));
+    }
+    if let Some(since) = search.since_ms {
+        clauses.push(format!("created_at_ms >= {}", bind(Bind::Int(since), &mut n)));
+    }
+    if let Some(until) = search.until_ms {
+        clauses.push(format!("created_at_ms < {}", bind(Bind::Int(until), &mut n)));
+    }
+    if let Some(c) = after {
+        let (ms, ms2, id) = (bind(Bind::Int(c.created_at_ms), &mut n), bind(Bind::Int(c.created_at_ms), &mut n), bind(Bind::Text(c.saga_id.clone()), &mut n));
+        clauses.push(format!("(created_at_ms < {ms} OR (created_at_ms = {ms2} AND saga_id < {id}))"));
+    }
+    let limit_at = bind(Bind::Int(limit + 1), &mut n);
+    let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
+    let sql = format!(concat!(select_saga!(), "{} ORDER BY created_at_ms DESC, saga_id DESC LIMIT {}"), filter, limit_at);
+    let args: Vec<saga_store::sql::Arg<'_>> = binds
+        .iter()
+        .map(|b| match b {
+            Bind::Text(t) => saga_store::sql::Arg::from(t),
+            Bind::Int(i) => saga_store::sql::Arg::from(*i),
+        })
+        .collect();
+    let mut conn = db.pool().acquire().await?;
+    let rows = Conn::Sqlx(&mut conn).fetch_all(sql, &args).await?;
+    let mut sagas = rows.into_iter().map(to_record).collect::<Result<Vec<_>, _>>()?;
+    let next = if sagas.len() as i64 > limit {
+        sagas.truncate(limit as usize);
+        sagas.last().map(|s| Cursor { created_at_ms: s.created_at_ms, saga_id: s.saga_id.clone() })
+    } else {
+        None
+    };
+    Ok((sagas, next))
 }

@@ -1,5 +1,7 @@
-//! The live saga view: a page for people (`/sagas`) and the JSON it reads (`/api/sagas`,
-//! `/api/sagas/{id}`), straight from the saga table and log. The orchestrator serves it on its
+//! The live saga view: a page for people (`/sagas`) and the JSON it reads, straight from the
+//! saga table and log: `/api/sagas` (search by id or its beginning, state, definition version,
+//! step, reason and start time; newest first, keyset pages), `/api/sagas/counts` (sagas per
+//! state) and `/api/sagas/{id}` (one saga with its timeline). The orchestrator serves it on its
 //! HTTP port; `sagactl dev` serves it for the embedded stack.
 
 use axum::extract::{Path, Query, State};
@@ -10,8 +12,8 @@ use axum::{Json, Router};
 use saga_store::Db;
 use serde::{Deserialize, Serialize};
 
-use crate::saga::Status;
-use crate::store::{self, LogEntry, SagaRecord};
+use crate::saga::{Position, Status};
+use crate::store::{self, Cursor, LogEntry, SagaRecord, Search};
 
 const PAGE: &str = include_str!("web/sagas.html");
 
@@ -19,30 +21,74 @@ const PAGE: &str = include_str!("web/sagas.html");
 /// with this variable for the orchestrator binary.
 pub const QUERY_URL_ENV: &str = "SAGA_ORCHESTRATOR_QUERY_URL";
 
+/// Where a saga's trace is: a URL template with `{trace_id}`, e.g.
+/// `http://localhost:16686/trace/{trace_id}` for Jaeger, set with this variable.
+pub const TRACE_URL_ENV: &str = "SAGA_ORCHESTRATOR_TRACE_URL";
+
+/// Links from a saga to the rest of the system.
+#[derive(Clone, Debug, Default)]
+pub struct Links {
+    /// Base URL of the query API: each saga links to its order there.
+    pub query_url: Option<String>,
+    /// URL template of a trace (`{trace_id}` is replaced): each saga links to its trace.
+    pub trace_url: Option<String>,
+}
+
+impl Links {
+    /// From [`QUERY_URL_ENV`] and [`TRACE_URL_ENV`] (unset or empty: no link).
+    pub fn from_env() -> Links {
+        let var = |name: &str| std::env::var(name).ok().filter(|u| !u.trim().is_empty());
+        Links { query_url: var(QUERY_URL_ENV), trace_url: var(TRACE_URL_ENV) }
+    }
+}
+
 /// What the view's handlers read.
 #[derive(Clone)]
 struct View {
     db: Db,
-    /// Base URL of the query API, when there is one: each saga links to its order there.
-    query_url: Option<String>,
+    links: Links,
 }
 
-/// The routes of the view over the orchestrator's database; with `query_url`, each saga links to
-/// its order in the query API.
-pub fn router(db: Db, query_url: Option<String>) -> Router {
-    let view = View { db, query_url: query_url.map(|u| u.trim_end_matches('/').to_string()) };
+/// The routes of the view over the orchestrator's database, with `links` to each saga's order
+/// and trace.
+pub fn router(db: Db, links: Links) -> Router {
+    let links = Links { query_url: links.query_url.map(|u| u.trim_end_matches('/').to_string()), ..links };
+    let view = View { db, links };
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::temporary("/sagas") }))
         .route("/sagas", get(|| async { ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)) }))
         .route("/api/sagas", get(list))
+        .route("/api/sagas/counts", get(counts))
+        .route("/api/definitions", get(definitions))
         .route("/api/sagas/{id}", get(show))
         .with_state(view)
 }
 
-#[derive(Deserialize)]
+/// `/api/sagas` parameters; empty values mean "any".
+#[derive(Deserialize, Default)]
 struct ListQuery {
+    /// A saga (order) id, or its beginning.
+    q: Option<String>,
     state: Option<String>,
+    version: Option<String>,
+    /// A step name: sagas waiting at it or compensating it.
+    step: Option<String>,
+    /// Text in the failure or blocked reason.
+    reason: Option<String>,
+    /// Started at or after / before, ms since epoch.
+    since: Option<String>,
+    until: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
     limit: Option<i64>,
+}
+
+/// A page of sagas.
+#[derive(Serialize)]
+struct Page {
+    sagas: Vec<SagaSummary>,
+    /// The `after` of the next page; absent on the last.
+    next: Option<String>,
 }
 
 /// One saga in the list.
@@ -50,6 +96,7 @@ struct ListQuery {
 struct SagaSummary {
     saga_id: String,
     saga_type: String,
+    definition_version: i64,
     status: &'static str,
     position: String,
     attempt: u32,
@@ -64,6 +111,7 @@ impl From<&SagaRecord> for SagaSummary {
         SagaSummary {
             saga_id: s.saga_id.clone(),
             saga_type: s.saga_type.clone(),
+            definition_version: s.definition_version,
             status: s.state.status.as_str(),
             position: s.state.position.encode(),
             attempt: s.state.attempt,
@@ -89,22 +137,87 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-async fn list(State(View { db, .. }): State<View>, Query(q): Query<ListQuery>) -> Response {
-    let status = match q.state.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => match Status::parse(&s.to_ascii_uppercase()) {
-            Some(s) => Some(s),
-            None => return error(StatusCode::BAD_REQUEST, format!("unknown state {s:?}")),
-        },
+/// Reads the search from the query string; a bad value is named.
+fn search_of(q: &ListQuery) -> Result<(Search, Option<Cursor>), String> {
+    let given = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        given(v).map(|v| v.parse::<i64>().map_err(|_| format!("{name}: expected an integer, found {v:?}"))).transpose()
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match store::list_sagas(&db, status, limit).await {
-        Ok(sagas) => Json(sagas.iter().map(SagaSummary::from).collect::<Vec<_>>()).into_response(),
+    let status = match given(&q.state) {
+        None => None,
+        Some(s) => Some(Status::parse(&s.to_ascii_uppercase()).ok_or_else(|| format!("state: unknown state {s:?}"))?),
+    };
+    let mut positions = Vec::new();
+    if let Some(step) = given(&q.step) {
+        for d in crate::definition::order_saga_versions() {
+            if let Some(i) = d.steps.iter().position(|s| s.name == step) {
+                positions.push((i64::from(d.version), Position::Step(i).encode()));
+                positions.push((i64::from(d.version), Position::Compensation(i).encode()));
+            }
+        }
+        if step == "finalize" {
+            for d in crate::definition::order_saga_versions() {
+                positions.push((i64::from(d.version), Position::Finalizing.encode()));
+            }
+        }
+        if positions.is_empty() {
+            return Err(format!("step: no definition has a step {step:?}"));
+        }
+    }
+    let after = match given(&q.after) {
+        None => None,
+        Some(a) => Some(Cursor::decode(&a).ok_or_else(|| format!("after: not a page cursor: {a:?}"))?),
+    };
+    let search = Search {
+        id_prefix: given(&q.q),
+        status,
+        version: number("version", &q.version)?,
+        positions,
+        reason: given(&q.reason),
+        since_ms: number("since", &q.since)?,
+        until_ms: number("until", &q.until)?,
+    };
+    Ok((search, after))
+}
+
+async fn list(State(View { db, .. }): State<View>, Query(q): Query<ListQuery>) -> Response {
+    let (search, after) = match search_of(&q) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    match store::search(&db, &search, after.as_ref(), limit).await {
+        Ok((sagas, next)) => Json(Page { sagas: sagas.iter().map(SagaSummary::from).collect(), next: next.map(|c| c.encode()) }).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
     }
 }
 
-async fn show(State(View { db, query_url }): State<View>, Path(id): Path<String>) -> Response {
+/// The definition versions this build runs, with their steps in order (for the view's filters
+/// and timeline).
+async fn definitions() -> Json<serde_json::Value> {
+    let versions: Vec<serde_json::Value> = crate::definition::order_saga_versions()
+        .iter()
+        .map(|d| {
+            let steps: Vec<_> = d.steps.iter().map(|s| serde_json::json!({ "name": s.name, "kind": s.kind.as_str() })).collect();
+            serde_json::json!({ "name": d.name, "version": d.version, "steps": steps })
+        })
+        .collect();
+    Json(serde_json::Value::Array(versions))
+}
+
+/// Sagas per state, every state listed (0 when none).
+async fn counts(State(View { db, .. }): State<View>) -> Response {
+    match store::count_by_status(&db).await {
+        Ok(counts) => {
+            let by_state: serde_json::Map<String, serde_json::Value> =
+                Status::ALL.iter().map(|s| (s.as_str().to_string(), counts.iter().find(|(n, _)| n == s.as_str()).map_or(0, |(_, c)| *c).into())).collect();
+            Json(by_state).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
+    }
+}
+
+async fn show(State(View { db, links }): State<View>, Path(id): Path<String>) -> Response {
     let saga = match store::get_saga(&db, &id).await {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga {id:?}")),
@@ -125,6 +238,15 @@ async fn show(State(View { db, query_url }): State<View>, Path(id): Path<String>
         })
         .collect();
     // The saga of an order is identified by the order id.
-    let order_url = query_url.map(|q| format!("{q}/orders/{}", saga_runtime::health::path_segment(&saga.saga_id)));
-    Json(serde_json::json!({ "saga": SagaSummary::from(&saga), "data": saga.data, "timeline": timeline, "order_url": order_url })).into_response()
+    let order_url = links.query_url.map(|q| format!("{q}/orders/{}", saga_runtime::health::path_segment(&saga.saga_id)));
+    let trace_url = links.trace_url.zip(saga.trace_id()).map(|(template, id)| template.replace("{trace_id}", id));
+    Json(serde_json::json!({
+        "saga": SagaSummary::from(&saga),
+        "data": saga.data,
+        "timeline": timeline,
+        "order_url": order_url,
+        "trace_url": trace_url,
+        "blocked": saga.state.blocked,
+    }))
+    .into_response()
 }

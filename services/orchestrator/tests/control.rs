@@ -24,8 +24,9 @@ saga_store::backend_tests!(
     abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
 );
 
+/// Deadlines of 1 ms; new sagas start on definition v1 (the scenarios follow its steps).
 fn fast(max_compensation_attempts: u32) -> Orchestrator {
-    Orchestrator::with_timing(Timing { timeout_override_ms: Some(1), max_delay_ms: 1, max_compensation_attempts })
+    on_v1().with_timing(Timing { timeout_override_ms: Some(1), max_delay_ms: 1, max_compensation_attempts })
 }
 
 /// Waits past the 1 ms deadlines, then fires every due saga as the timer task does, one

@@ -9,6 +9,8 @@ mod support;
 use saga_contracts::{Envelope, Message, OrderCreated, PaymentDeclined, StockLine, StockReserved};
 use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
+use saga_orchestrator::Orchestrator;
+use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use support::*;
 
@@ -21,6 +23,9 @@ saga_store::backend_tests!(
     a_reply_out_of_turn_is_ignored_and_the_saga_goes_on,
     replies_for_unknown_sagas_are_strays,
     the_same_order_created_twice_starts_one_saga,
+    v2_checks_risk_and_a_rejection_releases_the_stock,
+    a_saga_keeps_its_version_and_an_unknown_version_is_never_guessed,
+    the_view_finds_sagas_by_id_state_step_and_reason_and_pages_by_keyset,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -242,4 +247,117 @@ async fn the_same_order_created_twice_starts_one_saga(test_db: TestDb) {
         vec![("place-o1-again/OrderCreated".into(), OrderCreated::FULL_NAME.into(), "a saga for this order already exists".into())]
     );
     assert_eq!(count_by_status(db).await.unwrap(), vec![("RUNNING".to_string(), 1)]);
+}
+
+async fn v2_checks_risk_and_a_rejection_releases_the_stock(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let v2 = Orchestrator::default();
+    assert_eq!(v2.definition().version, 2, "new sagas start on the newest version by default");
+    let run = |m: Message| {
+        let v2 = &v2;
+        async move {
+            let mut out = apply_with(db, v2, &m).await.unwrap().expect("new message");
+            assert_eq!(out.len(), 1, "{out:?}");
+            out.remove(0)
+        }
+    };
+    let reserve = run(order_created("place-o1", "o1")).await;
+    let check = run(stock_reserved(&reserve)).await;
+    let Message::CheckRisk(c) = &check else { panic!("expected CheckRisk, got {check:?}") };
+    assert_eq!((c.envelope.message_id.as_str(), c.customer_id.as_str(), c.amount_minor), ("o1:check_risk:do:1", "alice", 7_499));
+    let release = run(risk_rejected(&check, "order total above the review line")).await;
+    assert!(matches!(&release, Message::ReleaseStock(r) if r.reason == "order total above the review line"), "{release:?}");
+    let reject = run(stock_released(&release)).await;
+    assert!(matches!(reject, Message::RejectOrder(_)), "{reject:?}");
+
+    // The happy path of another order goes through the check to the authorization.
+    let reserve = run(order_created("place-o2", "o2")).await;
+    let check = run(stock_reserved(&reserve)).await;
+    let pay = run(risk_accepted(&check)).await;
+    assert!(matches!(pay, Message::AuthorizePayment(_)), "{pay:?}");
+    let log = saga_log(db, "o1").await.unwrap();
+    let steps: Vec<_> = log.iter().map(|e| (e.event.as_str(), e.step.as_deref().unwrap_or("-"), e.definition_version)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("started", "reserve_stock", 2),
+            ("step-succeeded", "reserve_stock", 2),
+            ("step-failed", "check_risk", 2),
+            ("step-compensated", "reserve_stock", 2),
+        ]
+    );
+}
+
+async fn a_saga_keeps_its_version_and_an_unknown_version_is_never_guessed(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    // o1 starts on v1 (the configuration before an upgrade) ...
+    let reserve = feed_one(db, &order_created("place-o1", "o1"), "o1:reserve_stock:do:1").await;
+    // ... and after the switch to v2 it still runs v1's steps: no risk check.
+    let upgraded = Orchestrator::default();
+    let next = apply_with(db, &upgraded, &stock_reserved(&reserve)).await.unwrap().unwrap();
+    assert!(matches!(next.as_slice(), [Message::AuthorizePayment(_)]), "{next:?}");
+    assert!(saga_log(db, "o1").await.unwrap().iter().all(|e| e.definition_version == 1));
+
+    // o2 starts on v2; a binary that knows only v1 (an instance not yet upgraded) never guesses.
+    let reserve2 = apply_with(db, &upgraded, &order_created("place-o2", "o2")).await.unwrap().unwrap().remove(0);
+    let old = Orchestrator::with_versions(vec![saga_orchestrator::definition::order_saga_v1()], None).unwrap();
+    match apply_with(db, &old, &stock_reserved(&reserve2)).await {
+        Err(HandleError::Unsupported(why)) => assert!(why.contains("saga o2 runs definition version 2") && why.contains("it knows 1"), "{why}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert_eq!(saga(db, "o2").await.1, Position::Step(0), "nothing moved");
+    let refused = old.check_in_flight(db).await.unwrap_err().to_string();
+    assert!(refused.contains("version 2: 1 saga(s), e.g. o2") && refused.contains("it knows 1"), "{refused}");
+    upgraded.check_in_flight(db).await.expect("the upgraded binary knows every version in flight");
+    // A start on a version this binary lacks is a configuration error that names its key.
+    let mut settings = saga_runtime::ServiceSettings::defaults_for("orchestrator");
+    settings.saga.order_version = 3;
+    let bad = Orchestrator::configured(&settings).err().expect("version 3 refused").to_string();
+    assert!(bad.contains("saga.order_version") && bad.contains("no version 3"), "{bad}");
+}
+
+async fn the_view_finds_sagas_by_id_state_step_and_reason_and_pages_by_keyset(test_db: TestDb) {
+    use saga_orchestrator::store::{search, Cursor, Search};
+    let db = migrated(&test_db).await;
+    // Seven sagas on v1: ab-1..ab-5 wait for their reservation, ac-1 failed (out of stock) and
+    // is releasing, ac-2 is at the payment step.
+    let mut reserve = std::collections::HashMap::new();
+    for id in ["ab-1", "ab-2", "ab-3", "ab-4", "ab-5", "ac-1", "ac-2"] {
+        reserve.insert(id, feed(db, &order_created(&format!("place-{id}"), id)).await.remove(0));
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    feed(db, &stock_failed(&reserve["ac-1"], "out of stock: sku RARE-GEM has 3 left")).await;
+    feed(db, &stock_reserved(&reserve["ac-2"])).await;
+    let ids = |found: &[saga_orchestrator::store::SagaRecord]| found.iter().map(|s| s.saga_id.clone()).collect::<Vec<_>>();
+    let find = |search: Search| async move { search_all(db, &search).await };
+
+    assert_eq!(find(Search { id_prefix: Some("ac-".into()), ..Search::default() }).await, ["ac-2", "ac-1"], "newest first");
+    assert_eq!(find(Search { id_prefix: Some("ab-3".into()), ..Search::default() }).await, ["ab-3"]);
+    assert_eq!(find(Search { status: Some(Status::Compensating), ..Search::default() }).await, ["ac-1"]);
+    assert_eq!(find(Search { reason: Some("rare-GEM".into()), ..Search::default() }).await, ["ac-1"], "any case");
+    assert_eq!(find(Search { reason: Some("100%_".into()), ..Search::default() }).await, Vec::<String>::new(), "% and _ are text");
+    assert_eq!(find(Search { positions: vec![(1, "step:1".into())], ..Search::default() }).await, ["ac-2"]);
+    assert_eq!(find(Search { version: Some(2), ..Search::default() }).await, Vec::<String>::new());
+    let all = find(Search::default()).await;
+    assert_eq!(all.len(), 7);
+    let since = get_saga(db, "ab-4").await.unwrap().unwrap().created_at_ms;
+    assert!(find(Search { since_ms: Some(since), ..Search::default() }).await.iter().all(|id| !["ab-1", "ab-2", "ab-3"].contains(&id.as_str())));
+
+    // Pages of three: every saga once, in the same order as one big page, the last without a cursor.
+    let (mut paged, mut after) = (Vec::new(), None::<Cursor>);
+    loop {
+        let (page, next) = search(db, &Search::default(), after.as_ref(), 3).await.unwrap();
+        paged.extend(ids(&page));
+        match next {
+            Some(c) => after = Some(Cursor::decode(&c.encode()).expect("a cursor round-trips")),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+}
+
+async fn search_all(db: &saga_store::Db, search: &saga_orchestrator::store::Search) -> Vec<String> {
+    let (found, next) = saga_orchestrator::store::search(db, search, None, 100).await.unwrap();
+    assert!(next.is_none());
+    found.into_iter().map(|s| s.saga_id).collect()
 }

@@ -79,9 +79,9 @@ async fn place(conn: &mut Conn<'_>, m: &PlaceOrder) -> Result<Vec<Message>, Hand
 
 async fn insert(conn: &mut Conn<'_>, m: &PlaceOrder, total: i64, status: OrderStatus, reason: Option<&str>, lines: &str, now: i64) -> Result<(), sqlx::Error> {
     conn.execute(
-        "INSERT INTO orders (order_id, customer_id, currency, total_minor, status, reason, lines, created_at_ms, updated_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        args![&m.order_id, &m.customer_id, &m.currency, total, status.as_str(), reason, lines, now],
+        "INSERT INTO orders (order_id, customer_id, currency, total_minor, status, reason, lines, created_at_ms, updated_at_ms, promotion_code) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+        args![&m.order_id, &m.customer_id, &m.currency, total, status.as_str(), reason, lines, now, m.promotion_code.as_deref()],
     )
     .await?;
     Ok(())
@@ -138,11 +138,13 @@ pub struct OrderView {
     pub reason: Option<String>,
     /// Its lines.
     pub lines: Vec<OrderLine>,
+    /// The promotion code it was placed with (`PlaceOrder` v2), if any.
+    pub promotion_code: Option<String>,
 }
 
 /// Reads one order.
 pub async fn get_order(db: &saga_store::Db, order_id: &str) -> Result<Option<OrderView>, sqlx::Error> {
-    let row = sqlx::query("SELECT order_id, customer_id, status, total_minor, reason, lines FROM orders WHERE order_id = $1")
+    let row = sqlx::query("SELECT order_id, customer_id, status, total_minor, reason, lines, promotion_code FROM orders WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(db.pool())
         .await?;
@@ -153,6 +155,7 @@ pub async fn get_order(db: &saga_store::Db, order_id: &str) -> Result<Option<Ord
         total_minor: r.get(3),
         reason: r.get(4),
         lines: serde_json::from_str(&r.get::<String, _>(5)).unwrap_or_default(),
+        promotion_code: r.get(6),
     }))
 }
 

@@ -67,6 +67,7 @@ fn place(message_id: &str, order_id: &str, lines: Vec<OrderLine>) -> PlaceOrder 
         customer_id: "alice".into(),
         currency: "EUR".into(),
         lines,
+        promotion_code: None,
     }
 }
 

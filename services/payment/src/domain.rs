@@ -1,4 +1,4 @@
-//! Credit rules. Pure: no I/O.
+//! Credit and risk rules. Pure: no I/O.
 
 /// A customer's account as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,32 @@ pub fn decide_authorization(account: Option<&Account>, customer_id: &str, amount
     Ok(())
 }
 
+/// Orders above this total (in minor units of their currency) need a manual fraud review: the
+/// risk check of the order saga (v2) rejects them.
+pub const RISK_REVIEW_ABOVE_MINOR: i64 = 500_000;
+
+/// The outcome of a risk check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskAssessment {
+    /// 0 (no risk) to 100: the order total as a share of [`RISK_REVIEW_ABOVE_MINOR`].
+    pub score: i32,
+    /// Why the order is rejected; `None` when its risk is acceptable.
+    pub rejected: Option<String>,
+}
+
+/// Assesses the fraud risk of charging `amount_minor` for an order: the larger the total, the
+/// riskier; above [`RISK_REVIEW_ABOVE_MINOR`] the order is rejected for a manual review. A
+/// non-positive amount is rejected too (it could only be a forged order).
+pub fn assess_risk(amount_minor: i64, currency: &str) -> RiskAssessment {
+    if amount_minor <= 0 {
+        return RiskAssessment { score: 100, rejected: Some(format!("amount {amount_minor} {currency} must be positive")) };
+    }
+    let score = (amount_minor.saturating_mul(100) / RISK_REVIEW_ABOVE_MINOR).min(100) as i32;
+    let rejected = (amount_minor > RISK_REVIEW_ABOVE_MINOR)
+        .then(|| format!("order total {amount_minor} {currency} is above {RISK_REVIEW_ABOVE_MINOR}: it needs a manual fraud review"));
+    RiskAssessment { score, rejected }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +79,17 @@ mod tests {
         assert!(decide_authorization(None, "c", 1, "EUR").unwrap_err().contains("no account"));
         assert!(decide_authorization(Some(&account(1000, 0)), "c", 1, "USD").unwrap_err().contains("in EUR"));
         assert!(decide_authorization(Some(&account(1000, 0)), "c", 0, "EUR").is_err());
+    }
+
+    #[test]
+    fn risk_grows_with_the_total_and_rejects_above_the_review_line() {
+        assert_eq!(assess_risk(RISK_REVIEW_ABOVE_MINOR / 2, "EUR"), RiskAssessment { score: 50, rejected: None });
+        assert_eq!(assess_risk(RISK_REVIEW_ABOVE_MINOR, "EUR"), RiskAssessment { score: 100, rejected: None });
+        let over = assess_risk(RISK_REVIEW_ABOVE_MINOR + 1, "EUR");
+        assert_eq!(over.score, 100);
+        assert!(over.rejected.unwrap().contains("manual fraud review"));
+        assert!(assess_risk(0, "EUR").rejected.unwrap().contains("must be positive"));
+        assert_eq!(assess_risk(i64::MAX, "EUR").score, 100);
     }
 
     proptest::proptest! {

@@ -1,5 +1,6 @@
 //! The payment service: owns customer credit. Authorizes an order's amount (the saga's pivot)
-//! and voids an authorization as compensation.
+//! and voids an authorization as compensation; assesses an order's fraud risk (the order saga's
+//! v2 step before the authorization).
 //!
 //! # Layout
 //! - [`domain`]: credit rules (pure).
@@ -7,16 +8,19 @@
 //!
 //! Idempotency beyond the inbox: the authorization row is keyed by order, so a repeated
 //! `AuthorizePayment` answers from the row; a void before the authorization leaves a VOIDED row
-//! that makes the late authorization a decline.
+//! that makes the late authorization a decline. A risk assessment is kept per order, so a check
+//! sent again (a retry after a timeout, with a new message id) answers as the first did.
 
 pub mod domain;
 
-use saga_contracts::{AuthorizePayment, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, TopicKind};
+use saga_contracts::{
+    AuthorizePayment, CheckRisk, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, RiskAccepted, RiskRejected, TopicKind,
+};
 use saga_runtime::{HandleError, Handler, Incoming};
 use saga_store::{args, Backend, Conn};
 use sqlx::Row;
 
-use crate::domain::{decide_authorization, Account};
+use crate::domain::{assess_risk, decide_authorization, Account};
 
 /// Migrations of the payment tables (versions 2200–2299).
 pub static MIGRATIONS: saga_store::Migrations = saga_store::Migrations { sqlite: &sqlx::migrate!("./migrations"), postgres: &sqlx::migrate!("./migrations") };
@@ -34,13 +38,14 @@ impl Handler for PaymentHandler {
     }
 
     fn produces(&self) -> &'static [&'static str] {
-        &[PaymentAuthorized::FULL_NAME, PaymentDeclined::FULL_NAME, PaymentVoided::FULL_NAME]
+        &[PaymentAuthorized::FULL_NAME, PaymentDeclined::FULL_NAME, PaymentVoided::FULL_NAME, RiskAccepted::FULL_NAME, RiskRejected::FULL_NAME]
     }
 
     async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, _notes: &mut Vec<()>) -> Result<Vec<Message>, HandleError> {
         match &incoming.message {
             Message::AuthorizePayment(m) => authorize(conn, m).await.map(|r| vec![r]),
             Message::VoidPayment(m) => void(conn, &m.envelope, &m.order_id).await.map(|r| vec![r]),
+            Message::CheckRisk(m) => check_risk(conn, m).await.map(|r| vec![r]),
             other => Err(HandleError::Reject(format!("{} is not a payment command", other.short_name()))),
         }
     }
@@ -104,6 +109,30 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
             Ok(declined(&m.envelope, &m.order_id, reason))
         }
     }
+}
+
+async fn check_risk(conn: &mut Conn<'_>, m: &CheckRisk) -> Result<Message, HandleError> {
+    let existing = conn.fetch_optional("SELECT score, reason FROM risk_assessments WHERE order_id = $1", args![&m.order_id]).await?;
+    let (score, rejected) = match existing {
+        Some(r) => (r.at::<i32>(0)?, r.at::<Option<String>>(1)?),
+        None => {
+            let assessment = assess_risk(m.amount_minor, &m.currency);
+            conn.execute(
+                "INSERT INTO risk_assessments (order_id, customer_id, amount_minor, currency, score, reason, assessed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![&m.order_id, &m.customer_id, m.amount_minor, &m.currency, assessment.score, assessment.rejected.as_deref(), saga_store::now_ms()],
+            )
+            .await?;
+            (assessment.score, assessment.rejected)
+        }
+    };
+    let order_id = m.order_id.clone();
+    Ok(match rejected {
+        None => RiskAccepted { envelope: Envelope::reply_to(&m.envelope, RiskAccepted::FULL_NAME), order_id, score }.into(),
+        Some(reason) => {
+            tracing::info!(order_id = %m.order_id, %reason, "order rejected by the risk check");
+            RiskRejected { envelope: Envelope::reply_to(&m.envelope, RiskRejected::FULL_NAME), order_id, score, reason }.into()
+        }
+    })
 }
 
 async fn save(conn: &mut Conn<'_>, m: &AuthorizePayment, authorization_id: &str, status: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {

@@ -3,7 +3,7 @@
 //! No broker: every message is applied to the service's own database exactly as the consume loop
 //! applies it (inbox row, handler, commit in one transaction; a handler error rolls it all back).
 
-use saga_contracts::{AuthorizePayment, Message, VoidPayment};
+use saga_contracts::{AuthorizePayment, CheckRisk, Message, VoidPayment};
 use saga_payment::{authorization_of, authorized_total, set_accounts, PaymentHandler};
 use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
@@ -17,6 +17,7 @@ saga_store::backend_tests!(
     a_void_before_the_authorization_makes_it_decline,
     concurrent_authorizations_never_exceed_the_limit,
     other_messages_are_refused,
+    a_risk_check_is_assessed_once_and_answered_alike,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -261,4 +262,32 @@ async fn other_messages_are_refused(test_db: TestDb) {
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(authorization(db, "o1").await, None);
+}
+
+async fn a_risk_check_is_assessed_once_and_answered_alike(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let check = |message_id: &str, order_id: &str, amount_minor: i64| CheckRisk {
+        envelope: envelope(message_id, CheckRisk::FULL_NAME, order_id),
+        order_id: order_id.into(),
+        customer_id: "alice".into(),
+        amount_minor,
+        currency: "EUR".into(),
+    };
+    match reply(db, check("o1:check_risk:do:1", "o1", 250_000)).await {
+        Message::RiskAccepted(m) => assert_eq!((m.order_id.as_str(), m.score), ("o1", 50)),
+        other => panic!("expected RiskAccepted, got {other:?}"),
+    }
+    let rejected = |m: Message| match m {
+        Message::RiskRejected(m) => (m.score, m.reason),
+        other => panic!("expected RiskRejected, got {other:?}"),
+    };
+    let (score, reason) = rejected(reply(db, check("o2:check_risk:do:1", "o2", 600_000)).await);
+    assert_eq!(score, 100);
+    assert!(reason.contains("manual fraud review"), "{reason}");
+    // A retry after a timeout (a new attempt, so a new message id) answers from the stored
+    // assessment, even with another amount; a redelivery of the same id is a duplicate.
+    assert_eq!(rejected(reply(db, check("o2:check_risk:do:2", "o2", 1)).await), (100, reason));
+    assert_eq!(apply(db, check("o2:check_risk:do:1", "o2", 600_000)).await.unwrap(), None);
+    // Checking takes no credit.
+    assert_eq!(authorized_total(db).await.unwrap(), (0, 0));
 }

@@ -80,7 +80,7 @@ pub enum Fact {
 
 impl Fact {
     /// What `message` tells about its order; `None` for a message the read model does not follow
-    /// (the orchestrator's commands).
+    /// (the orchestrator's commands, the risk check's verdicts).
     pub fn of(message: &Message) -> Option<Fact> {
         Some(match message {
             Message::PlaceOrder(m) => Fact::Placed { customer_id: m.customer_id.clone(), currency: m.currency.clone(), lines: m.lines.clone() },
@@ -100,7 +100,11 @@ impl Fact {
             | Message::ReserveStock(_)
             | Message::ReleaseStock(_)
             | Message::AuthorizePayment(_)
-            | Message::VoidPayment(_) => return None,
+            | Message::VoidPayment(_)
+            | Message::CheckRisk(_) => return None,
+            // The risk check's verdict reaches the view through the saga's outcome: a rejection
+            // is the reason of the order's OrderRejected.
+            Message::RiskAccepted(_) | Message::RiskRejected(_) => return None,
         })
     }
 

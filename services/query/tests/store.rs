@@ -49,6 +49,7 @@ fn compensated(order: &str) -> Vec<Message> {
             customer_id: "alice".into(),
             currency: "EUR".into(),
             lines: lines.clone(),
+            promotion_code: None,
         }
         .into(),
         OrderCreated {

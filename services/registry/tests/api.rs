@@ -12,6 +12,7 @@ saga_store::backend_tests!(
     looks_up_schemas_under_a_subject,
     rejects_malformed_requests,
     enforces_compatibility_on_register,
+    place_order_v2_registers_and_a_breaking_variant_is_refused,
     checks_compatibility_without_registering,
     manages_compatibility_config,
     deletes_softly_then_permanently,

@@ -157,6 +157,9 @@ message_types! {
         currency: String,
         /// What is ordered; at least one line.
         lines: Vec<OrderLine>,
+        /// Added in schema v2: a promotion code the customer entered; `None` when absent and in
+        /// every record written with v1.
+        promotion_code: Option<String>,
     }
     /// Command from the orchestrator: the saga succeeded, approve the order.
     ApproveOrder in "saga.order" on OrderCommands {}
@@ -230,6 +233,27 @@ message_types! {
     }
     /// Event: the authorization was refused.
     PaymentDeclined in "saga.payment" on PaymentEvents {
+        /// Why, for people.
+        reason: String,
+    }
+    /// Command (order saga v2): assess the fraud risk of the order. Has no effect to undo.
+    CheckRisk in "saga.payment" on PaymentCommands {
+        /// The customer to charge.
+        customer_id: String,
+        /// Order total in minor units.
+        amount_minor: i64,
+        /// ISO 4217 code of the amount.
+        currency: String,
+    }
+    /// Event: the order's risk is acceptable.
+    RiskAccepted in "saga.payment" on PaymentEvents {
+        /// 0 (no risk) to 100.
+        score: i32,
+    }
+    /// Event: the order's risk is too high.
+    RiskRejected in "saga.payment" on PaymentEvents {
+        /// 0 (no risk) to 100.
+        score: i32,
         /// Why, for people.
         reason: String,
     }

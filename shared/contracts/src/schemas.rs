@@ -18,6 +18,9 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     ("saga.payment.PaymentAuthorized", include_str!("../../../schemas/payment/PaymentAuthorized.avsc")),
     ("saga.payment.PaymentDeclined", include_str!("../../../schemas/payment/PaymentDeclined.avsc")),
     ("saga.payment.PaymentVoided", include_str!("../../../schemas/payment/PaymentVoided.avsc")),
+    ("saga.payment.CheckRisk", include_str!("../../../schemas/payment/CheckRisk.avsc")),
+    ("saga.payment.RiskAccepted", include_str!("../../../schemas/payment/RiskAccepted.avsc")),
+    ("saga.payment.RiskRejected", include_str!("../../../schemas/payment/RiskRejected.avsc")),
 ];
 
 /// The schema file text of a message type, by full Avro name.

@@ -10,13 +10,13 @@ pub enum TopicKind {
     OrderCommands,
     /// `ReserveStock`, `ReleaseStock`.
     InventoryCommands,
-    /// `AuthorizePayment`, `VoidPayment`.
+    /// `AuthorizePayment`, `VoidPayment`, `CheckRisk` (order saga v2).
     PaymentCommands,
     /// `OrderCreated`, `OrderApproved`, `OrderRejected`.
     OrderEvents,
     /// `StockReserved`, `StockReservationFailed`, `StockReleased`.
     InventoryEvents,
-    /// `PaymentAuthorized`, `PaymentDeclined`, `PaymentVoided`.
+    /// `PaymentAuthorized`, `PaymentDeclined`, `PaymentVoided`, `RiskAccepted`, `RiskRejected`.
     PaymentEvents,
 }
 

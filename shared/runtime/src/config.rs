@@ -49,6 +49,9 @@ pub struct SagaSettings {
     pub retry_max_delay_ms: u64,
     /// How often due deadlines are looked for, in milliseconds.
     pub timer_interval_ms: u64,
+    /// The order saga's definition version new sagas start on; 0 (the default) starts them on the
+    /// newest this binary knows. Sagas already running stay on the version they started with.
+    pub order_version: u32,
 }
 
 /// The service's HTTP endpoints: `/healthz` (alive) and `/readyz` (database, registry and broker
@@ -186,7 +189,7 @@ impl ServiceSettings {
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 20_000 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
             http: HttpSettings { bind: default_http_bind(service).into() },
-            saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500 },
+            saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500, order_version: 0 },
         }
     }
 

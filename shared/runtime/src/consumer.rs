@@ -105,6 +105,7 @@ impl From<HandleError> for BatchError {
             HandleError::Store(e) => e.into(),
             HandleError::Conflict(why) => BatchError::Transient(why),
             HandleError::Reject(reason) => BatchError::Failed(reason),
+            HandleError::Unsupported(why) => BatchError::Fatal(why),
         }
     }
 }
@@ -126,6 +127,13 @@ impl<H: Handler> ConsumeLoop<H> {
     }
 
     async fn consume(self: Arc<Self>, shutdown: CancellationToken) {
+        // Every dead-letter series exists from the start, at 0: an alert on its increase then sees
+        // the first dead letter too (a series born at 1 shows no increase).
+        for kind in self.handler.consumes() {
+            for class in crate::dlt::CLASSES {
+                self.metrics.dead_lettered.with_label_values(&[self.topics.name(*kind).as_str(), class]);
+            }
+        }
         let mut stream = self.consumer.stream().ready_chunks(self.batch_size);
         // Every batch runs on the same connection while it works: SQLite drops a connection's
         // page cache whenever another connection wrote since its last transaction, so a pooled
@@ -442,8 +450,9 @@ impl<H: Handler> ConsumeLoop<H> {
                         tracing::error!(
                             service = H::SERVICE,
                             error = %e,
-                            "the database refuses the work for a reason no message caused; consuming holds here (nothing is dead-lettered, \
-                             no offset moves, /readyz answers 503) and tries again every few seconds until it is mended"
+                            "the batch cannot be applied for a reason no message caused (the database refuses the work, or this binary is older than a \
+                             saga it must move); consuming holds here (nothing is dead-lettered, no offset moves, /readyz answers 503) and tries \
+                             again every few seconds until it is mended"
                         );
                     } else {
                         tracing::debug!(service = H::SERVICE, error = %e, "still halted");

@@ -51,6 +51,10 @@ pub mod headers {
 /// Longest error message written into a dead letter's headers.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 2000;
 
+/// Every error class a dead letter can carry: the decoder's (the record cannot be read) and
+/// `handler-failed` (it was read but can never be applied).
+pub const CLASSES: [&str; 6] = ["not-wire-format", "unknown-schema-id", "unusable-schema", "unexpected-type", "malformed-avro", "handler-failed"];
+
 /// A record on its way to a dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {

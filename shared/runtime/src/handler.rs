@@ -50,6 +50,12 @@ pub enum HandleError {
     /// fix); it goes to the dead-letter topic with this reason.
     #[error("{0}")]
     Reject(String),
+    /// This binary cannot apply the message, though a newer one can (a reply of a saga started
+    /// on a definition version it does not know, during a rolling upgrade): the consume loop
+    /// holds still with no offset moving and `/readyz` answers 503 with the reason, until the
+    /// instance is replaced. Never dead-lettered.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A service's business logic, applied to one message inside the batch's transaction: what

@@ -1,5 +1,5 @@
 use super::*;
-use crate::definition::order_saga;
+use crate::definition::{order_saga_v1 as order_saga, order_saga_v2};
 
 fn apply(def: &SagaDefinition, state: &SagaState, reply: Reply) -> Transition {
     match on_reply(def, state, reply, Some("because")) {
@@ -227,6 +227,17 @@ fn answer(action: Action, ok: bool) -> Reply {
         Action::VoidPayment => Reply::PaymentVoided,
         Action::ApproveOrder => Reply::OrderApproved,
         Action::RejectOrder => Reply::OrderRejected,
+        Action::CheckRisk if ok => Reply::RiskAccepted,
+        Action::CheckRisk => Reply::RiskRejected,
+    }
+}
+
+/// Version 1 or 2 of the order saga.
+fn version(v2: bool) -> SagaDefinition {
+    if v2 {
+        order_saga_v2()
+    } else {
+        order_saga()
     }
 }
 
@@ -236,12 +247,16 @@ proptest::proptest! {
     /// succeeded and Compensated otherwise, releasing stock only when it was reserved.
     #[test]
     fn every_run_ends_in_the_right_terminal_state(
+        v2 in proptest::bool::ANY,
         stock_ok in proptest::bool::ANY,
+        risk_ok in proptest::bool::ANY,
         payment_ok in proptest::bool::ANY,
         duplicates in proptest::collection::vec(proptest::option::of(0usize..8), 0..20),
     ) {
         // (Timeouts and late replies are covered by the next property.)
-        let def = order_saga();
+        let def = version(v2);
+        // Version 1 has no risk check: as if every check passed.
+        let risk_ok = risk_ok || !v2;
         let t = start(&def);
         let mut state = t.state;
         let mut pending = t.commands.clone();
@@ -262,6 +277,7 @@ proptest::proptest! {
             }
             let ok = match cmd.action {
                 Action::ReserveStock => stock_ok,
+                Action::CheckRisk => risk_ok,
                 Action::AuthorizePayment => payment_ok,
                 _ => true,
             };
@@ -278,11 +294,13 @@ proptest::proptest! {
         }
         proptest::prop_assert!(state.status.is_terminal());
         let count = |a: Action| sent.iter().filter(|c| c.action == a).count();
-        proptest::prop_assert_eq!(state.status == Status::Completed, stock_ok && payment_ok);
-        proptest::prop_assert_eq!(count(Action::ApproveOrder), usize::from(stock_ok && payment_ok));
-        proptest::prop_assert_eq!(count(Action::RejectOrder), usize::from(!(stock_ok && payment_ok)));
-        proptest::prop_assert_eq!(count(Action::ReleaseStock), usize::from(stock_ok && !payment_ok));
-        proptest::prop_assert_eq!(count(Action::AuthorizePayment), usize::from(stock_ok));
+        let all_ok = stock_ok && risk_ok && payment_ok;
+        proptest::prop_assert_eq!(state.status == Status::Completed, all_ok);
+        proptest::prop_assert_eq!(count(Action::ApproveOrder), usize::from(all_ok));
+        proptest::prop_assert_eq!(count(Action::RejectOrder), usize::from(!all_ok));
+        proptest::prop_assert_eq!(count(Action::ReleaseStock), usize::from(stock_ok && !all_ok));
+        proptest::prop_assert_eq!(count(Action::CheckRisk), usize::from(stock_ok && v2));
+        proptest::prop_assert_eq!(count(Action::AuthorizePayment), usize::from(stock_ok && risk_ok));
     }
 }
 
@@ -314,6 +332,7 @@ fn participant_apply(held: &mut Holding, forward: bool, ok: bool) -> bool {
 /// The three participants as the property sees them.
 struct World {
     stock_ok: bool,
+    risk_ok: bool,
     payment_ok: bool,
     stock: Holding,
     payment: Holding,
@@ -345,6 +364,7 @@ impl World {
                 self.rejected |= !self.approved;
                 Reply::OrderRejected
             }
+            Action::CheckRisk => answer(action, self.risk_ok),
         }
     }
 }
@@ -356,11 +376,14 @@ proptest::proptest! {
     /// held and the order rejected.
     #[test]
     fn timeouts_duplicates_and_late_replies_end_consistently(
+        v2 in proptest::bool::ANY,
         stock_ok in proptest::bool::ANY,
+        risk_ok in proptest::bool::ANY,
         payment_ok in proptest::bool::ANY,
         script in proptest::collection::vec(0u8..7, 1..60),
     ) {
-        let def = order_saga();
+        let def = version(v2);
+        let risk_ok = risk_ok || !v2;
         let timing = Timing { max_compensation_attempts: 4, ..Timing::default() };
         let t = start(&def);
         let mut state = t.state;
@@ -368,7 +391,7 @@ proptest::proptest! {
         let mut in_flight: Vec<Command> = t.commands;
         let mut replies: Vec<Reply> = Vec::new();
         let mut delivered: Vec<Reply> = Vec::new();
-        let mut world = World { stock_ok, payment_ok, stock: Holding::default(), payment: Holding::default(), approved: false, rejected: false };
+        let mut world = World { stock_ok, risk_ok, payment_ok, stock: Holding::default(), payment: Holding::default(), approved: false, rejected: false };
         let mut applied: Vec<Command> = Vec::new();
         let mut script = script.into_iter().chain(std::iter::repeat(0));
         for _ in 0..400 {
@@ -433,7 +456,7 @@ proptest::proptest! {
         let World { stock, payment, approved, rejected, .. } = world;
         match state.status {
             Status::Completed => {
-                proptest::prop_assert!(stock_ok && payment_ok);
+                proptest::prop_assert!(stock_ok && risk_ok && payment_ok);
                 proptest::prop_assert_eq!((stock, payment, approved, rejected), (Holding::Held, Holding::Held, true, false));
             }
             Status::Compensated => {
@@ -444,4 +467,28 @@ proptest::proptest! {
             _ => proptest::prop_assert!(state.blocked.is_some(), "stuck without a reason"),
         }
     }
+}
+
+#[test]
+fn v2_checks_risk_between_reservation_and_authorization() {
+    let def = order_saga_v2();
+    let t0 = start(&def);
+    let t1 = apply(&def, &t0.state, Reply::StockReserved);
+    assert_eq!(actions(&t1), vec![Action::CheckRisk]);
+    let t2 = apply(&def, &t1.state, Reply::RiskAccepted);
+    assert_eq!(actions(&t2), vec![Action::AuthorizePayment]);
+    // A rejection releases the stock, then rejects the order; the check itself is not undone.
+    let r = apply(&def, &t1.state, Reply::RiskRejected);
+    assert_eq!((r.event, actions(&r)), ("step-failed", vec![Action::ReleaseStock]));
+    assert_eq!(r.state.failure.as_deref(), Some("because"));
+    let r2 = apply(&def, &r.state, Reply::StockReleased);
+    assert_eq!(actions(&r2), vec![Action::RejectOrder]);
+    // A check that times out fails the same way, and its late answer is ignored.
+    let Outcome::Applied(late) = on_timeout(&def, &t1.state, &Timing::default()) else { panic!("the check did not time out") };
+    assert_eq!((late.event, actions(&late)), ("step-timed-out", vec![Action::ReleaseStock]));
+    assert_eq!(late.state.failure.as_deref(), Some("step check_risk timed out"));
+    assert!(matches!(on_reply(&def, &late.state, Reply::RiskAccepted, None), Outcome::Ignored(_)));
+    // Aborting at the check compensates what came before it.
+    let plan: Vec<Action> = abort_plan(&def, &t1.state).unwrap().iter().map(|c| c.action).collect();
+    assert_eq!(plan, vec![Action::ReleaseStock, Action::RejectOrder]);
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use saga_contracts::{
-    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined, StockReleased, StockReservationFailed,
-    StockReserved,
+    Envelope, Message, OrderApproved, OrderCreated, OrderLine, OrderRejected, PaymentAuthorized, PaymentDeclined, RiskAccepted, RiskRejected, StockReleased,
+    StockReservationFailed, StockReserved,
 };
 use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{get_saga, saga_log};
@@ -18,9 +18,20 @@ pub async fn migrated(test_db: &TestDb) -> &Db {
     &test_db.db
 }
 
-/// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
+/// Applies one message as the consume loop does, with an orchestrator that starts sagas on
+/// definition v1 (the scenarios follow its three steps). `Ok(None)`: the inbox already had its id.
 pub async fn apply(db: &Db, message: &Message) -> Result<Option<Vec<Message>>, HandleError> {
-    saga_runtime::testing::apply(db, &Orchestrator::default(), message.clone()).await
+    apply_with(db, &on_v1(), message).await
+}
+
+/// Applies one message as the consume loop does, with `orchestrator`.
+pub async fn apply_with(db: &Db, orchestrator: &Orchestrator, message: &Message) -> Result<Option<Vec<Message>>, HandleError> {
+    saga_runtime::testing::apply(db, orchestrator, message.clone()).await
+}
+
+/// An orchestrator that knows every definition version and starts new sagas on v1.
+pub fn on_v1() -> Orchestrator {
+    Orchestrator::with_versions(saga_orchestrator::definition::order_saga_versions(), Some(1)).unwrap()
 }
 
 /// Applies a new event; returns the commands it caused.
@@ -96,6 +107,15 @@ pub fn payment_authorized(cmd: &Message) -> Message {
 pub fn payment_declined(cmd: &Message, reason: &str) -> Message {
     let reason = reason.to_string();
     reply(cmd, |envelope, order_id| PaymentDeclined { envelope, order_id, reason }.into(), PaymentDeclined::FULL_NAME)
+}
+
+pub fn risk_accepted(cmd: &Message) -> Message {
+    reply(cmd, |envelope, order_id| RiskAccepted { envelope, order_id, score: 2 }.into(), RiskAccepted::FULL_NAME)
+}
+
+pub fn risk_rejected(cmd: &Message, reason: &str) -> Message {
+    let reason = reason.to_string();
+    reply(cmd, |envelope, order_id| RiskRejected { envelope, order_id, score: 100, reason }.into(), RiskRejected::FULL_NAME)
 }
 
 pub fn order_approved(cmd: &Message) -> Message {

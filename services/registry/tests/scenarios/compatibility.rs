@@ -44,6 +44,28 @@ pub async fn enforces_compatibility_on_register(db: TestDb) {
     assert!(message.contains("version 1"), "{message}");
 }
 
+/// The project's own evolution of `PlaceOrder`: the released v1, then v2 (an optional
+/// promotion code with a null default) registers under the default BACKWARD level and is
+/// FORWARD compatible too; a variant that adds a field without a default is refused.
+pub async fn place_order_v2_registers_and_a_breaking_variant_is_refused(db: TestDb) {
+    let app = spawn_app(db).await;
+    let subject = "saga.order.PlaceOrder";
+    let released = |v: &str| std::fs::read_to_string(format!("{}/../../schemas/released/{subject}/{v}.avsc", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (v1, v2) = (released("v1"), released("v2"));
+    app.register(subject, &v1).await;
+    let verdict = app.post(&format!("/compatibility/subjects/{subject}/versions/latest"), &json!({ "schema": v2 })).await.ok();
+    assert_eq!(verdict, json!({ "is_compatible": true }));
+    app.put(&format!("/config/{subject}"), &json!({ "compatibility": "FULL_TRANSITIVE" })).await.ok();
+    app.register(subject, &v2).await;
+    assert_eq!(app.get(&format!("/subjects/{subject}/versions")).await.ok(), json!([1, 2]));
+
+    let mut breaking: serde_json::Value = serde_json::from_str(&v2).unwrap();
+    breaking["fields"].as_array_mut().unwrap().push(json!({ "name": "gift_wrap", "type": "boolean" }));
+    let message = app.try_register(subject, &breaking.to_string()).await.assert_error(409, 409);
+    assert!(message.contains("gift_wrap"), "names the field: {message}");
+    assert_eq!(app.get(&format!("/subjects/{subject}/versions")).await.ok(), json!([1, 2]), "refusal made no version");
+}
+
 pub async fn checks_compatibility_without_registering(db: TestDb) {
     let app = &spawn_app(db).await;
     let check = |path: &str, schema: String| {
