@@ -107,6 +107,24 @@ pub fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// A POST of a JSON `body` on 127.0.0.1 with `headers`; the whole response (status line, headers,
+/// body).
+pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("POST {path} on port {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
 /// The binary of a service.
 pub fn service_binary(service: &str) -> &'static str {
     match service {

@@ -4,8 +4,9 @@
 //! Inventory is down at first. Order A's reservation times out, its release is never confirmed,
 //! and after its attempts the saga is STUCK. A poison reply keyed by order B is dead-lettered by
 //! the orchestrator, which PARKs saga B. The operator finds both with `sagactl`, aborts B and
-//! retries A; once inventory is back, both end compensated with every unit of stock in place, the
-//! late reservations included.
+//! retries A, and retries A once more from the saga view's API (with the operator token; without
+//! it the view refuses); once inventory is back, both end compensated with every unit of stock in
+//! place, the late reservations included.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use rdkafka::producer::FutureRecord;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
-use saga_integration_tests::procs::{binary, free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
+use saga_integration_tests::procs::{
+    binary, free_port, http_post, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker,
+};
 use saga_orchestrator::saga::Status;
 
 /// Runs sagactl; returns (success, stdout + stderr).
@@ -52,14 +55,19 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     });
 
     let registry = spawn_registry(port, dir.path());
+    // The orchestrator serves the saga view, with retry and abort for holders of this token.
+    let (view_port, token) = (free_port(), "ops-token-0123456789".to_string());
     let env = |name: &str| {
+        let view = if name == "orchestrator" { format!("127.0.0.1:{view_port}") } else { String::new() };
+        let token = if name == "orchestrator" { token.clone() } else { String::new() };
         vec![
+            ("SAGA_HTTP__OPERATOR_TOKEN", token),
             ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
             ("SAGA_REGISTRY__URL", registry_url.clone()),
             ("SAGA_DATABASE__URL", db(name)),
             ("SAGA_TOPICS__PREFIX", "ops".to_string()),
             ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
-            ("SAGA_HTTP__BIND", String::new()),
+            ("SAGA_HTTP__BIND", view),
             // Each wait 3 s (doubling, at most 3 s); a compensation gets two attempts.
             ("SAGA_SAGA__STEP_TIMEOUT_MS", "3000".into()),
             ("SAGA_SAGA__RETRY_MAX_DELAY_MS", "3000".into()),
@@ -124,6 +132,24 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     assert!(ok && aborted.contains(&format!("sent ReleaseStock {b_id}:reserve_stock:undo:1 to ops.inventory.commands")), "{aborted}");
     let (ok, retried) = run(&["retry", &a_id]);
     assert!(ok && retried.contains(&format!("{a_id}:reserve_stock:undo:3")) && retried.contains("STUCK -> COMPENSATING"), "{retried}");
+    let asked = rt.block_on(saga_orchestrator::store::saga_log(&orchestrator_db, &a_id)).unwrap().pop().unwrap();
+    assert!(asked.cause_message_id.as_deref().is_some_and(|who| who.starts_with("sagactl (user ")), "the log says who asked: {asked:?}");
+
+    // The saga view's actions: refused without the token or with a wrong one, done with it, and
+    // the saga log says the view asked.
+    let bearer = format!("Bearer {token}");
+    let path = format!("/api/sagas/{a_id}/retry");
+    let refused = http_post(view_port, &path, &[], "{}");
+    assert!(refused.starts_with("HTTP/1.1 401") && refused.contains("operator token is required"), "{refused}");
+    let wrong = http_post(view_port, &path, &[("Authorization", "Bearer ops-token-0123456780")], "{}");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let plan = http_post(view_port, &format!("/api/sagas/{a_id}/abort"), &[("Authorization", &bearer)], r#"{"dry_run": true}"#);
+    assert!(plan.starts_with("HTTP/1.1 409") && plan.contains("already compensating"), "an abort of a compensating saga is refused: {plan}");
+    let done = http_post(view_port, &path, &[("Authorization", &bearer)], "{}");
+    assert!(done.starts_with("HTTP/1.1 200") && done.contains(&format!("{a_id}:reserve_stock:undo:4")), "{done}");
+    let asked = rt.block_on(saga_orchestrator::store::saga_log(&orchestrator_db, &a_id)).unwrap().pop().unwrap();
+    assert_eq!((asked.event.as_str(), asked.cause_message_type.as_deref()), ("operator-retried", Some("operator")));
+    assert_eq!(asked.cause_message_id.as_deref(), Some("saga view (operator token)"));
 
     // The definitions, and which versions are in flight: A (STUCK) and B (COMPENSATING) run v2.
     let (ok, defs) = sagactl(&["definitions"], &[]);

@@ -1,24 +1,23 @@
 //! `sagactl sagas`: read the orchestrator's saga log — what happened to an order, when, and why —
 //! and act on a saga: retry the command it waits on, or abort it.
 //!
-//! Retry and abort change the saga in the orchestrator's database and write their commands to
-//! the orchestrator's outbox in one transaction, exactly as a reply would; the orchestrator's
-//! relay publishes them (within `relay.poll_interval_ms`). They carry the saga's stored trace
-//! context, so they join its trace.
+//! Retry and abort are [`saga_orchestrator::operator`]'s, as the saga view's buttons: they change
+//! the saga in the orchestrator's database and write their commands to the orchestrator's outbox
+//! in one transaction, exactly as a reply would; the orchestrator's relay publishes them (within
+//! `relay.poll_interval_ms`). They carry the saga's stored trace context, so they join its trace,
+//! and the saga log records who asked.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use saga_contracts::Topics;
-use saga_orchestrator::control::{self, OperatorError, OperatorResult};
+use saga_orchestrator::operator::Acted;
 use saga_orchestrator::saga::Status;
 use saga_orchestrator::store::{self, LogEntry, SagaRecord};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::codec::Codec;
-use saga_runtime::HandleError;
 use saga_store::Db;
-use sqlx::Acquire;
 
 /// Parses a saga status given on the command line (`running`, `COMPENSATED`, …).
 pub fn parse_status(s: &str) -> Result<Status, String> {
@@ -28,103 +27,52 @@ pub fn parse_status(s: &str) -> Result<Status, String> {
     })
 }
 
-/// What retry and abort need besides the database: the registry to encode commands, the topic
-/// names, and the orchestrator's deadlines, all from the orchestrator's configuration.
-pub struct Operator {
-    orchestrator: Orchestrator,
-    codec: Codec,
-    topics: Topics,
-}
+/// `sagactl sagas retry|abort`: the orchestrator's [`Operator`], configured from the
+/// orchestrator's settings (registry, topic prefix, definitions and deadlines).
+pub struct Operator(saga_orchestrator::operator::Operator);
 
 impl Operator {
     /// Reads the orchestrator's settings (file, then `SAGA_*` variables).
     pub fn from_config(file: Option<&Path>) -> anyhow::Result<Operator> {
         let settings = saga_runtime::ServiceSettings::load("orchestrator", file)?;
         let codec = Codec::connect(&settings.registry).with_context(|| format!("schema registry {}", settings.registry.url))?;
-        let mut orchestrator = Orchestrator::default();
-        orchestrator.configure(&settings)?;
-        Ok(Operator { orchestrator, codec, topics: Topics::new(settings.topics.prefix.clone()) })
+        let orchestrator = Orchestrator::configured(&settings)?;
+        Ok(Operator(saga_orchestrator::operator::Operator::new(orchestrator, codec, Topics::new(settings.topics.prefix.clone()))))
     }
 
     /// Sends the awaited command of `saga_id` again.
     pub async fn retry(&self, db: &Db, saga_id: &str) -> anyhow::Result<String> {
-        self.act(db, saga_id, None).await
+        render_acted(&self.0.retry(db, saga_id, &asker()).await?)
     }
 
     /// Compensates `saga_id` from where it stands.
     pub async fn abort(&self, db: &Db, saga_id: &str, reason: &str) -> anyhow::Result<String> {
-        self.act(db, saga_id, Some(reason)).await
-    }
-
-    /// Retry (`abort_reason` none) or abort, and the outbox rows, in one transaction; tried again
-    /// (up to five times) when the database was busy or another writer moved the saga first,
-    /// since the orchestrator keeps writing while an operator acts.
-    async fn act(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>) -> anyhow::Result<String> {
-        let mut attempt = 1;
-        loop {
-            match self.act_once(db, saga_id, abort_reason).await {
-                Err(e) if attempt < 5 && is_contention(&e) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn act_once(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>) -> anyhow::Result<String> {
-        let mut conn = db.pool().acquire().await?;
-        let mut tx = conn.begin().await?;
-        let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
-        // This process keeps no saga metrics: what the command did is not counted here.
-        let mut notes = Vec::new();
-        let result: OperatorResult = match abort_reason {
-            None => control::retry(&self.orchestrator, &mut db_tx, saga_id, &mut notes).await?,
-            Some(reason) => control::abort(&self.orchestrator, &mut db_tx, saga_id, reason, &mut notes).await?,
-        };
-        let done = if abort_reason.is_some() { "aborted" } else { "retried" };
-        let trace: Vec<(String, String)> = result.before.trace_parent.iter().map(|tp| ("traceparent".to_string(), tp.clone())).collect();
-        let mut out = String::new();
-        for command in &result.commands {
-            saga_runtime::outbox::write_to_outbox(&mut db_tx, &self.codec, &self.topics, command, &trace, None)
-                .await
-                .with_context(|| format!("writing {} to the outbox", command.short_name()))?;
-            writeln!(out, "sent {} {} to {}", command.short_name(), command.envelope().message_id, self.topics.name(command.topic_kind()))?;
-        }
-        tx.commit().await?;
-        let after = store::get_saga(db, saga_id).await?.context("the saga vanished")?;
-        writeln!(
-            out,
-            "saga {saga_id} {done}: {} -> {} at {}",
-            result.before.state.status.as_str(),
-            after.state.status.as_str(),
-            after.state.position.encode()
-        )?;
-        Ok(out)
+        render_acted(&self.0.abort(db, saga_id, reason, &asker()).await?)
     }
 }
 
-/// True when `e` says the database was busy or another writer won a conflict: the same command
-/// may go through a moment later.
-fn is_contention(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        let store = cause.downcast_ref::<sqlx::Error>().or(match cause.downcast_ref::<OperatorError>() {
-            Some(OperatorError::Handle(HandleError::Store(e))) => Some(e),
-            _ => None,
-        });
-        let conflict = matches!(cause.downcast_ref::<OperatorError>(), Some(OperatorError::Handle(HandleError::Conflict(_))))
-            || matches!(cause.downcast_ref::<HandleError>(), Some(HandleError::Conflict(_)));
-        conflict || store.is_some_and(saga_store::is_transient)
-    })
+/// Who asked, for the saga log: `sagactl (user U on H)`.
+fn asker() -> String {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown host".into());
+    format!("sagactl (user {user} on {host})")
+}
+
+fn render_acted(a: &Acted) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for s in &a.sent {
+        writeln!(out, "sent {} {} to {}", s.command, s.message_id, s.topic)?;
+    }
+    writeln!(out, "saga {} {}: {} -> {} at {}", a.saga_id, a.action, a.from, a.to, a.position)?;
+    Ok(out)
 }
 
 /// `abort --dry-run`: the compensations an abort would send, in order, with their keys.
 pub async fn abort_plan(db: &Db, saga_id: &str) -> anyhow::Result<String> {
-    let mut conn = db.pool().acquire().await?;
-    let plan = control::abort_plan(&Orchestrator::default(), &mut saga_store::Conn::Sqlx(&mut conn), saga_id).await?;
+    let plan = saga_orchestrator::operator::plan(&Orchestrator::default(), db, saga_id).await?;
     let mut out = format!("abort of saga {saga_id} would send, one at a time as each is confirmed:\n");
-    for (i, (command, key)) in plan.iter().enumerate() {
-        writeln!(out, "{}. {:?} ({} of step {}) key {key}", i + 1, command.action, command.phase.as_str(), command.step)?;
+    for (i, p) in plan.iter().enumerate() {
+        writeln!(out, "{}. {} ({} of step {}) key {}", i + 1, p.command, p.phase, p.step, p.key)?;
     }
     out.push_str("nothing was changed (dry run)\n");
     Ok(out)

@@ -377,11 +377,17 @@ impl Stack {
 
     /// The live saga view and `/metrics` for the whole stack, to serve on an address of the
     /// caller's; with `query_url`, each saga links to its order in the query API, and to its trace
-    /// when `SAGA_ORCHESTRATOR_TRACE_URL` holds a URL template.
+    /// when `SAGA_ORCHESTRATOR_TRACE_URL` holds a URL template; retry and abort for holders of
+    /// `settings.http.operator_token` when it is set.
     pub fn web_routes(&self, query_url: Option<String>) -> axum::Router {
         let metrics = self.metrics.clone();
         let links = saga_orchestrator::web::Links { query_url, trace_url: saga_orchestrator::web::Links::from_env().trace_url };
-        saga_orchestrator::web::router(self.dbs.orchestrator.clone(), links)
+        // Retry and abort when an operator token is configured (SAGA_HTTP__OPERATOR_TOKEN).
+        let actions = saga_orchestrator::web_actions(&self.settings).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the saga view's actions are off: they could not be set up");
+            None
+        });
+        saga_orchestrator::web::router(self.dbs.orchestrator.clone(), links, actions)
             .route("/metrics", axum::routing::get(move || async move { metrics.iter().map(saga_runtime::Metrics::render).collect::<String>() }))
     }
 

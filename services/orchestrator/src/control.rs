@@ -112,28 +112,30 @@ async fn load_for_operator(conn: &mut Conn<'_>, saga_id: &str) -> Result<SagaRec
     store::load(conn, saga_id).await?.ok_or_else(|| OperatorError::UnknownSaga(saga_id.into()))
 }
 
-/// `sagactl sagas retry`: send the awaited command again (see [`saga::retry`]). What it did is
-/// pushed to `notes`, for the caller to count once its transaction commits.
-pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, notes: &mut Vec<Observation>) -> Result<OperatorResult, OperatorError> {
+/// An operator's retry (`sagactl sagas retry`, the saga view): send the awaited command again
+/// (see [`saga::retry`]). `who` asked; the saga log records it as the entry's cause. What it did
+/// is pushed to `notes`, for the caller to count once its transaction commits.
+pub async fn retry(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, who: &str, notes: &mut Vec<Observation>) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition = saga::retry(orch.definition_of(&before)?, &before.state).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
-    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, None, notes).await?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: Some(who), kind: "operator" }, None, notes).await?;
     Ok(OperatorResult { before, commands })
 }
 
-/// `sagactl sagas abort`: compensate from where the saga stands (see [`saga::abort`]); notes as
-/// [`retry`].
+/// An operator's abort: compensate from where the saga stands (see [`saga::abort`]); `who` and
+/// notes as [`retry`].
 pub async fn abort(
     orch: &Orchestrator,
     conn: &mut Conn<'_>,
     saga_id: &str,
     reason: &str,
+    who: &str,
     notes: &mut Vec<Observation>,
 ) -> Result<OperatorResult, OperatorError> {
     let before = load_for_operator(conn, saga_id).await?;
     let transition =
         saga::abort(orch.definition_of(&before)?, &before.state, reason).map_err(|reason| OperatorError::Refused { saga_id: saga_id.into(), reason })?;
-    let commands = orch.record(conn, &before, &transition, &Cause { id: None, kind: "operator" }, Some(reason), notes).await?;
+    let commands = orch.record(conn, &before, &transition, &Cause { id: Some(who), kind: "operator" }, Some(reason), notes).await?;
     Ok(OperatorResult { before, commands })
 }
 

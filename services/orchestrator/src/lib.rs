@@ -5,6 +5,8 @@
 //! - [`saga`]: the interpreter, a pure state machine over a definition.
 //! - [`store`]: the `sagas` table, the append-only `saga_log`, and stray replies.
 //! - [`control`]: inputs that are not replies: deadlines, dead letters, operator commands.
+//! - [`operator`]: operators' retry and abort with their commands through the outbox (the CLI's
+//!   and the saga view's).
 //! - this file: [`Orchestrator`], the handler that turns events into transitions and commands.
 //!
 //! Every transition (saga row update, log entry, commands in the outbox) commits in the
@@ -20,6 +22,7 @@
 pub mod control;
 pub mod definition;
 mod metrics;
+pub mod operator;
 pub mod saga;
 pub mod store;
 pub mod web;
@@ -50,12 +53,14 @@ pub struct Orchestrator {
     /// How often due deadlines are looked for.
     timer_interval: std::time::Duration,
     metrics: OnceLock<SagaMetrics>,
+    /// The settings it was configured with (the saga view's actions are built from them).
+    settings: Option<saga_runtime::ServiceSettings>,
 }
 
 impl Default for Orchestrator {
     fn default() -> Self {
         let versions = Versions::new(order_saga_versions(), None).expect("the built-in saga definitions are well formed");
-        Orchestrator { versions, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new() }
+        Orchestrator { versions, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new(), settings: None }
     }
 }
 
@@ -145,7 +150,14 @@ impl Observed for Orchestrator {
     }
 
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
-        Some(web::router(db.clone(), web::Links::from_env()))
+        let actions = match self.settings.as_ref().map(web_actions).transpose() {
+            Ok(actions) => actions.flatten(),
+            Err(e) => {
+                tracing::error!(error = %e, "the saga view's actions are off: they could not be set up");
+                None
+            }
+        };
+        Some(web::router(db.clone(), web::Links::from_env(), actions))
     }
 }
 
@@ -167,6 +179,7 @@ impl Orchestrator {
             .map_err(|why| saga_runtime::ServiceError::Refused(format!("saga.order_version (from SAGA_SAGA__ORDER_VERSION or the config file): {why}")))?;
         self.timing = timing_of(&settings.saga);
         self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
+        self.settings = Some(settings.clone());
         Ok(())
     }
 
@@ -496,4 +509,16 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
         }
         .into(),
     }
+}
+
+/// The saga view's retry and abort for `settings`: `None` when no operator token is configured
+/// (the view is read-only).
+pub fn web_actions(settings: &saga_runtime::ServiceSettings) -> Result<Option<web::Actions>, String> {
+    if settings.http.operator_token.is_empty() {
+        return Ok(None);
+    }
+    let orchestrator = Orchestrator::configured(settings).map_err(|e| e.to_string())?;
+    let codec = saga_runtime::codec::Codec::connect(&settings.registry).map_err(|e| format!("schema registry {}: {e}", settings.registry.url))?;
+    let operator = operator::Operator::new(orchestrator, codec, saga_contracts::Topics::new(settings.topics.prefix.clone()));
+    Ok(Some(web::Actions { operator, token: settings.http.operator_token.clone() }))
 }

@@ -5,13 +5,18 @@
 //! HTTP port; `sagactl dev` serves it for the embedded stack.
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_store::Db;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::control::OperatorError;
+use crate::operator::Operator;
 use crate::saga::{Position, Status};
 use crate::store::{self, Cursor, LogEntry, SagaRecord, Search};
 
@@ -42,18 +47,29 @@ impl Links {
     }
 }
 
+/// Retry and abort from the view: the operator that carries them out, and the bearer token they
+/// require.
+pub struct Actions {
+    /// Carries the actions out (as `sagactl sagas retry|abort` does).
+    pub operator: Operator,
+    /// `http.operator_token`.
+    pub token: String,
+}
+
 /// What the view's handlers read.
 #[derive(Clone)]
 struct View {
     db: Db,
     links: Links,
+    /// `None`: the view is read-only.
+    actions: Option<Arc<Actions>>,
 }
 
 /// The routes of the view over the orchestrator's database, with `links` to each saga's order
-/// and trace.
-pub fn router(db: Db, links: Links) -> Router {
+/// and trace; with `actions`, retry and abort for holders of its token.
+pub fn router(db: Db, links: Links, actions: Option<Actions>) -> Router {
     let links = Links { query_url: links.query_url.map(|u| u.trim_end_matches('/').to_string()), ..links };
-    let view = View { db, links };
+    let view = View { db, links, actions: actions.map(Arc::new) };
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::temporary("/sagas") }))
         .route("/sagas", get(|| async { ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)) }))
@@ -61,6 +77,9 @@ pub fn router(db: Db, links: Links) -> Router {
         .route("/api/sagas/counts", get(counts))
         .route("/api/definitions", get(definitions))
         .route("/api/sagas/{id}", get(show))
+        .route("/api/actions", get(actions_enabled))
+        .route("/api/sagas/{id}/retry", post(retry))
+        .route("/api/sagas/{id}/abort", post(abort))
         .with_state(view)
 }
 
@@ -217,7 +236,7 @@ async fn counts(State(View { db, .. }): State<View>) -> Response {
     }
 }
 
-async fn show(State(View { db, links }): State<View>, Path(id): Path<String>) -> Response {
+async fn show(State(View { db, links, .. }): State<View>, Path(id): Path<String>) -> Response {
     let saga = match store::get_saga(&db, &id).await {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga {id:?}")),
@@ -249,4 +268,99 @@ async fn show(State(View { db, links }): State<View>, Path(id): Path<String>) ->
         "blocked": saga.state.blocked,
     }))
     .into_response()
+}
+
+/// Whether the view offers retry and abort (an operator token is configured).
+async fn actions_enabled(State(View { actions, .. }): State<View>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "enabled": actions.is_some() }))
+}
+
+/// Why an action was not allowed.
+enum Denied {
+    /// No operator token is configured.
+    ReadOnly,
+    /// The request's token is missing or wrong.
+    Unauthorized,
+}
+
+impl Denied {
+    fn response(self) -> Response {
+        match self {
+            Denied::ReadOnly => error(StatusCode::FORBIDDEN, "the saga view is read-only: no operator token is configured (http.operator_token)".into()),
+            Denied::Unauthorized => {
+                let mut refused = error(StatusCode::UNAUTHORIZED, "an operator token is required (Authorization: Bearer <http.operator_token>)".into());
+                refused.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+                refused
+            }
+        }
+    }
+}
+
+/// The request's bearer token against the configured one, compared in constant time.
+fn authorize(actions: &Option<Arc<Actions>>, headers: &HeaderMap) -> Result<Arc<Actions>, Denied> {
+    let actions = actions.as_ref().ok_or(Denied::ReadOnly)?;
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), actions.token.as_bytes()) {
+        return Err(Denied::Unauthorized);
+    }
+    Ok(actions.clone())
+}
+
+/// Equal bytes, in a time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refused(e: OperatorError) -> Response {
+    let status = match &e {
+        OperatorError::UnknownSaga(_) => StatusCode::NOT_FOUND,
+        OperatorError::Refused { .. } => StatusCode::CONFLICT,
+        OperatorError::Handle(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+/// Who asked, for the saga log.
+fn asker(headers: &HeaderMap) -> String {
+    let from = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| format!(" for {v}")).unwrap_or_default();
+    format!("saga view (operator token){from}")
+}
+
+async fn retry(State(View { db, actions, .. }): State<View>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let actions = match authorize(&actions, &headers) {
+        Ok(a) => a,
+        Err(denied) => return denied.response(),
+    };
+    match actions.operator.retry(&db, &id, &asker(&headers)).await {
+        Ok(acted) => Json(acted).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /api/sagas/{id}/abort` body.
+#[derive(Deserialize)]
+struct AbortRequest {
+    /// Why, recorded in the saga log and sent to the order as its rejection reason.
+    reason: Option<String>,
+    /// Only list what the abort would send.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn abort(State(View { db, actions, .. }): State<View>, Path(id): Path<String>, headers: HeaderMap, Json(body): Json<AbortRequest>) -> Response {
+    let actions = match authorize(&actions, &headers) {
+        Ok(a) => a,
+        Err(denied) => return denied.response(),
+    };
+    if body.dry_run {
+        return match actions.operator.abort_plan(&db, &id).await {
+            Ok(plan) => Json(serde_json::json!({ "saga_id": id, "plan": plan, "dry_run": true })).into_response(),
+            Err(e) => refused(e),
+        };
+    }
+    let reason = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()).unwrap_or("aborted by an operator");
+    match actions.operator.abort(&db, &id, reason, &asker(&headers)).await {
+        Ok(acted) => Json(acted).into_response(),
+        Err(e) => refused(e),
+    }
 }

@@ -107,7 +107,7 @@ async fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_unt
     // An operator retries: one more attempt, with its own key, on a fresh deadline.
     let mut conn = db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
-    let done = control::retry(&orch, &mut Conn::Sqlx(&mut tx), "o1", &mut Vec::new()).await.unwrap();
+    let done = control::retry(&orch, &mut Conn::Sqlx(&mut tx), "o1", "test", &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids(&done.commands), vec!["o1:reserve_stock:undo:3"]);
     assert_eq!(done.before.state.status, Status::Stuck);
@@ -163,13 +163,13 @@ async fn abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do(tes
     let mut conn = db.pool().acquire().await.unwrap();
     let plan: Vec<String> = control::abort_plan(&orch, &mut Conn::Sqlx(&mut conn), "o1").await.unwrap().into_iter().map(|(_, key)| key).collect();
     assert_eq!(plan, vec!["o1:authorize_payment:undo:1", "o1:reserve_stock:undo:1", "o1:finalize:finalize:1"]);
-    assert!(matches!(control::abort(&orch, &mut Conn::Sqlx(&mut conn), "ghost", "x", &mut Vec::new()).await, Err(OperatorError::UnknownSaga(_))));
+    assert!(matches!(control::abort(&orch, &mut Conn::Sqlx(&mut conn), "ghost", "x", "test", &mut Vec::new()).await, Err(OperatorError::UnknownSaga(_))));
     let mut tx = conn.begin().await.unwrap();
-    let done = control::abort(&orch, &mut Conn::Sqlx(&mut tx), "o1", "customer called", &mut Vec::new()).await.unwrap();
+    let done = control::abort(&orch, &mut Conn::Sqlx(&mut tx), "o1", "customer called", "test", &mut Vec::new()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids(&done.commands), plan[..1].to_vec(), "the first planned command goes out now, the rest as each is confirmed");
     let s = get_saga(db, "o1").await.unwrap().unwrap();
     assert_eq!(s.state.failure.as_deref(), Some("aborted by an operator: customer called"));
-    let again = control::abort(&orch, &mut Conn::Sqlx(&mut conn), "o1", "again", &mut Vec::new()).await.unwrap_err();
+    let again = control::abort(&orch, &mut Conn::Sqlx(&mut conn), "o1", "again", "test", &mut Vec::new()).await.unwrap_err();
     assert!(again.to_string().contains("already compensating"), "{again}");
 }

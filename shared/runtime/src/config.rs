@@ -61,6 +61,9 @@ pub struct SagaSettings {
 pub struct HttpSettings {
     /// `host:port` to listen on; empty turns the endpoints off. Localhost unless configured.
     pub bind: String,
+    /// The orchestrator's saga view: the bearer token its retry and abort actions require (at
+    /// least 16 characters); empty (the default) leaves the view read-only.
+    pub operator_token: String,
 }
 
 /// Broker settings.
@@ -188,7 +191,7 @@ impl ServiceSettings {
             topics: TopicSettings { prefix: "saga".into() },
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 20_000 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
-            http: HttpSettings { bind: default_http_bind(service).into() },
+            http: HttpSettings { bind: default_http_bind(service).into(), operator_token: String::new() },
             saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500, order_version: 0 },
         }
     }
@@ -217,6 +220,10 @@ impl ServiceSettings {
         }
         if self.kafka.replication_factor < 1 {
             return invalid("kafka.replication_factor", "must be at least 1");
+        }
+        let token = &self.http.operator_token;
+        if !token.is_empty() && (token.chars().count() < 16 || token.chars().any(char::is_whitespace)) {
+            return invalid("http.operator_token", "must be at least 16 characters without spaces (or empty: the saga view stays read-only)");
         }
         self.kafka.validate()?;
         if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://")) {
