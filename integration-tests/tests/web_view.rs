@@ -211,10 +211,17 @@ async fn a_thousand_sagas_are_found_paged_and_drawn_in_a_browser() {
     let completed = (0..n).filter(|i| !matches!(i % 7, 5 | 6)).count();
     assert!(exact.contains(&format!(r#"id="count-COMPLETED">{completed}<"#)), "the count of completed sagas is {completed}");
     assert!(exact.contains(&format!(r#"id="count-COMPENSATED">{}<"#, n - completed)));
+    // The overview: every saga finished within the last ten minutes, and the reasons of the
+    // compensated ones by kind, the most frequent first.
+    let title = exact.split(r#"id="rate-title">"#).nth(1).and_then(|r| r.split('<').next()).unwrap_or_default();
+    assert_eq!(title, format!("sagas per second by outcome, last 10 minutes ({n} finished)"), "the overview counts every finished saga");
+    let reasons: Vec<&str> = exact.split(r#"<li class="reason">"#).skip(1).map(|r| r.split(" <").next().unwrap_or_default()).collect();
+    assert_eq!(reasons, ["out of stock", "insufficient credit"], "top failure reasons: 143 and 142 of the thousand");
     // The compensated saga's timeline: one bar per wait (reserve, risk check, authorize, undo
     // reserve, finalize), and the page fits 1280 px.
-    assert_eq!(narrow.matches(r#"<rect class="bar "#).count(), 5, "{narrow}");
-    assert!(narrow.contains(r#"class="bar failed" "#) && narrow.contains(r#"class="bar undo" "#));
+    let timeline_chart = narrow.split(r#"<svg id="bars""#).nth(1).and_then(|r| r.split("</svg>").next()).unwrap_or_default();
+    assert_eq!(timeline_chart.matches(r#"<rect class="bar "#).count(), 5, "{narrow}");
+    assert!(timeline_chart.contains(r#"class="bar failed" "#) && timeline_chart.contains(r#"class="bar undo" "#));
     assert!(narrow.contains(r#"data-overflow="false""#), "the page is wider than 1280 px");
 
     let shot = artifacts().join("saga-view-1280.png");

@@ -416,3 +416,32 @@ pub async fn search(db: &saga_store::Db, search: &Search, after: Option<&Cursor>
     };
     Ok((sagas, next))
 }
+
+/// Sagas that ended (or got STUCK or PARKED) per time bucket: `(bucket start ms, status, count)`,
+/// over `[since_ms, now)`, oldest bucket first. Read from the `sagas` table by its
+/// `(status, updated_at_ms)` index: a saga's last change is when it ended.
+pub async fn finished_per_bucket(db: &saga_store::Db, since_ms: i64, bucket_ms: i64) -> Result<Vec<(i64, String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT (updated_at_ms / $1) * $1 AS bucket, status, COUNT(*) FROM sagas \
+         WHERE status IN ('COMPLETED', 'COMPENSATED', 'STUCK', 'PARKED') AND updated_at_ms >= $2 GROUP BY bucket, status ORDER BY bucket, status",
+    )
+    .bind(bucket_ms.max(1))
+    .bind(since_ms)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+}
+
+/// Failure reasons of the sagas that changed since `since_ms`, with how many sagas have each,
+/// most frequent first (at most `limit` distinct texts).
+pub async fn failure_reasons(db: &saga_store::Db, since_ms: i64, limit: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT failure_reason, COUNT(*) AS n FROM sagas WHERE failure_reason IS NOT NULL AND updated_at_ms >= $1 \
+         GROUP BY failure_reason ORDER BY n DESC, failure_reason LIMIT $2",
+    )
+    .bind(since_ms)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}

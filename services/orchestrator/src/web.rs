@@ -76,6 +76,7 @@ pub fn router(db: Db, links: Links, actions: Option<Actions>) -> Router {
         .route("/api/sagas", get(list))
         .route("/api/sagas/counts", get(counts))
         .route("/api/definitions", get(definitions))
+        .route("/api/overview", get(overview))
         .route("/api/sagas/{id}", get(show))
         .route("/api/actions", get(actions_enabled))
         .route("/api/sagas/{id}/retry", post(retry))
@@ -362,5 +363,84 @@ async fn abort(State(View { db, actions, .. }): State<View>, Path(id): Path<Stri
     match actions.operator.abort(&db, &id, reason, &asker(&headers)).await {
         Ok(acted) => Json(acted).into_response(),
         Err(e) => refused(e),
+    }
+}
+
+/// `/api/overview` parameters.
+#[derive(Deserialize)]
+struct OverviewQuery {
+    /// How far back, in minutes (1-1440; 10 by default).
+    minutes: Option<i64>,
+}
+
+/// The kind of a failure reason: its text up to the first colon, so that "insufficient credit:
+/// 500 EUR available, 9998 requested" and "insufficient credit: 0 EUR …" count together.
+fn reason_kind(reason: &str) -> &str {
+    reason.split_once(':').map_or(reason, |(kind, _)| kind).trim()
+}
+
+/// Sagas per second by outcome over the last minutes (in at most 60 buckets), and the most
+/// frequent failure reasons over the same time.
+async fn overview(State(View { db, .. }): State<View>, Query(q): Query<OverviewQuery>) -> Response {
+    let minutes = q.minutes.unwrap_or(10);
+    if !(1..=1440).contains(&minutes) {
+        return error(StatusCode::BAD_REQUEST, format!("minutes: expected 1 to 1440, found {minutes}"));
+    }
+    let span_ms = minutes * 60_000;
+    let bucket_ms = (span_ms / 60).max(1000);
+    let now = saga_store::now_ms();
+    let since = (now - span_ms) / bucket_ms * bucket_ms;
+    let (per_bucket, reasons) = match tokio::try_join!(store::finished_per_bucket(&db, since, bucket_ms), store::failure_reasons(&db, since, 200)) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
+    };
+    let mut buckets: Vec<serde_json::Value> = Vec::new();
+    let mut start = since;
+    while start <= now {
+        let count = |status: &str| per_bucket.iter().find(|(b, s, _)| *b == start && s == status).map_or(0, |(_, _, n)| *n);
+        let per_sec = |n: i64| n as f64 * 1000.0 / bucket_ms as f64;
+        buckets.push(serde_json::json!({
+            "start_ms": start,
+            "completed_per_sec": per_sec(count("COMPLETED")),
+            "compensated_per_sec": per_sec(count("COMPENSATED")),
+            "blocked_per_sec": per_sec(count("STUCK") + count("PARKED")),
+        }));
+        start += bucket_ms;
+    }
+    let mut kinds: Vec<(String, i64)> = Vec::new();
+    for (reason, n) in reasons {
+        let kind = reason_kind(&reason).to_string();
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, total)) => *total += n,
+            None => kinds.push((kind, n)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    kinds.truncate(5);
+    Json(serde_json::json!({
+        "minutes": minutes,
+        "bucket_ms": bucket_ms,
+        "buckets": buckets,
+        "top_reasons": kinds.into_iter().map(|(reason, sagas)| serde_json::json!({ "reason": reason, "sagas": sagas })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_count_by_their_kind() {
+        assert_eq!(reason_kind("insufficient credit: 500 EUR available, 9998 requested"), "insufficient credit");
+        assert_eq!(reason_kind("step reserve_stock timed out"), "step reserve_stock timed out");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
     }
 }

@@ -354,6 +354,11 @@ async fn the_view_finds_sagas_by_id_state_step_and_reason_and_pages_by_keyset(te
         }
     }
     assert_eq!(paged, all);
+
+    // The overview's reads: nothing has finished yet; one saga has a failure reason.
+    assert_eq!(saga_orchestrator::store::finished_per_bucket(db, 0, 10_000).await.unwrap(), vec![]);
+    let reasons = saga_orchestrator::store::failure_reasons(db, 0, 10).await.unwrap();
+    assert_eq!(reasons, vec![("out of stock: sku RARE-GEM has 3 left".to_string(), 1)]);
 }
 
 async fn search_all(db: &saga_store::Db, search: &saga_orchestrator::store::Search) -> Vec<String> {
