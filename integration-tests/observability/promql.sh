@@ -12,6 +12,16 @@
 # expression and fails on any that returns no data. Needs `prometheus` on the PATH (Debian: the
 # prometheus package) and a PYTHON with confluent-kafka[avro,schemaregistry] (default: the CI
 # cache's venv, which .ci/run's interop step provides).
+#
+# The README's picture of the dashboard: with PROMQL_PICTURE=/path/to/out.png, the load runs for
+# PROMQL_PICTURE_SECONDS (default 180) before the check's answers count, and once the check has
+# passed, dashboard_picture.py draws the dashboard's main panels from Prometheus' data of the whole
+# run into that PNG. It needs matplotlib, which only this step uses: from PROMQL_PLOT_PYTHON, by
+# default a venv of its own (the CI cache's venv-plot), created with matplotlib if missing.
+# PROMQL_PICTURE_DATA=/path/to/data.json keeps the query_range answers, to draw them again with
+# `dashboard_picture.py --data data.json --out out.png` without another run. From the repository:
+#   PROMQL_PICTURE=$PWD/integration-tests/observability/dashboard.png \
+#     integration-tests/observability/promql.sh ~/.cache/saga-ci/target/debug/sagactl
 set -euo pipefail
 sagactl=$1
 python=${2:-${SAGA_CI_CACHE:-$HOME/.cache/saga-ci}/venv/bin/python}
@@ -24,6 +34,19 @@ say() { printf 'promql: %s\n' "$*"; }
 command -v "$prometheus" >/dev/null || { say "FAIL: prometheus is needed (Debian/Ubuntu: apt-get install prometheus; or set PROMETHEUS)"; exit 1; }
 "$python" -c "import confluent_kafka, fastavro" 2>/dev/null \
   || { say "FAIL: $python cannot import confluent_kafka and fastavro (pip install 'confluent-kafka[avro,schemaregistry]')"; exit 1; }
+
+picture=${PROMQL_PICTURE:-}
+if [ -n "$picture" ]; then
+  case $picture in /*) ;; *) picture=$PWD/$picture ;; esac
+  plot_python=${PROMQL_PLOT_PYTHON:-${SAGA_CI_CACHE:-$HOME/.cache/saga-ci}/venv-plot/bin/python}
+  if ! "$plot_python" -c "import matplotlib" 2>/dev/null; then
+    [ -z "${PROMQL_PLOT_PYTHON:-}" ] || { say "FAIL: $plot_python cannot import matplotlib"; exit 1; }
+    venv=$(dirname "$(dirname "$plot_python")")
+    say "picture: installing matplotlib into $venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet matplotlib \
+      || { say "FAIL: could not install matplotlib into $venv"; exit 1; }
+  fi
+fi
 
 work=$(mktemp -d)
 dev_pid= prom_pid= load_pid=
@@ -94,12 +117,22 @@ if [ "$ready" != yes ]; then
   exit 1
 fi
 say "$("$prometheus" --version 2>&1 | head -1) at http://127.0.0.1:$prom_port, scraping every 1 s"
+# The first scrape before the first load: a counter whose first sample is already past 0 shows no
+# increase (the one record that is not Avro on the inventory commands topic, sent first, would not).
+for _ in $(seq 1 20); do
+  python3 -c '
+import json, sys, urllib.parse, urllib.request
+url = sys.argv[1] + "/api/v1/query?" + urllib.parse.urlencode({"query": "up{job=\"saga\"} == 1"})
+sys.exit(0 if json.load(urllib.request.urlopen(url, timeout=1))["data"]["result"] else 1)' "http://127.0.0.1:$prom_port" 2>/dev/null && break
+  sleep 0.5
+done
 
 # -- load --------------------------------------------------------------------------------------
 # Four orders a second in sample.rs' mix (5 in 7 complete; 1 runs out of stock; 1 is declined by
 # payment, which compensates the stock reservation); every 10 s a duplicate delivery of an order
 # (the order service's inbox skips it) and a record that is not Avro on the order commands topic
 # (dead-lettered). One more such record on the inventory commands topic, once only.
+load_started=$(date +%s)
 "$python" - "$bootstrap" "$registry" "$root" >"$work/load.log" 2>&1 <<'PY' &
 import itertools, pathlib, sys, time, uuid
 
@@ -160,7 +193,8 @@ kill -0 "$load_pid" 2>/dev/null || { cat "$work/load.log"; say "the load generat
 
 # -- the check ---------------------------------------------------------------------------------
 set +e
-python3 "$here/promql_check.py" --prometheus "http://127.0.0.1:$prom_port" --timeout "${PROMQL_TIMEOUT:-60}" ${PROMQL_VERBOSE:+--verbose}
+python3 "$here/promql_check.py" --prometheus "http://127.0.0.1:$prom_port" --timeout "${PROMQL_TIMEOUT:-60}" ${PROMQL_VERBOSE:+--verbose} \
+  ${picture:+--settle "${PROMQL_PICTURE_SECONDS:-180}"}
 rc=$?
 set -e
 cat "$work/load.log"
@@ -169,4 +203,11 @@ if [ "$rc" -ne 0 ]; then
   grep -E 'panicked| ERROR ' "$work/sagactl.log" | tail -n 20 | sed 's/^/sagactl: /' || true
   grep -E 'level=(error|warn)' "$work/prometheus.log" | tail -n 20 | sed 's/^/prometheus: /' || true
   exit "$rc"
+fi
+
+# -- the picture -------------------------------------------------------------------------------
+if [ -n "$picture" ]; then
+  "$plot_python" "$here/dashboard_picture.py" --prometheus "http://127.0.0.1:$prom_port" \
+    --start "$load_started" --out "$picture" ${PROMQL_PICTURE_DATA:+--data "$PROMQL_PICTURE_DATA"} \
+    --note "Load: 4 orders a second into the order service (5 in 7 complete; 1 in 7 runs out of stock, 1 in 7 is declined by payment: both compensate); every 10 s a duplicate delivery and a record that is not Avro (dead-lettered)."
 fi

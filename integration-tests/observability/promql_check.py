@@ -85,8 +85,9 @@ def substitute(expr: str, values: dict[str, str], ident: str) -> str:
     return re.sub(r"\$\{([A-Za-z_]\w*)(?::\w+)?\}|\$([A-Za-z_]\w*)", one, expr)
 
 
-def dashboard_exprs(path: Path = DASHBOARD) -> list[Expr]:
-    dash = json.loads(path.read_text())
+def dashboard_variables(dash: dict) -> tuple[dict[str, str], list[Expr]]:
+    """The value of every variable the dashboard's expressions may use (builtins, and "All" for its
+    query variables), and an Expr for each query variable's label_values(metric, label)."""
     values = dict(BUILTINS, __range=grafana_range(dash))
     out: list[Expr] = []
     for v in dash.get("templating", {}).get("list", []):
@@ -102,10 +103,21 @@ def dashboard_exprs(path: Path = DASHBOARD) -> list[Expr]:
         if not m:
             raise SystemExit(f"promql: dashboard variable {v['name']}: only label_values(metric, label) is handled, not {q!r}")
         out.append(Expr(f"dashboard variable ${v['name']}", m.group(1), label=m.group(2)))
+    return values, out
+
+
+def dashboard_panels(dash: dict) -> list[dict]:
+    """Every panel, those inside collapsed rows included."""
     panels = list(dash.get("panels", []))
     for p in list(panels):
         panels += p.get("panels", [])
-    for p in panels:
+    return panels
+
+
+def dashboard_exprs(path: Path = DASHBOARD) -> list[Expr]:
+    dash = json.loads(path.read_text())
+    values, out = dashboard_variables(dash)
+    for p in dashboard_panels(dash):
         for t in p.get("targets", []):
             ident = f"dashboard panel {p.get('id')} {json.dumps(p.get('title'))} query {t.get('refId', '?')}"
             out.append(Expr(ident, substitute(t.get("expr", ""), values, ident)))
