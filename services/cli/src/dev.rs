@@ -176,10 +176,19 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// One line per finished order: outcome, reason, and the saga's steps from its log.
+/// One line per finished order: outcome, reason, and the saga's steps from its log. The order's
+/// outcome can arrive before the orchestrator wrote the saga's last entry (it consumes the same
+/// event): wait briefly for the saga to end, so the line is complete.
 async fn describe(stack: &Stack, outcome: &Outcome) -> String {
     let verdict = if outcome.approved { "APPROVED" } else { "REJECTED" };
-    let steps = match saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, &outcome.order_id).await {
+    let db = &stack.dbs.orchestrator;
+    for _ in 0..50 {
+        match saga_orchestrator::store::get_saga(db, &outcome.order_id).await {
+            Ok(Some(s)) if !s.state.status.is_terminal() => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            _ => break,
+        }
+    }
+    let steps = match saga_orchestrator::store::saga_log(db, &outcome.order_id).await {
         Ok(log) if !log.is_empty() => log
             .iter()
             .map(|e| match (&e.step, e.event.as_str()) {
