@@ -47,6 +47,14 @@ fn headless(profile: &std::path::Path) -> Command {
     cmd
 }
 
+/// As in `sagactl dev`: spans, and so trace ids, exist (nothing is exported). Set up once for the
+/// whole test binary and never dropped: the tests run in parallel, and a provider dropped at the
+/// end of one test would stop the spans of the others.
+fn telemetry() {
+    static TELEMETRY: std::sync::OnceLock<saga_runtime::telemetry::Telemetry> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| saga_runtime::telemetry::init_with_default("web-view-test", "warn").unwrap());
+}
+
 /// The DOM after the page's scripts ran.
 fn rendered(url: &str) -> String {
     rendered_at(url, 1400)
@@ -70,8 +78,7 @@ fn timeline_events(dom: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Debian's chromium; .ci/run installs it and runs this with --ignored"]
 async fn the_saga_view_shows_completed_and_compensated_sagas_in_a_browser() {
-    // As in `sagactl dev`: spans, and so trace ids, exist (nothing is exported).
-    let _telemetry = saga_runtime::telemetry::init_with_default("web-view-test", "warn").unwrap();
+    telemetry();
     let dir = tempfile::tempdir().unwrap();
     let stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
     let (completed, _) = sample_order("view", 0);
@@ -144,7 +151,7 @@ async fn api_page(base: &str, query: &str) -> (Vec<String>, Option<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Debian's chromium; .ci/run installs it and runs this with --ignored"]
 async fn a_thousand_sagas_are_found_paged_and_drawn_in_a_browser() {
-    let _telemetry = saga_runtime::telemetry::init_with_default("web-view-test", "warn").unwrap();
+    telemetry();
     let dir = tempfile::tempdir().unwrap();
     let stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
     let n = 1000;
@@ -236,5 +243,205 @@ async fn a_thousand_sagas_are_found_paged_and_drawn_in_a_browser() {
     .unwrap();
     assert!(status.status.success(), "screenshot failed: {}", String::from_utf8_lossy(&status.stderr));
     eprintln!("screenshot: {}", shot.display());
+    stack.stop().await;
+}
+
+/// Debian's chromedriver on a free port, for a WebDriver session in headless Chromium; killed on drop.
+struct ChromeDriver {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let path = std::env::var("SAGA_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{path} is missing: install Debian's chromium-driver (`apt-get install chromium-driver`) or set SAGA_TEST_CHROMEDRIVER"
+        );
+        let port = saga_integration_tests::procs::free_port();
+        let child = Command::new(&path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "chromedriver did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChromeDriver { child, port }
+    }
+
+    /// A headless Chromium session, with the flags this machine's closed network needs.
+    async fn session(&self, profile: &std::path::Path) -> fantoccini::Client {
+        let mut caps = serde_json::Map::new();
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1000",
+        ];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": chromium(), "args": args }));
+        fantoccini::ClientBuilder::native().capabilities(caps).connect(&format!("http://127.0.0.1:{}", self.port)).await.expect("a WebDriver session")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` on the page holds (the page redraws every 2 s; elements found before a
+/// redraw go stale, so each try finds them again).
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the page never showed {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clicks the element `css` (found again if a redraw replaced it).
+async fn click(c: &fantoccini::Client, css: &str) {
+    until(&format!("a clickable {css}"), || async { c.find(fantoccini::Locator::Css(css)).await.ok()?.click().await.ok() }).await
+}
+
+/// The text of the action's result beside the buttons, once it contains `want`.
+async fn result_with(c: &fantoccini::Client, want: &str) -> String {
+    until(&format!("an action result with {want:?}"), || async {
+        let text = c.find(fantoccini::Locator::Id("action-result")).await.ok()?.text().await.ok()?;
+        text.contains(want).then_some(text)
+    })
+    .await
+}
+
+/// The dead letters the page shows: (reference, its text).
+async fn dead_letters_shown(c: &fantoccini::Client) -> Vec<(String, String)> {
+    let mut shown = Vec::new();
+    for d in c.find_all(fantoccini::Locator::Css(".dead-letter")).await.unwrap_or_default() {
+        if let (Ok(Some(reference)), Ok(text)) = (d.attr("data-reference").await, d.text().await) {
+            shown.push((reference, text));
+        }
+    }
+    shown
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Debian's chromium and chromium-driver; .ci/run installs them and runs this with --ignored"]
+async fn an_operator_redrives_and_aborts_a_parked_saga_by_clicking_in_a_browser() {
+    telemetry();
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
+    let token = "click-token-0123456789";
+    stack.settings.http.operator_token = token.into();
+    let wait = Duration::from_secs(60);
+    let (warm, _) = sample_order("click-warm", 0);
+    let warm_id = warm.order_id.clone();
+    stack.publish(&warm.into()).await.unwrap();
+    wait_for_orders(&stack, &[warm_id], wait).await;
+    let stock_before = saga_inventory::stock_of(&stack.dbs.inventory, "WIDGET-1").await.unwrap();
+
+    // Inventory cannot work (its reservations table is gone: a fatal error, it holds), so the
+    // saga waits at reserve_stock; a reply keyed by it that nobody can read parks it.
+    sqlx::query("ALTER TABLE reservations RENAME TO reservations_away").execute(stack.dbs.inventory.pool()).await.unwrap();
+    let (order, _) = sample_order("click", 0);
+    let id = order.order_id.clone();
+    stack.publish(&order.into()).await.unwrap();
+    let status = |want: saga_orchestrator::saga::Status| {
+        let (db, id) = (stack.dbs.orchestrator.clone(), id.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let s = saga_orchestrator::store::get_saga(&db, &id).await.unwrap();
+                if s.as_ref().is_some_and(|s| s.state.status == want) {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "saga {id} never became {want:?}: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    status(saga_orchestrator::saga::Status::Running).await;
+    stack.publish_raw(&stack.topic(saga_contracts::TopicKind::InventoryEvents), Some(id.as_bytes()), b"not avro").await.unwrap();
+    status(saga_orchestrator::saga::Status::Parked).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let routes = stack.web_routes(None);
+    tokio::spawn(async move { axum::serve(listener, routes).await.unwrap() });
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = driver.session(profile.path()).await;
+    c.goto(&format!("{base}/sagas?saga={id}")).await.unwrap();
+
+    // The dead letter that parked it, with its headers.
+    let shown = until("the dead letter", || async { Some(dead_letters_shown(&c).await).filter(|d| d.len() == 1) }).await;
+    let (first, text) = &shown[0];
+    let events_dlt = format!("{}.dlt/", stack.topic(saga_contracts::TopicKind::InventoryEvents));
+    assert!(first.starts_with(&events_dlt), "{first}");
+    for header in ["saga.dlt.original.topic", "saga.dlt.error.class", "not-wire-format", "saga.dlt.consumer.group", "redrives 0"] {
+        assert!(text.contains(header), "the dead letter shows {header}: {text}");
+    }
+
+    // Without the token the view refuses; the saga stays parked.
+    click(&c, "#abort").await;
+    let refused = result_with(&c, "operator token is required").await;
+    assert!(refused.contains("Bearer"), "{refused}");
+
+    // With it: redrive the dead letter after confirming where it goes. The record still cannot be
+    // read, so it comes back as a second dead letter that counts its redrive.
+    c.find(fantoccini::Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
+    click(&c, &format!(r#"button.redrive[data-reference="{first}"]"#)).await;
+    let confirm = until("the redrive confirmation", || async { c.get_alert_text().await.ok() }).await;
+    assert!(confirm.contains(&format!("back to {}", stack.topic(saga_contracts::TopicKind::InventoryEvents))) && confirm.contains("redrive 1"), "{confirm}");
+    c.accept_alert().await.unwrap();
+    let redriven = result_with(&c, "redriven:").await;
+    assert!(redriven.contains(first.as_str()) && redriven.contains("redrive 1"), "{redriven}");
+    let shown = until("the redriven record dead-lettered again", || async { Some(dead_letters_shown(&c).await).filter(|d| d.len() == 2) }).await;
+    assert!(shown[0].1.contains("redriven") && shown[0].1.contains("saga view (operator token)"), "the first is marked redriven: {}", shown[0].1);
+    assert!(shown[1].1.contains("saga.redrive.count") && shown[1].1.contains("redrives 1"), "the second counts its redrive: {}", shown[1].1);
+
+    // Abort: the plan first, then the reason, then it goes through.
+    click(&c, "#abort").await;
+    let plan = until("the abort plan", || async { c.get_alert_text().await.ok() }).await;
+    assert!(plan.contains("1. ReleaseStock (undo of reserve_stock)") && plan.contains("RejectOrder"), "{plan}");
+    c.send_alert_text("customer called").await.unwrap();
+    c.accept_alert().await.unwrap();
+    let aborted = result_with(&c, "aborted:").await;
+    assert!(aborted.contains("PARKED → COMPENSATING") && aborted.contains("ReleaseStock"), "{aborted}");
+    let shot = artifacts().join("saga-view-dead-letter.png");
+    std::fs::write(&shot, c.screenshot().await.unwrap()).unwrap();
+    eprintln!("screenshot: {}", shot.display());
+    c.close().await.unwrap();
+
+    // The saga log says who asked; with inventory back, the order ends rejected, stock in place.
+    let log = saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, &id).await.unwrap();
+    for event in ["operator-redrove", "operator-aborted"] {
+        let entry = log.iter().find(|e| e.event == event).unwrap_or_else(|| panic!("no {event} in {log:?}"));
+        assert_eq!(entry.cause_message_id.as_deref(), Some("saga view (operator token)"), "{entry:?}");
+    }
+    sqlx::query("ALTER TABLE reservations_away RENAME TO reservations").execute(stack.dbs.inventory.pool()).await.unwrap();
+    status(saga_orchestrator::saga::Status::Compensated).await;
+    assert_eq!(wait_for_orders(&stack, std::slice::from_ref(&id), wait).await[&id], saga_order::domain::OrderStatus::Rejected);
+    assert_eq!(saga_inventory::stock_of(&stack.dbs.inventory, "WIDGET-1").await.unwrap(), stock_before, "stock conserved");
     stack.stop().await;
 }

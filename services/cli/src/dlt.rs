@@ -25,15 +25,14 @@
 //! `--config` file, `SAGA_*` variables, then `--bootstrap-servers` and `--prefix`.
 
 mod broker;
-mod record;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use broker::Dlt;
-pub use record::{format_ms, DeadLetterRecord, Header, Redrive, Summary};
 use saga_contracts::{TopicKind, Topics};
+pub use saga_runtime::dlt::record::{format_ms, DeadLetterRecord, Header, Redrive, Summary};
 
 /// Redrives allowed per record unless `--max-redrives` says otherwise.
 pub const DEFAULT_MAX_REDRIVES: u32 = 3;

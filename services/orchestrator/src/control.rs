@@ -62,6 +62,8 @@ pub async fn on_dead_letter(orch: &Orchestrator, conn: &mut Conn<'_>, letter: &D
         store::record_stray(conn, &format!("dead-letter:{reference}"), key, "dead-letter", &reason).await?;
         return Ok(());
     };
+    // Kept whole with its saga: the saga view shows it with its headers, and can redrive it.
+    store::keep_dead_letter(conn, key, &letter.record).await?;
     let cause = Cause { id: Some(&reference), kind: "dead-letter" };
     match saga::park(&saga.state, &reason) {
         Outcome::Applied(transition) => {
@@ -151,4 +153,59 @@ pub async fn abort_plan(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str)
             (c, key)
         })
         .collect())
+}
+
+/// Redrives allowed per dead letter, as `sagactl dlt redrive`'s default `--max-redrives`.
+pub const MAX_REDRIVES: u32 = 3;
+
+/// What an operator's redrive of a saga's dead letter sends.
+#[derive(Debug)]
+pub struct RedrivePlan {
+    /// The saga as it was.
+    pub before: SagaRecord,
+    /// The dead letter's `topic/partition/offset`.
+    pub reference: String,
+    /// The record to publish: the original key, value and headers (without `saga.dlt.*`, with
+    /// `saga.redrive.count` raised by one; header values as text).
+    pub record: saga_runtime::outbox::Record,
+    /// Its `saga.redrive.count`.
+    pub count: u32,
+    /// Its `message_id` header, or the reference when it has none.
+    pub message_id: String,
+}
+
+/// An operator's redrive of dead letter `reference` (`topic/partition/offset`) of `saga_id`, by
+/// the same rules as `sagactl dlt redrive` ([`saga_runtime::dlt::record::DeadLetterRecord::redrive`]):
+/// the plan, or why not (the saga ended, no such dead letter kept, already redriven, at the
+/// limit). With `who`, the dead letter is marked redriven and the saga log records who asked, in
+/// the caller's transaction; the caller writes [`RedrivePlan::record`] to the outbox in it.
+pub async fn redrive(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, reference: &str, who: Option<&str>) -> Result<RedrivePlan, OperatorError> {
+    let refused = |reason: String| OperatorError::Refused { saga_id: saga_id.into(), reason };
+    let before = load_for_operator(conn, saga_id).await?;
+    if before.state.status.is_terminal() {
+        return Err(refused(format!("the saga already ended {}: its dead letters are not redriven", before.state.status.as_str())));
+    }
+    let kept = store::dead_letters(conn, saga_id).await?;
+    let letter = kept
+        .into_iter()
+        .find(|k| format!("{}/{}/{}", k.record.dlt_topic, k.record.partition, k.record.offset) == reference)
+        .ok_or_else(|| refused(format!("no dead letter {reference} is kept for this saga")))?;
+    if let Some((at, by)) = &letter.redriven {
+        return Err(refused(format!("dead letter {reference} was already redriven at {} by {by}", saga_runtime::dlt::record::format_ms(*at))));
+    }
+    let plan = letter.record.redrive(MAX_REDRIVES).map_err(|e| refused(format!("dead letter {reference}: {e}")))?;
+    let text = |v: &Option<Vec<u8>>| v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let key = plan.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).ok_or_else(|| refused(format!("dead letter {reference} has no key")))?;
+    let payload = plan.value.clone().ok_or_else(|| refused(format!("dead letter {reference} has no value")))?;
+    let headers: Vec<(String, String)> = plan.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    let message_id = headers.iter().find(|(k, _)| k == "message_id").map_or_else(|| reference.to_string(), |(_, v)| v.clone());
+    if let Some(who) = who {
+        if !store::mark_redriven(conn, &letter.record.dlt_topic, letter.record.partition, letter.record.offset, who).await? {
+            return Err(HandleError::Conflict(format!("dead letter {reference} was redriven concurrently")).into());
+        }
+        let detail = format!("dead letter {reference} redriven to {} (redrive {}) by an operator", plan.topic, plan.count);
+        orch.record_note(conn, &before, &Cause { id: Some(who), kind: "operator" }, "operator-redrove", &detail).await?;
+    }
+    let record = saga_runtime::outbox::Record { topic: plan.topic, key, payload, headers };
+    Ok(RedrivePlan { before, reference: reference.to_string(), record, count: plan.count, message_id })
 }

@@ -369,6 +369,12 @@ impl Orchestrator {
     /// Logs an input the saga did not act on, with why; the saga itself does not change (its
     /// version moves so the entry has its own seq).
     pub async fn record_ignored(&self, conn: &mut Conn<'_>, saga: &SagaRecord, cause: &Cause<'_>, why: &str) -> Result<(), HandleError> {
+        self.record_note(conn, saga, cause, "ignored", why).await
+    }
+
+    /// Logs `event` with `detail` for `saga`, which itself does not change (an input it did not
+    /// act on, an operator's redrive).
+    pub async fn record_note(&self, conn: &mut Conn<'_>, saga: &SagaRecord, cause: &Cause<'_>, event: &str, detail: &str) -> Result<(), HandleError> {
         if !store::update(conn, &saga.saga_id, saga.version, &saga.state, saga.deadline_at_ms).await? {
             return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
         }
@@ -376,14 +382,14 @@ impl Orchestrator {
             seq: saga.version + 1,
             at_ms: saga_store::now_ms(),
             definition_version: saga.definition_version,
-            event: "ignored".into(),
+            event: event.into(),
             step: None,
             from_status: Some(saga.state.status.as_str().into()),
             to_status: saga.state.status.as_str().into(),
             cause_message_id: cause.id.map(str::to_string),
             cause_message_type: Some(cause.kind.into()),
             sent: vec![],
-            detail: Some(why.to_string()),
+            detail: Some(detail.to_string()),
             trace_parent: saga_runtime::telemetry::current_traceparent(),
         };
         store::append_log(conn, &saga.saga_id, &entry).await?;

@@ -135,6 +135,72 @@ impl Operator {
     }
 }
 
+impl Operator {
+    /// Sends dead letter `reference` (`topic/partition/offset`) of `saga_id` back to its original
+    /// topic through the orchestrator's outbox, by `sagactl dlt redrive`'s rules (see
+    /// [`control::redrive`]); `who` asked. With `dry_run`, says what it would send and changes
+    /// nothing.
+    pub async fn redrive(&self, db: &Db, saga_id: &str, reference: &str, who: &str, dry_run: bool) -> Result<Redriven, OperatorError> {
+        if dry_run {
+            let mut conn = db.pool().acquire().await?;
+            let plan = control::redrive(&self.orchestrator, &mut saga_store::Conn::Sqlx(&mut conn), saga_id, reference, None).await?;
+            return Ok(Redriven::of(saga_id, plan, true));
+        }
+        let mut attempt = 1;
+        loop {
+            let once = async {
+                let mut conn = db.pool().acquire().await?;
+                let mut tx = conn.begin().await?;
+                let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
+                let plan = control::redrive(&self.orchestrator, &mut db_tx, saga_id, reference, Some(who)).await?;
+                saga_runtime::outbox::write_record_to_outbox(&mut db_tx, plan.record.clone(), &plan.message_id, "redrive", None).await?;
+                tx.commit().await?;
+                Ok(Redriven::of(saga_id, plan, false))
+            };
+            match once.await {
+                Err(e) if attempt < 5 && is_contention(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// What a redrive sent (or would send).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Redriven {
+    /// The saga.
+    pub saga_id: String,
+    /// The dead letter (`topic/partition/offset`).
+    pub dead_letter: String,
+    /// The topic it goes back to.
+    pub topic: String,
+    /// Its `saga.redrive.count`.
+    pub count: u32,
+    /// Its `message_id` header (the reference when it has none).
+    pub message_id: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Nothing was sent.
+    pub dry_run: bool,
+}
+
+impl Redriven {
+    fn of(saga_id: &str, plan: control::RedrivePlan, dry_run: bool) -> Redriven {
+        Redriven {
+            saga_id: saga_id.into(),
+            dead_letter: plan.reference,
+            topic: plan.record.topic,
+            count: plan.count,
+            message_id: plan.message_id,
+            headers: plan.record.headers,
+            dry_run,
+        }
+    }
+}
+
 /// The commands an abort of `saga_id` would send, in order, as `orchestrator` would run it.
 pub async fn plan(orchestrator: &Orchestrator, db: &Db, saga_id: &str) -> Result<Vec<Planned>, OperatorError> {
     let mut conn = db.pool().acquire().await?;

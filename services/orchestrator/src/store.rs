@@ -445,3 +445,61 @@ pub async fn failure_reasons(db: &saga_store::Db, since_ms: i64, limit: i64) -> 
     .await?;
     rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
+
+/// A dead letter that parked a saga, as kept with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptDeadLetter {
+    /// The record, whole.
+    pub record: saga_runtime::dlt::record::DeadLetterRecord,
+    /// When the orchestrator saw it, ms since epoch.
+    pub seen_at_ms: i64,
+    /// When an operator redrove it, and who.
+    pub redriven: Option<(i64, String)>,
+}
+
+/// Keeps `record`, a dead letter of saga `saga_id`, in the caller's transaction (once: seeing it
+/// again changes nothing).
+pub async fn keep_dead_letter(conn: &mut Conn<'_>, saga_id: &str, record: &saga_runtime::dlt::record::DeadLetterRecord) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(record).expect("a dead letter always serializes");
+    conn.execute(
+        "INSERT INTO saga_dead_letters (dlt_topic, dlt_partition, dlt_offset, saga_id, seen_at_ms, record) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (dlt_topic, dlt_partition, dlt_offset) DO NOTHING",
+        args![&record.dlt_topic, i64::from(record.partition), record.offset, saga_id, saga_store::now_ms(), &json],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The dead letters kept for `saga_id`, oldest first.
+pub async fn dead_letters(conn: &mut Conn<'_>, saga_id: &str) -> Result<Vec<KeptDeadLetter>, sqlx::Error> {
+    let rows = conn
+        .fetch_all(
+            "SELECT record, seen_at_ms, redriven_at_ms, redriven_by FROM saga_dead_letters WHERE saga_id = $1 ORDER BY seen_at_ms, dlt_topic, dlt_partition, dlt_offset",
+            args![saga_id],
+        )
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let record = serde_json::from_str(&r.get::<String>("record")?)
+                .map_err(|e| sqlx::Error::Decode(format!("kept dead letter of saga {saga_id}: {e}").into()))?;
+            let redriven = match (r.get::<Option<i64>>("redriven_at_ms")?, r.get::<Option<String>>("redriven_by")?) {
+                (Some(at), Some(by)) => Some((at, by)),
+                _ => None,
+            };
+            Ok(KeptDeadLetter { record, seen_at_ms: r.get("seen_at_ms")?, redriven })
+        })
+        .collect()
+}
+
+/// Marks the dead letter at `topic/partition/offset` redriven by `who`, unless it was already;
+/// true when this call marked it.
+pub async fn mark_redriven(conn: &mut Conn<'_>, topic: &str, partition: i32, offset: i64, who: &str) -> Result<bool, sqlx::Error> {
+    let done = conn
+        .execute(
+            "UPDATE saga_dead_letters SET redriven_at_ms = $1, redriven_by = $2 \
+             WHERE dlt_topic = $3 AND dlt_partition = $4 AND dlt_offset = $5 AND redriven_at_ms IS NULL",
+            args![saga_store::now_ms(), who, topic, i64::from(partition), offset],
+        )
+        .await?;
+    Ok(done == 1)
+}

@@ -1,7 +1,8 @@
 //! The live saga view: a page for people (`/sagas`) and the JSON it reads, straight from the
 //! saga table and log: `/api/sagas` (search by id or its beginning, state, definition version,
 //! step, reason and start time; newest first, keyset pages), `/api/sagas/counts` (sagas per
-//! state) and `/api/sagas/{id}` (one saga with its timeline). The orchestrator serves it on its
+//! state) and `/api/sagas/{id}` (one saga with its timeline and the dead letters that parked it);
+//! for holders of the operator token, retry, abort and redrive of a dead letter. The orchestrator serves it on its
 //! HTTP port; `sagactl dev` serves it for the embedded stack.
 
 use axum::extract::{Path, Query, State};
@@ -81,6 +82,7 @@ pub fn router(db: Db, links: Links, actions: Option<Actions>) -> Router {
         .route("/api/actions", get(actions_enabled))
         .route("/api/sagas/{id}/retry", post(retry))
         .route("/api/sagas/{id}/abort", post(abort))
+        .route("/api/sagas/{id}/redrive", post(redrive))
         .with_state(view)
 }
 
@@ -247,6 +249,12 @@ async fn show(State(View { db, links, .. }): State<View>, Path(id): Path<String>
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
     };
+    let kept = match dead_letters_of(&db, &id).await {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
+    };
+    let terminal = saga.state.status.is_terminal();
+    let dead_letters: Vec<DeadLetterView> = kept.iter().map(|k| DeadLetterView::of(k, terminal)).collect();
     let mut previous = None;
     let timeline: Vec<TimelineEntry> = log
         .into_iter()
@@ -267,8 +275,64 @@ async fn show(State(View { db, links, .. }): State<View>, Path(id): Path<String>
         "order_url": order_url,
         "trace_url": trace_url,
         "blocked": saga.state.blocked,
+        "dead_letters": dead_letters,
     }))
     .into_response()
+}
+
+async fn dead_letters_of(db: &Db, id: &str) -> Result<Vec<store::KeptDeadLetter>, sqlx::Error> {
+    let mut conn = db.pool().acquire().await?;
+    store::dead_letters(&mut saga_store::Conn::Sqlx(&mut conn), id).await
+}
+
+/// A dead letter of the saga, as the view shows it.
+#[derive(Serialize)]
+struct DeadLetterView {
+    /// `topic/partition/offset` in its dead-letter topic.
+    reference: String,
+    original_topic: String,
+    error_class: Option<String>,
+    error_message: Option<String>,
+    consumer_group: Option<String>,
+    failed_at_ms: Option<i64>,
+    seen_at_ms: i64,
+    /// Redrives before it was dead-lettered.
+    redrive_count: Option<u32>,
+    /// Every header, in order (values as text; `saga.dlt.*` say where it came from and why).
+    headers: Vec<(String, Option<String>)>,
+    value_bytes: usize,
+    redriven_at_ms: Option<i64>,
+    redriven_by: Option<String>,
+    /// Why it cannot be redriven now; absent when it can.
+    not_redrivable: Option<String>,
+}
+
+impl DeadLetterView {
+    fn of(k: &store::KeptDeadLetter, saga_ended: bool) -> DeadLetterView {
+        let r = &k.record;
+        let not_redrivable = if saga_ended {
+            Some("the saga has ended".to_string())
+        } else if k.redriven.is_some() {
+            Some("already redriven".to_string())
+        } else {
+            r.redrive(crate::control::MAX_REDRIVES).err().map(|e| e.to_string())
+        };
+        DeadLetterView {
+            reference: format!("{}/{}/{}", r.dlt_topic, r.partition, r.offset),
+            original_topic: r.original_topic(),
+            error_class: r.error_class().map(str::to_string),
+            error_message: r.error_message().map(str::to_string),
+            consumer_group: r.consumer_group().map(str::to_string),
+            failed_at_ms: r.failed_at_ms(),
+            seen_at_ms: k.seen_at_ms,
+            redrive_count: r.redrive_count().ok(),
+            headers: r.headers.iter().map(|(name, v)| (name.clone(), v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()))).collect(),
+            value_bytes: r.value.as_ref().map_or(0, Vec::len),
+            redriven_at_ms: k.redriven.as_ref().map(|(at, _)| *at),
+            redriven_by: k.redriven.as_ref().map(|(_, by)| by.clone()),
+            not_redrivable,
+        }
+    }
 }
 
 /// Whether the view offers retry and abort (an operator token is configured).
@@ -362,6 +426,27 @@ async fn abort(State(View { db, actions, .. }): State<View>, Path(id): Path<Stri
     let reason = body.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()).unwrap_or("aborted by an operator");
     match actions.operator.abort(&db, &id, reason, &asker(&headers)).await {
         Ok(acted) => Json(acted).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /api/sagas/{id}/redrive` body.
+#[derive(Deserialize)]
+struct RedriveRequest {
+    /// Which dead letter of the saga: `topic/partition/offset`.
+    dead_letter: String,
+    /// Only say what the redrive would send.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn redrive(State(View { db, actions, .. }): State<View>, Path(id): Path<String>, headers: HeaderMap, Json(body): Json<RedriveRequest>) -> Response {
+    let actions = match authorize(&actions, &headers) {
+        Ok(a) => a,
+        Err(denied) => return denied.response(),
+    };
+    match actions.operator.redrive(&db, &id, body.dead_letter.trim(), &asker(&headers), body.dry_run).await {
+        Ok(redriven) => Json(redriven).into_response(),
         Err(e) => refused(e),
     }
 }

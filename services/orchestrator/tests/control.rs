@@ -9,6 +9,7 @@ use saga_orchestrator::control::{self, OperatorError};
 use saga_orchestrator::saga::{Position, Status, Timing};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
+use saga_runtime::dlt::record::DeadLetterRecord;
 use saga_runtime::timers::DeadLetterSeen;
 use saga_runtime::{Deadlines, WatchesDeadLetters};
 use saga_store::testing::TestDb;
@@ -22,6 +23,7 @@ saga_store::backend_tests!(
     a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried,
     a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it,
     abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
+    a_kept_dead_letter_is_redriven_once_by_the_dlt_rules_and_not_after_the_saga_ended,
 );
 
 /// Deadlines of 1 ms; new sagas start on definition v1 (the scenarios follow its steps).
@@ -127,6 +129,19 @@ fn dead_letter(key: &str, offset: i64) -> DeadLetterSeen {
         class: Some("handler-failed".into()),
         message: Some("sku table is corrupt".into()),
         message_id: Some(format!("{key}:reserve_stock:do:1")),
+        record: DeadLetterRecord {
+            dlt_topic: "saga.inventory.commands.dlt".into(),
+            partition: 2,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(b"a body".to_vec()),
+            headers: vec![
+                ("message_id".into(), Some(format!("{key}:reserve_stock:do:1").into_bytes())),
+                ("saga.dlt.original.topic".into(), Some(b"saga.inventory.commands".to_vec())),
+                ("saga.dlt.error.class".into(), Some(b"handler-failed".to_vec())),
+            ],
+            purged: false,
+        },
     }
 }
 
@@ -172,4 +187,58 @@ async fn abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do(tes
     assert_eq!(s.state.failure.as_deref(), Some("aborted by an operator: customer called"));
     let again = control::abort(&orch, &mut Conn::Sqlx(&mut conn), "o1", "again", "test", &mut Vec::new()).await.unwrap_err();
     assert!(again.to_string().contains("already compensating"), "{again}");
+}
+
+async fn redrive(db: &Db, reference: &str, who: Option<&str>) -> Result<control::RedrivePlan, OperatorError> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let plan = control::redrive(&Orchestrator::default(), &mut Conn::Sqlx(&mut tx), "o1", reference, who).await;
+    tx.commit().await.unwrap();
+    plan
+}
+
+async fn a_kept_dead_letter_is_redriven_once_by_the_dlt_rules_and_not_after_the_saga_ended(test_db: TestDb) {
+    let (db, _) = started(&test_db).await;
+    on_dead_letter(db, &dead_letter("o1", 7)).await;
+    on_dead_letter(db, &dead_letter("o1", 7)).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let kept = saga_orchestrator::store::dead_letters(&mut Conn::Sqlx(&mut conn), "o1").await.unwrap();
+    drop(conn);
+    assert_eq!(kept.len(), 1, "a dead letter seen twice is kept once");
+    assert_eq!(kept[0].record, dead_letter("o1", 7).record, "kept whole");
+
+    // A dry run (no asker) changes nothing; the plan is sagactl dlt redrive's.
+    let plan = redrive(db, "saga.inventory.commands.dlt/2/7", None).await.unwrap();
+    assert_eq!((plan.record.topic.as_str(), plan.record.key.as_str(), plan.count), ("saga.inventory.commands", "o1", 1));
+    assert_eq!(plan.record.headers, vec![("message_id".to_string(), "o1:reserve_stock:do:1".to_string()), ("saga.redrive.count".to_string(), "1".to_string())]);
+    assert_eq!(plan.message_id, "o1:reserve_stock:do:1");
+    assert_eq!(saga_log(db, "o1").await.unwrap().last().unwrap().event, "parked");
+
+    let done = redrive(db, "saga.inventory.commands.dlt/2/7", Some("ops (test)")).await.unwrap();
+    assert_eq!(done.record.payload, b"a body".to_vec());
+    let last = saga_log(db, "o1").await.unwrap().pop().unwrap();
+    assert_eq!((last.event.as_str(), last.cause_message_id.as_deref()), ("operator-redrove", Some("ops (test)")));
+    assert!(last.detail.as_deref().is_some_and(|d| d.contains("redriven to saga.inventory.commands (redrive 1)")), "{last:?}");
+    let again = redrive(db, "saga.inventory.commands.dlt/2/7", Some("ops (test)")).await.unwrap_err().to_string();
+    assert!(again.contains("already redriven") && again.contains("ops (test)"), "{again}");
+    let unknown = redrive(db, "saga.inventory.commands.dlt/2/8", None).await.unwrap_err().to_string();
+    assert!(unknown.contains("no dead letter saga.inventory.commands.dlt/2/8"), "{unknown}");
+
+    // One at the limit is refused; and once the saga ended, none is redriven.
+    let mut at_limit = dead_letter("o1", 9);
+    at_limit.record.headers.push(("saga.redrive.count".into(), Some(b"3".to_vec())));
+    on_dead_letter(db, &at_limit).await;
+    let limit = redrive(db, "saga.inventory.commands.dlt/2/9", None).await.unwrap_err().to_string();
+    assert!(limit.contains("redriven 3 time(s) already, the limit is 3"), "{limit}");
+    on_dead_letter(db, &dead_letter("o1", 10)).await;
+    let mut conn = db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let aborted = control::abort(&Orchestrator::default(), &mut Conn::Sqlx(&mut tx), "o1", "test", "test", &mut Vec::new()).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+    let reject = feed(db, &stock_released(&aborted.commands[0])).await;
+    feed(db, &order_rejected(&reject[0])).await;
+    assert_eq!(saga(db, "o1").await.0, Status::Compensated);
+    let late = redrive(db, "saga.inventory.commands.dlt/2/10", None).await.unwrap_err().to_string();
+    assert!(late.contains("already ended COMPENSATED"), "{late}");
 }

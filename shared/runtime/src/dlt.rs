@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 
+pub mod record;
+
 /// Header names added to a dead-lettered record.
 pub mod headers {
     /// Topic the record was read from.

@@ -180,6 +180,8 @@ pub struct DeadLetterSeen {
     pub message: Option<String>,
     /// Its `message_id` header, when it had one.
     pub message_id: Option<String>,
+    /// The whole record: key, value and every header (what a redrive sends back).
+    pub record: crate::dlt::record::DeadLetterRecord,
 }
 
 impl DeadLetterSeen {
@@ -194,6 +196,7 @@ impl DeadLetterSeen {
             class: header(record, headers::ERROR_CLASS),
             message: header(record, headers::ERROR_MESSAGE),
             message_id: header(record, "message_id"),
+            record: crate::dlt::record::DeadLetterRecord::from_message(record, false),
         }
     }
 

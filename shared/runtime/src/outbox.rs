@@ -64,17 +64,44 @@ pub async fn write_to_outbox(
     let mut all_headers =
         vec![("message_id".to_string(), message.envelope().message_id.clone()), ("message_type".to_string(), message.full_name().to_string())];
     all_headers.extend(headers.iter().cloned());
-    let headers = serde_json::to_string(&all_headers).expect("string pairs always serialize");
-    let topic = topics.name(message.topic_kind());
+    let key = message.order_id().to_string();
+    let record = Record { topic: topics.name(message.topic_kind()), key, payload, headers: all_headers };
+    Ok(write_record_to_outbox(conn, record, &message.envelope().message_id, message.full_name(), owner).await?)
+}
+
+/// A record to publish as it is: already encoded, with its headers.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (the order id).
+    pub key: String,
+    /// Encoded value.
+    pub payload: Vec<u8>,
+    /// Record headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Writes `record` into the outbox in the caller's transaction, to be published as it is (a
+/// redriven dead letter, say); `message_id` and `message_type` describe it. `owner` as in
+/// [`write_to_outbox`].
+pub async fn write_record_to_outbox(
+    conn: &mut Conn<'_>,
+    record: Record,
+    message_id: &str,
+    message_type: &str,
+    owner: Option<&str>,
+) -> Result<OutboxRow, sqlx::Error> {
+    let headers = serde_json::to_string(&record.headers).expect("string pairs always serialize");
     let id: i64 = conn
         .fetch_one(
             "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            args![&message.envelope().message_id, message.full_name(), &topic, message.order_id(), &payload, &headers, saga_store::now_ms(), owner],
+            args![message_id, message_type, &record.topic, &record.key, &record.payload, &headers, saga_store::now_ms(), owner],
         )
         .await?
         .at(0)?;
-    Ok(OutboxRow { id, topic, key: message.order_id().to_string(), payload, headers })
+    Ok(OutboxRow { id, topic: record.topic, key: record.key, payload: record.payload, headers })
 }
 
 /// Deletes the outbox rows `ids` (published ones) in the caller's transaction.

@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use saga_contracts::{TopicKind, Topics};
 use saga_runtime::config::KafkaSettings;
+use saga_runtime::dlt::record::Refusal;
 use saga_runtime::kafka;
 
 use super::{
@@ -96,7 +97,8 @@ impl Dlt {
         let mut rest = selected.into_iter();
         while let Some(record) = rest.next() {
             let outcome = match record.redrive(args.max_redrives) {
-                Err(why) => Outcome::Refused(why),
+                Err(why @ Refusal::AtLimit { .. }) => Outcome::Refused(format!("{why} (--max-redrives)")),
+                Err(why) => Outcome::Refused(why.to_string()),
                 Ok(plan) if !self.partitions.contains_key(&plan.topic) => {
                     Outcome::Refused(format!("original topic {} does not exist on {}", plan.topic, self.kafka.bootstrap_servers))
                 }

@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::headers;
 use rdkafka::Message;
 use saga_contracts::topics::DLT_SUFFIX;
-use saga_runtime::dlt::headers;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A record header: name and value (Kafka allows a null value).
 pub type Header = (String, Option<Vec<u8>>);
 
 /// A record read from a dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterRecord {
     /// The dead-letter topic it was read from.
     pub dlt_topic: String,
@@ -50,7 +50,7 @@ pub struct Redrive {
 impl DeadLetterRecord {
     /// Copies a consumed record.
     pub fn from_message(m: &impl Message, purged: bool) -> DeadLetterRecord {
-        let headers = saga_runtime::dlt::headers_of(m);
+        let headers = super::headers_of(m);
         DeadLetterRecord {
             dlt_topic: m.topic().to_string(),
             partition: m.partition(),
@@ -112,12 +112,12 @@ impl DeadLetterRecord {
 
     /// How many times it was redriven before it was dead-lettered (again): 0 when the header is
     /// absent; an error naming the value when it is not a number.
-    pub fn redrive_count(&self) -> Result<u32, String> {
+    pub fn redrive_count(&self) -> Result<u32, Refusal> {
         match self.headers.iter().rev().find(|(k, _)| k == headers::REDRIVE_COUNT) {
             None => Ok(0),
             Some((_, v)) => {
                 let text = v.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                text.trim().parse().map_err(|_| format!("unreadable {} header {text:?}", headers::REDRIVE_COUNT))
+                text.trim().parse().map_err(|_| Refusal::UnreadableCount(text.into_owned()))
             }
         }
     }
@@ -129,16 +129,16 @@ impl DeadLetterRecord {
 
     /// The record a redrive sends, or why it must not be redriven: its count reached
     /// `max_redrives`, so a record that keeps failing cannot loop.
-    pub fn redrive(&self, max_redrives: u32) -> Result<Redrive, String> {
+    pub fn redrive(&self, max_redrives: u32) -> Result<Redrive, Refusal> {
         // The runtime dead-letters `T` to `T.dlt`; a record claiming another origin did not come
         // from it, and is not sent to a topic it names.
         let expected = self.dlt_topic.strip_suffix(DLT_SUFFIX).unwrap_or(&self.dlt_topic);
         if self.original_topic() != expected {
-            return Err(format!("its {} header names {}, not {expected}", headers::ORIGINAL_TOPIC, self.original_topic()));
+            return Err(Refusal::ForeignOrigin { named: self.original_topic(), expected: expected.to_string() });
         }
         let previous = self.redrive_count()?;
         if previous >= max_redrives {
-            return Err(format!("redriven {previous} time(s) already, the limit is {max_redrives} (--max-redrives)"));
+            return Err(Refusal::AtLimit { previous, limit: max_redrives });
         }
         let count = previous + 1;
         let mut out: Vec<Header> = self.headers.iter().filter(|(k, _)| !k.starts_with(headers::PREFIX) && k != headers::REDRIVE_COUNT).cloned().collect();
@@ -193,6 +193,31 @@ impl DeadLetterRecord {
         );
         let _ = writeln!(out, "    {}: {}", or_dash(s.error_class), s.error_message.unwrap_or_default());
     }
+}
+
+/// Why a dead letter must not be redriven.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Its `saga.dlt.original.topic` names another topic than the one its dead-letter topic
+    /// belongs to: it did not come from the runtime, and is not sent where it says.
+    #[error("its {header} header names {named}, not {expected}", header = headers::ORIGINAL_TOPIC)]
+    ForeignOrigin {
+        /// The topic the header names.
+        named: String,
+        /// The topic of its dead-letter topic.
+        expected: String,
+    },
+    /// It was redriven as often as allowed, so a record that keeps failing cannot loop.
+    #[error("redriven {previous} time(s) already, the limit is {limit}")]
+    AtLimit {
+        /// Redrives so far.
+        previous: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// Its `saga.redrive.count` header is not a number.
+    #[error("unreadable {name} header {0:?}", name = headers::REDRIVE_COUNT)]
+    UnreadableCount(String),
 }
 
 /// A dead letter as `list --json` prints it.
@@ -317,14 +342,14 @@ mod tests {
 
     #[test]
     fn a_record_at_the_limit_is_refused_and_an_unreadable_count_too() {
-        let e = letter(vec![h(headers::REDRIVE_COUNT, "3")]).redrive(3).unwrap_err();
-        assert!(e.contains("redriven 3 time(s) already") && e.contains("--max-redrives"), "{e}");
+        let e = letter(vec![h(headers::REDRIVE_COUNT, "3")]).redrive(3).unwrap_err().to_string();
+        assert!(e.contains("redriven 3 time(s) already, the limit is 3"), "{e}");
         assert_eq!(letter(vec![h(headers::REDRIVE_COUNT, "3")]).redrive(4).unwrap().count, 4);
-        let e = letter(vec![h(headers::REDRIVE_COUNT, "many")]).redrive(3).unwrap_err();
+        let e = letter(vec![h(headers::REDRIVE_COUNT, "many")]).redrive(3).unwrap_err().to_string();
         assert!(e.contains("saga.redrive.count") && e.contains("many"), "{e}");
         let mut elsewhere = letter(vec![]);
         elsewhere.dlt_topic = "acme.payment.events.dlt".into();
-        let e = elsewhere.redrive(3).unwrap_err();
+        let e = elsewhere.redrive(3).unwrap_err().to_string();
         assert!(e.contains("acme.order.commands") && e.contains("not acme.payment.events"), "{e}");
     }
 
