@@ -36,7 +36,7 @@ pub use crate::handler::{apply_once, header, HandleError, Handler, Incoming};
 use crate::health::Halt;
 use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
-use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
+use crate::outbox::{self, record_all_in_inbox, write_all_to_outbox, InboxEntry, OutboxError, OutboxRow, Outgoing};
 use crate::rejoin::{GroupWatch, CHECK_EVERY};
 use crate::relay::{Deleting, HandOff};
 
@@ -373,31 +373,42 @@ impl<H: Handler> ConsumeLoop<H> {
     ) -> Result<(Vec<OutboxRow>, Deleting<'_>), BatchError> {
         // What the relay published since the last transaction is deleted in this one.
         let deleting = self.outbox.delete_published(db).await?;
-        let mut rows = Vec::new();
+        let entries: Vec<InboxEntry<'_>> = batch
+            .iter()
+            .map(|i| InboxEntry {
+                message_id: &i.message.envelope().message_id,
+                message_type: i.message.full_name(),
+                topic: &i.topic,
+                kafka_partition: i.partition,
+                kafka_offset: i.offset,
+            })
+            .collect();
+        let fresh = record_all_in_inbox(db, &entries).await?;
+        let mut outgoing = Vec::new();
         for (i, incoming) in batch.iter().enumerate() {
-            match self.apply_in(db, incoming, notes).await? {
-                Some(written) => rows.extend(written),
-                None => duplicates.push(i),
+            if fresh[i] {
+                self.apply_in(db, incoming, notes, &mut outgoing).await?;
+            } else {
+                tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
+                duplicates.push(i);
             }
         }
+        let rows = write_all_to_outbox(db, outgoing, Some(self.outbox.owner())).await?;
         Ok((rows, deleting))
     }
 
-    /// `None` for a duplicate; otherwise the outbox rows it wrote. Runs in the message's span, a
-    /// child of the trace context the record carried; what it sends carries this span's.
-    async fn apply_in(&self, conn: &mut Conn<'_>, incoming: &Incoming, notes: &mut Vec<H::Note>) -> Result<Option<Vec<OutboxRow>>, BatchError> {
+    /// Applies a message the inbox had not seen; what it emits, encoded, goes to `outgoing`. Runs
+    /// in the message's span, a child of the trace context the record carried; what it sends
+    /// carries this span's.
+    async fn apply_in(&self, conn: &mut Conn<'_>, incoming: &Incoming, notes: &mut Vec<H::Note>, outgoing: &mut Vec<Outgoing>) -> Result<(), BatchError> {
         let span = process_span(H::SERVICE, &self.group_id, incoming);
         async {
-            let Some(out) = apply_once(conn, self.handler.as_ref(), incoming, notes).await? else {
-                tracing::debug!(service = H::SERVICE, message_id = %incoming.message.envelope().message_id, "duplicate message skipped");
-                return Ok(None);
-            };
+            let out = self.handler.handle(conn, incoming, notes).await?;
             let headers = crate::telemetry::headers_of(&tracing::Span::current());
-            let mut rows = Vec::with_capacity(out.len());
             for message in &out {
-                rows.push(write_to_outbox(conn, &self.codec, &self.topics, message, &headers, Some(self.outbox.owner())).await?);
+                outgoing.push(outbox::outgoing(&self.codec, &self.topics, message, &headers).await?);
             }
-            Ok(Some(rows))
+            Ok(())
         }
         .instrument(span)
         .await

@@ -22,6 +22,92 @@ pub async fn record_in_inbox(conn: &mut Conn<'_>, message: &Message, topic: &str
     Ok(done == 1)
 }
 
+/// One consumed record, as the inbox keeps it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct InboxEntry<'a> {
+    /// Its message id (the idempotency key).
+    pub message_id: &'a str,
+    /// Its Avro full name.
+    pub message_type: &'a str,
+    /// Where it was read.
+    pub topic: &'a str,
+    /// Partition there.
+    pub kafka_partition: i32,
+    /// Offset there.
+    pub kafka_offset: i64,
+}
+
+/// Records a batch of consumed messages in the inbox, in the caller's transaction: for each
+/// entry, true when it is new (false when the inbox held its id, or an earlier entry of the batch
+/// had it). PostgreSQL gets one statement for the whole batch (each statement is a round trip
+/// there), or a few when the batch is large, see [`JSON_BUDGET`]); SQLite, whose statements run
+/// in-process, one prepared statement per entry.
+pub async fn record_all_in_inbox(conn: &mut Conn<'_>, entries: &[InboxEntry<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    if conn.backend() == Backend::Postgres && entries.len() > 1 {
+        let mut new = std::collections::HashSet::with_capacity(entries.len());
+        for json in json_arrays(entries) {
+            let inserted = conn
+                .fetch_all(
+                    "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
+                     SELECT r.message_id, r.message_type, r.topic, r.kafka_partition, r.kafka_offset, $2 \
+                     FROM jsonb_to_recordset($1::jsonb) AS r(message_id text, message_type text, topic text, kafka_partition integer, kafka_offset bigint) \
+                     ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+                    args![&json, saga_store::now_ms()],
+                )
+                .await?;
+            for row in inserted {
+                new.insert(row.at::<String>(0)?);
+            }
+        }
+        // The first entry with an id takes it; a repeat within the batch is a duplicate.
+        return Ok(entries.iter().map(|e| new.remove(e.message_id)).collect());
+    }
+    let mut fresh = Vec::with_capacity(entries.len());
+    for e in entries {
+        let done = conn
+            .execute(
+                "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+                args![e.message_id, e.message_type, e.topic, e.kafka_partition, e.kafka_offset, saga_store::now_ms()],
+            )
+            .await?;
+        fresh.push(done == 1);
+    }
+    Ok(fresh)
+}
+
+/// Largest JSON text sent in one statement. sqlx does not set `TCP_NODELAY`: a statement of more
+/// than about 16 KiB leaves in several writes, and the last waits for the server's delayed ACK.
+/// Measured on PostgreSQL 15 over loopback: outbox statements of 16-32 KiB took 43 ms (median),
+/// of 8-16 KiB 0.25 ms.
+const JSON_BUDGET: usize = 12 * 1024;
+
+/// `items` as JSON arrays of at most [`JSON_BUDGET`] bytes each (an item larger than that alone),
+/// in order.
+fn json_arrays<T: serde::Serialize>(items: &[T]) -> Vec<String> {
+    let mut arrays = Vec::new();
+    let mut current = String::from("[");
+    for item in items {
+        let json = serde_json::to_string(item).expect("plain structs always serialize");
+        if current.len() > 1 && current.len() + json.len() + 1 > JSON_BUDGET {
+            current.push(']');
+            arrays.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&json);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        arrays.push(current);
+    }
+    arrays
+}
+
 /// Why an outgoing message could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -60,13 +146,109 @@ pub async fn write_to_outbox(
     headers: &[(String, String)],
     owner: Option<&str>,
 ) -> Result<OutboxRow, OutboxError> {
+    let out = outgoing(codec, topics, message, headers).await?;
+    Ok(write_record_to_outbox(conn, out.record, &out.message_id, out.message_type, owner).await?)
+}
+
+/// A message encoded for the outbox, not written yet.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// What to publish.
+    pub record: Record,
+    /// Its message id.
+    pub message_id: String,
+    /// Its Avro full name.
+    pub message_type: &'static str,
+}
+
+/// Encodes `message` for the outbox, with its `message_id` and `message_type` headers and
+/// `headers` (trace context).
+pub async fn outgoing(codec: &Codec, topics: &Topics, message: &Message, headers: &[(String, String)]) -> Result<Outgoing, OutboxError> {
     let payload = codec.encode(message).await?;
-    let mut all_headers =
-        vec![("message_id".to_string(), message.envelope().message_id.clone()), ("message_type".to_string(), message.full_name().to_string())];
+    let message_id = message.envelope().message_id.clone();
+    let mut all_headers = Vec::with_capacity(headers.len() + 2);
+    all_headers.push(("message_id".to_string(), message_id.clone()));
+    all_headers.push(("message_type".to_string(), message.full_name().to_string()));
     all_headers.extend(headers.iter().cloned());
-    let key = message.order_id().to_string();
-    let record = Record { topic: topics.name(message.topic_kind()), key, payload, headers: all_headers };
-    Ok(write_record_to_outbox(conn, record, &message.envelope().message_id, message.full_name(), owner).await?)
+    let record = Record { topic: topics.name(message.topic_kind()), key: message.order_id().to_string(), payload, headers: all_headers };
+    Ok(Outgoing { record, message_id, message_type: message.full_name() })
+}
+
+/// Writes `all` into the outbox in the caller's transaction, in order (ids ascending), and
+/// returns their rows; `owner` as in [`write_to_outbox`]. PostgreSQL gets one statement for all
+/// of them; SQLite one prepared statement each.
+pub async fn write_all_to_outbox(conn: &mut Conn<'_>, all: Vec<Outgoing>, owner: Option<&str>) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    if conn.backend() == Backend::Sqlite || all.len() < 2 {
+        let mut rows = Vec::with_capacity(all.len());
+        for out in all {
+            rows.push(write_record_to_outbox(conn, out.record, &out.message_id, out.message_type, owner).await?);
+        }
+        return Ok(rows);
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        i: usize,
+        message_id: &'a str,
+        message_type: &'a str,
+        topic: &'a str,
+        msg_key: &'a str,
+        payload: String,
+        headers: &'a str,
+    }
+    let headers: Vec<String> = all.iter().map(|o| serde_json::to_string(&o.record.headers).expect("string pairs always serialize")).collect();
+    let lines: Vec<Line<'_>> = all
+        .iter()
+        .zip(&headers)
+        .enumerate()
+        .map(|(i, (o, h))| Line {
+            i,
+            message_id: &o.message_id,
+            message_type: o.message_type,
+            topic: &o.record.topic,
+            msg_key: &o.record.key,
+            payload: hex(&o.record.payload),
+            headers: h,
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(all.len());
+    for json in json_arrays(&lines) {
+        // Rows are inserted in `i` order, so their ids ascend in it: the relay publishes by id.
+        let inserted = conn
+            .fetch_all(
+                "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
+                 SELECT r.message_id, r.message_type, r.topic, r.msg_key, decode(r.payload, 'hex'), r.headers, $2, $3 \
+                 FROM jsonb_to_recordset($1::jsonb) AS r(i bigint, message_id text, message_type text, topic text, msg_key text, payload text, headers text) \
+                 ORDER BY r.i RETURNING id, message_id",
+                args![&json, saga_store::now_ms(), owner],
+            )
+            .await?;
+        let mut chunk = Vec::with_capacity(inserted.len());
+        for row in inserted {
+            chunk.push((row.at::<i64>(0)?, row.at::<String>(1)?));
+        }
+        chunk.sort_unstable_by_key(|(id, _)| *id);
+        ids.extend(chunk);
+    }
+    if ids.len() != all.len() || ids.iter().zip(&all).any(|((_, mid), o)| *mid != o.message_id) {
+        return Err(sqlx::Error::Protocol(format!("the outbox returned {} ids for {} rows, or out of order", ids.len(), all.len())));
+    }
+    Ok(all
+        .into_iter()
+        .zip(ids)
+        .zip(headers)
+        .map(|((o, (id, _)), headers)| OutboxRow { id, topic: o.record.topic, key: o.record.key, payload: o.record.payload, headers })
+        .collect())
+}
+
+/// Lower-case hexadecimal, as PostgreSQL's `decode(_, 'hex')` reads it.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// A record to publish as it is: already encoded, with its headers.

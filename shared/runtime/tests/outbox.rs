@@ -16,7 +16,7 @@ use saga_contracts::{Message, PaymentVoided, StockReleased, StockReservationFail
 use saga_runtime::codec::Codec;
 use saga_runtime::config::KafkaSettings;
 use saga_runtime::consumer::header;
-use saga_runtime::outbox::{backlog, prune_inbox, record_in_inbox, write_to_outbox, OutboxRow};
+use saga_runtime::outbox::{backlog, outgoing, prune_inbox, record_all_in_inbox, record_in_inbox, write_all_to_outbox, write_to_outbox, InboxEntry, OutboxRow};
 use saga_runtime::relay::{HandOff, Relay, RelayError};
 use saga_store::testing::TestDb;
 use saga_store::{Conn, Db};
@@ -37,6 +37,7 @@ saga_store::backend_tests!(
     a_rolled_back_transaction_leaves_published_rows_to_the_next,
     rows_of_an_earlier_run_go_out_before_this_runs,
     rows_of_a_live_instance_are_left_to_it,
+    a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -449,4 +450,44 @@ async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
     // The forgotten id is accepted again; the remembered ones are still duplicates.
     assert!(record_in_inbox(&mut Conn::Sqlx(&mut conn), &messages[0], "t", 0, 0).await.unwrap());
     assert!(!record_in_inbox(&mut Conn::Sqlx(&mut conn), &messages[1], "t", 0, 0).await.unwrap());
+}
+
+/// What a consumer's batch does (PostgreSQL: a few statements for the whole batch, cut where the
+/// text would pass about 12 KiB; SQLite: one each): the inbox says which entries are new, a
+/// repeat within the batch included; the outbox rows keep the batch's order, bytes and headers.
+async fn a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order(test_db: TestDb) {
+    let kit = Kit::start(test_db).await;
+    let inbox_ids: Vec<String> = (0..300).map(|i| format!("order-{i:04}:reserve_stock:do:1/reply")).collect();
+    fn entry(id: &str) -> InboxEntry<'_> {
+        InboxEntry { message_id: id, message_type: StockReserved::FULL_NAME, topic: "t.inventory.events", kafka_partition: 3, kafka_offset: 41 }
+    }
+    let mut conn = kit.db().pool().acquire().await.unwrap();
+    assert_eq!(record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &[entry(&inbox_ids[7])]).await.unwrap(), vec![true]);
+    let mut batch: Vec<InboxEntry<'_>> = inbox_ids.iter().map(|id| entry(id)).collect();
+    batch.push(entry(&inbox_ids[5]));
+    let fresh = record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &batch).await.unwrap();
+    let expected: Vec<bool> = (0..301).map(|i| i != 7 && i != 300).collect();
+    assert_eq!(fresh, expected, "new ids are new once; the earlier one and the repeat are not");
+
+    let messages = inventory_events(120);
+    // Long trace headers, so the batch needs several statements on PostgreSQL.
+    let trace = vec![("tracestate".to_string(), "vendor=".to_string() + &"x".repeat(300))];
+    let mut all = Vec::new();
+    for m in &messages {
+        all.push(outgoing(&kit.codec, &kit.topics, m, &trace).await.unwrap());
+    }
+    let mut tx = conn.begin().await.unwrap();
+    let rows = write_all_to_outbox(&mut Conn::Sqlx(&mut tx), all, None).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(conn);
+    assert_eq!(rows.len(), 120);
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids ascend in the batch's order");
+
+    let relay = kit.relay(1000);
+    assert_eq!(relay.publish_burst().await.expect("publish"), 120);
+    let records = kit.read(TopicKind::InventoryEvents, 120).await;
+    let published: Vec<String> = records.iter().filter_map(|r| header(r, "message_id")).collect();
+    assert_eq!(published, ids(&messages), "published in the batch's order");
+    assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+    assert!(records.iter().all(|r| header(r, "tracestate").is_some_and(|v| v.len() == 307)), "headers travel whole");
 }
