@@ -75,6 +75,19 @@ pub struct Options {
     /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
     #[arg(long)]
     pub tansu: Option<PathBuf>,
+    /// Availability: fail (exit 1) when more than this percentage of sagas ended otherwise than
+    /// their order was built for (an order that should have been approved compensated by a
+    /// deadline, say), even with no violation. A system that stays consistent but compensates
+    /// what it stalled on is not available.
+    #[arg(long, default_value_t = 5.0, value_parser = percentage)]
+    pub max_unintended_pct: f64,
+}
+
+fn percentage(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a percentage from 0 to 100, found {text:?}")),
+    }
 }
 
 /// What a run found.
@@ -98,9 +111,33 @@ pub struct Report {
     pub poison: usize,
     /// The checker's verdict.
     pub verdict: Verdict,
+    /// `--max-unintended-pct`.
+    pub max_unintended_pct: f64,
 }
 
 impl Report {
+    /// Sagas that ended otherwise than intended, in percent of those placed.
+    pub fn unintended_pct(&self) -> f64 {
+        100.0 * self.verdict.unexpected_outcomes.len() as f64 / self.sagas.max(1) as f64
+    }
+
+    /// Why the run fails, if it does: violations, or too many sagas that ended otherwise than
+    /// intended.
+    pub fn failure(&self) -> Option<String> {
+        if !self.verdict.violations.is_empty() {
+            return Some(format!("{} violation(s)", self.verdict.violations.len()));
+        }
+        let pct = self.unintended_pct();
+        (pct > self.max_unintended_pct).then(|| {
+            format!(
+                "not available enough: {} of {} sagas ({pct:.1}%) ended otherwise than intended, more than --max-unintended-pct {}",
+                self.verdict.unexpected_outcomes.len(),
+                self.sagas,
+                self.max_unintended_pct
+            )
+        })
+    }
+
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
@@ -372,6 +409,7 @@ async fn body(
         duplicates: i.duplicates.load(Ordering::Relaxed),
         poison: poison.len(),
         verdict,
+        max_unintended_pct: opts.max_unintended_pct,
     })
 }
 
@@ -514,4 +552,39 @@ fn postgres_version() -> anyhow::Result<String> {
         .collect();
     versions.sort();
     versions.into_iter().next().context("no cluster under /etc/postgresql")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(unintended: usize, violations: usize) -> Report {
+        let verdict = Verdict {
+            completed: 100 - unintended,
+            compensated: unintended,
+            unexpected_outcomes: (0..unintended).map(|i| format!("order {i}: compensated, meant to be approved")).collect(),
+            violations: (0..violations).map(|i| format!("violation {i}")).collect(),
+            ..Verdict::default()
+        };
+        Report {
+            sagas: 100,
+            kills: 0,
+            broker_restarts: 0,
+            db_restarts: 0,
+            pauses: 0,
+            recovery: Recovery::default(),
+            duplicates: 0,
+            poison: 0,
+            verdict,
+            max_unintended_pct: 5.0,
+        }
+    }
+
+    #[test]
+    fn a_run_fails_on_a_violation_or_on_more_unintended_outcomes_than_allowed() {
+        assert_eq!(report(5, 0).failure(), None, "5 of 100 is within 5%");
+        let why = report(6, 0).failure().expect("6 of 100 is not");
+        assert!(why.contains("6 of 100 sagas (6.0%)") && why.contains("--max-unintended-pct 5"), "{why}");
+        assert_eq!(report(0, 2).failure().as_deref(), Some("2 violation(s)"));
+    }
 }
