@@ -50,6 +50,8 @@ pub struct Injected {
     pub db_restarts: AtomicUsize,
     /// Services paused past their session timeout.
     pub pauses: AtomicUsize,
+    /// Services cut off from PostgreSQL.
+    pub db_partitions: AtomicUsize,
     /// Records re-published.
     pub duplicates: AtomicUsize,
     /// The poison records.
@@ -87,6 +89,8 @@ pub struct Injector {
     pub injected: Injected,
     /// Each service's binary and its HTTP port (`/metrics`), to time recoveries.
     pub service_ports: Vec<(&'static str, u16)>,
+    /// Each service's binary and the relay between it and PostgreSQL.
+    pub db_links: Vec<(&'static str, super::proxy::Proxy)>,
 }
 
 impl Injector {
@@ -139,6 +143,20 @@ impl Injector {
             Fault::DbRestart => {
                 self.restart_postgres().await?;
                 self.injected.db_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Fault::DbPartition { target, cut } => {
+                let link = self.db_links.iter().find(|(name, _)| name == target).map(|(_, link)| link);
+                let link = link.with_context(|| format!("no link between {target} and PostgreSQL"))?;
+                link.cut(true);
+                tokio::time::sleep(*cut).await;
+                let port = self.port_of(target);
+                let before = match port {
+                    Some(port) => consumed(port).await.unwrap_or(0.0),
+                    None => 0.0,
+                };
+                link.cut(false);
+                self.injected.db_partitions.fetch_add(1, Ordering::Relaxed);
+                self.time_recovery(target, before, "partition from postgresql").await;
             }
             Fault::Duplicates { count } => self.duplicate(index, *count).await?,
             Fault::Poison { records } => self.poison(index, records).await?,

@@ -43,6 +43,10 @@ pub struct Options {
     /// member that wakes with a batch in hand.
     #[arg(long, default_value_t = 0)]
     pub pauses: usize,
+    /// Network partitions of 30 s between a service and PostgreSQL (through a TCP relay the
+    /// harness cuts: connections stay open and carry nothing), then healed.
+    #[arg(long, default_value_t = 0)]
+    pub db_partitions: usize,
     /// Consumed records to publish again [default: a quarter of --sagas, at least 10].
     #[arg(long)]
     pub duplicates: Option<usize>,
@@ -102,6 +106,8 @@ pub struct Report {
     pub db_restarts: usize,
     /// Services paused past their session timeout.
     pub pauses: usize,
+    /// Services cut off from PostgreSQL for 30 s.
+    pub db_partitions: usize,
     /// After kills and pauses of services: milliseconds from the process being back to its first
     /// record consumed (p50, max), and how many consumed nothing within the limit.
     pub recovery: Recovery,
@@ -141,13 +147,14 @@ impl Report {
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
-            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} duplicates={} poison={} completed={} compensated={} unintended={} \
+            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} db_partitions={} duplicates={} poison={} completed={} compensated={} unintended={} \
              recovery_p50_ms={} recovery_max_ms={} not_recovered={} stuck={} parked={} violations={}",
             self.sagas,
             self.kills,
             self.broker_restarts,
             self.db_restarts,
             self.pauses,
+            self.db_partitions,
             self.duplicates,
             self.poison,
             self.verdict.completed,
@@ -213,11 +220,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
     }
 
+    // The services reach PostgreSQL through relays the harness can cut (network partitions); the
+    // harness itself (seeding, the checker) connects directly.
+    let mut db_links = Vec::new();
+    let mut service_db_urls = BTreeMap::new();
+    for s in SERVICES {
+        let (url, link) = linked(&db_urls[s]).await?;
+        service_db_urls.insert(s, url);
+        db_links.push((crate::procs::service_binary(s), link));
+    }
     let ports = Ports { broker: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
     let prefix = "chaos".to_string();
-    let specs = specs(&dir, &bins, &tansu, &ports, &db_urls, &prefix, opts.static_membership);
+    let specs = specs(&dir, &bins, &tansu, &ports, &service_db_urls, &prefix, opts.static_membership);
     let cluster = Arc::new(Cluster::new(dir.clone(), specs));
-    let body = body(&opts, &cluster, &ports, &db_urls, &prefix, &pg_version, &dir, started);
+    let body = body(&opts, &cluster, &ports, &db_urls, db_links, &prefix, &pg_version, &dir, started);
     let result = tokio::select! {
         r = body => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -244,6 +260,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     result
 }
 
+/// A relay to the PostgreSQL server of `url`, and `url` through it.
+async fn linked(url: &str) -> anyhow::Result<(String, super::proxy::Proxy)> {
+    let (scheme, rest) = url.split_once("://").with_context(|| format!("not a URL: {}", saga_store::redact_url(url)))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host_port) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let host_port = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:5432") };
+    let upstream = tokio::net::lookup_host(&host_port).await?.next().with_context(|| format!("{host_port} resolves to nothing"))?;
+    let link = super::proxy::Proxy::start(upstream).await?;
+    let user = if user.is_empty() { String::new() } else { format!("{user}@") };
+    Ok((format!("{scheme}://{user}127.0.0.1:{}/{path}", link.port), link))
+}
+
 struct Ports {
     broker: u16,
     registry: u16,
@@ -256,6 +284,7 @@ async fn body(
     cluster: &Arc<Cluster>,
     ports: &Ports,
     db_urls: &BTreeMap<&str, String>,
+    db_links: Vec<(&'static str, super::proxy::Proxy)>,
     prefix: &str,
     pg_version: &str,
     dir: &Path,
@@ -288,6 +317,7 @@ async fn body(
         broker_restarts: opts.broker_restarts,
         db_restarts: opts.db_restarts,
         pauses: opts.pauses,
+        db_partitions: opts.db_partitions,
         duplicates: opts.duplicates.unwrap_or((opts.sagas / 4).max(10)),
         poison: opts.poison.unwrap_or((opts.sagas / 40).max(8)),
     };
@@ -309,6 +339,7 @@ async fn body(
         run_dir: dir.to_path_buf(),
         injected: Default::default(),
         service_ports: SERVICES.iter().map(|s| crate::procs::service_binary(s)).zip(ports.http).collect(),
+        db_links,
     });
 
     let orders = load::orders(&format!("chaos{}", opts.seed), opts.sagas);
@@ -405,6 +436,7 @@ async fn body(
         broker_restarts: i.broker_restarts.load(Ordering::Relaxed),
         db_restarts: i.db_restarts.load(Ordering::Relaxed),
         pauses: i.pauses.load(Ordering::Relaxed),
+        db_partitions: i.db_partitions.load(Ordering::Relaxed),
         recovery,
         duplicates: i.duplicates.load(Ordering::Relaxed),
         poison: poison.len(),
@@ -572,6 +604,7 @@ mod tests {
             broker_restarts: 0,
             db_restarts: 0,
             pauses: 0,
+            db_partitions: 0,
             recovery: Recovery::default(),
             duplicates: 0,
             poison: 0,

@@ -46,6 +46,9 @@ impl Rng {
 /// The processes a kill can hit.
 pub const KILLABLE: [&str; 5] = ["saga-registry", "saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"];
 
+/// How long a partition between a service and PostgreSQL lasts.
+pub const DB_PARTITION: Duration = Duration::from_secs(30);
+
 /// The processes a pause can hit: the services, which hold consumer-group memberships.
 pub const PAUSABLE: [&str; 4] = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"];
 
@@ -80,6 +83,9 @@ pub enum Fault {
     Pause { target: &'static str, paused: Duration },
     /// `pg_ctlcluster … restart` of the PostgreSQL server.
     DbRestart,
+    /// A network partition between a service and PostgreSQL for `cut`, then healed: its
+    /// connections carry nothing meanwhile, with no error.
+    DbPartition { target: &'static str, cut: Duration },
     /// Re-publish `count` already-consumed records of the command and event topics.
     Duplicates { count: usize },
     /// Publish poison records: (index of the consumed topic in `TopicKind::ALL`, kind).
@@ -93,6 +99,7 @@ impl fmt::Display for Fault {
             Fault::BrokerRestart { down } => write!(f, "kill -9 broker, restart after {} ms", down.as_millis()),
             Fault::Pause { target, paused } => write!(f, "SIGSTOP {target} for {} ms, then SIGCONT", paused.as_millis()),
             Fault::DbRestart => write!(f, "restart postgresql"),
+            Fault::DbPartition { target, cut } => write!(f, "cut {target} off from postgresql for {} ms, then heal", cut.as_millis()),
             Fault::Duplicates { count } => write!(f, "re-publish {count} consumed records"),
             Fault::Poison { records } => {
                 write!(f, "publish {} poison records:", records.len())?;
@@ -125,6 +132,8 @@ pub struct Amounts {
     pub db_restarts: usize,
     /// Services paused past their session timeout.
     pub pauses: usize,
+    /// Services cut off from PostgreSQL for 30 s.
+    pub db_partitions: usize,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records.
@@ -164,6 +173,16 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         let paused = Duration::from_millis(11_000 + rng.below(5_000));
         out.push(Planned { at: at(&mut rng, 0.0, 1.0), fault: Fault::Pause { target: pausable[i % pausable.len()], paused } });
     }
+    // Each partition gets its own slice of the window, a service at a time; drawn from a stream
+    // of its own, so the other faults of a seed stay where they were.
+    let mut prng = Rng::new(seed, 2);
+    let mut partitionable = PAUSABLE;
+    prng.shuffle(&mut partitionable);
+    for i in 0..amounts.db_partitions {
+        let n = amounts.db_partitions as f64;
+        let fault = Fault::DbPartition { target: partitionable[i % partitionable.len()], cut: DB_PARTITION };
+        out.push(Planned { at: at(&mut prng, (i as f64 + 0.1) / n, (i as f64 + 0.5) / n), fault });
+    }
     for count in split(amounts.duplicates, 25) {
         out.push(Planned { at: at(&mut rng, 0.1, 1.0), fault: Fault::Duplicates { count } });
     }
@@ -189,7 +208,7 @@ mod tests {
     use super::*;
 
     fn amounts() -> Amounts {
-        Amounts { kills: 12, broker_restarts: 2, db_restarts: 2, pauses: 3, duplicates: 120, poison: 23 }
+        Amounts { kills: 12, broker_restarts: 2, db_restarts: 2, pauses: 3, db_partitions: 2, duplicates: 120, poison: 23 }
     }
 
     #[test]
@@ -208,6 +227,7 @@ mod tests {
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::BrokerRestart { .. }))), 2);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::DbRestart))), 2);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::Pause { paused, .. } if *paused > Duration::from_secs(10)))), 3);
+        assert_eq!(count(&|f| usize::from(matches!(f, Fault::DbPartition { cut, .. } if *cut == DB_PARTITION))), 2);
         assert_eq!(count(&|f| if let Fault::Duplicates { count } = f { *count } else { 0 }), 120);
         assert_eq!(count(&|f| if let Fault::Poison { records } = f { records.len() } else { 0 }), 23);
         assert!(p.windows(2).all(|w| w[0].at <= w[1].at));
