@@ -14,7 +14,8 @@ use tokio::sync::watch;
 pub struct Proxy {
     /// Where clients connect.
     pub port: u16,
-    cut: watch::Sender<bool>,
+    /// Cuts in force: the link carries nothing while any is (two partitions may overlap).
+    cut: watch::Sender<u32>,
 }
 
 impl Proxy {
@@ -22,11 +23,18 @@ impl Proxy {
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let (cut, _) = watch::channel(false);
+        let (cut, _) = watch::channel(0u32);
         let state = cut.subscribe();
         tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let inbound = match listener.accept().await {
+                    Ok((inbound, _)) => inbound,
+                    Err(_) => {
+                        // Out of descriptors, say: try again shortly rather than spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(upstream).await else { return };
@@ -40,30 +48,37 @@ impl Proxy {
         Ok(Proxy { port, cut })
     }
 
-    /// Cuts the link (`true`) or heals it.
+    /// Cuts the link (`true`), or ends one cut (`false`): it heals when every cut has ended.
     pub fn cut(&self, on: bool) {
-        self.cut.send_replace(on);
+        self.cut.send_modify(|cuts| *cuts = if on { *cuts + 1 } else { cuts.saturating_sub(1) });
     }
 }
 
-/// Copies `from` to `to`, holding what it read while the link is cut.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut cut: watch::Receiver<bool>) {
+/// Copies `from` to `to`, holding what it read, and a close, while the link is cut: the other
+/// side learns nothing until it heals (a server keeps a transaction open, with its locks, as
+/// behind a dead link).
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut cut: watch::Receiver<u32>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        while *cut.borrow_and_update() {
-            if cut.changed().await.is_err() {
-                return;
-            }
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if !healed(&mut cut).await {
+            return;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Waits until no cut is in force; false when the proxy is gone.
+async fn healed(cut: &mut watch::Receiver<u32>) -> bool {
+    while *cut.borrow_and_update() > 0 {
+        if cut.changed().await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -84,10 +99,14 @@ mod tests {
         let proxy = Proxy::start(upstream).await.unwrap();
         let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
         proxy.cut(true);
+        proxy.cut(true);
         client.write_all(b"hello").await.unwrap();
         let mut echo = [0u8; 5];
         let waited = tokio::time::timeout(Duration::from_millis(300), client.read_exact(&mut echo)).await;
         assert!(waited.is_err(), "nothing comes back through a cut link");
+        proxy.cut(false);
+        let waited = tokio::time::timeout(Duration::from_millis(300), client.read_exact(&mut echo)).await;
+        assert!(waited.is_err(), "one of two overlapping cuts ended: still cut");
         proxy.cut(false);
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut echo)).await.expect("healed").unwrap();
         assert_eq!(&echo, b"hello");

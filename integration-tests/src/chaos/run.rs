@@ -220,14 +220,16 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
     }
 
-    // The services reach PostgreSQL through relays the harness can cut (network partitions); the
-    // harness itself (seeding, the checker) connects directly.
+    // With --db-partitions, the services reach PostgreSQL through relays the harness can cut; the
+    // harness itself (seeding, the checker) connects directly. Without, nothing stands between.
     let mut db_links = Vec::new();
-    let mut service_db_urls = BTreeMap::new();
-    for s in SERVICES {
-        let (url, link) = linked(&db_urls[s]).await?;
-        service_db_urls.insert(s, url);
-        db_links.push((crate::procs::service_binary(s), link));
+    let mut service_db_urls = db_urls.clone();
+    if opts.db_partitions > 0 {
+        for s in SERVICES {
+            let (url, link) = linked(&db_urls[s]).await?;
+            service_db_urls.insert(s, url);
+            db_links.push((crate::procs::service_binary(s), link));
+        }
     }
     let ports = Ports { broker: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
     let prefix = "chaos".to_string();
@@ -239,7 +241,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     cluster.stop_all().await;
-    let failed = result.as_ref().map_or(true, |r| !r.verdict.violations.is_empty());
+    let failed = result.as_ref().map_or(true, |r| r.failure().is_some());
     if opts.keep {
         println!("kept databases {} and {}", db_urls.values().map(|u| saga_store::redact_url(u)).collect::<Vec<_>>().join(", "), dir.display());
     } else {

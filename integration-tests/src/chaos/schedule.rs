@@ -173,8 +173,9 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         let paused = Duration::from_millis(11_000 + rng.below(5_000));
         out.push(Planned { at: at(&mut rng, 0.0, 1.0), fault: Fault::Pause { target: pausable[i % pausable.len()], paused } });
     }
-    // Each partition gets its own slice of the window, a service at a time; drawn from a stream
-    // of its own, so the other faults of a seed stay where they were.
+    // Each partition gets its own slice of the window (they may overlap when the window is short:
+    // a link stays cut until each of its cuts has ended); drawn from a stream of its own, so the
+    // other faults of a seed stay where they were.
     let mut prng = Rng::new(seed, 2);
     let mut partitionable = PAUSABLE;
     prng.shuffle(&mut partitionable);

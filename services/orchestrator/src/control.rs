@@ -176,14 +176,14 @@ pub struct RedrivePlan {
 
 /// An operator's redrive of dead letter `reference` (`topic/partition/offset`) of `saga_id`, by
 /// the same rules as `sagactl dlt redrive` ([`saga_runtime::dlt::record::DeadLetterRecord::redrive`]):
-/// the plan, or why not (the saga ended, no such dead letter kept, already redriven, at the
-/// limit). With `who`, the dead letter is marked redriven and the saga log records who asked, in
+/// the plan, or why not (the saga is not PARKED, no such dead letter kept, already redriven, at
+/// the limit). With `who`, the dead letter is marked redriven and the saga log records who asked, in
 /// the caller's transaction; the caller writes [`RedrivePlan::record`] to the outbox in it.
 pub async fn redrive(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, reference: &str, who: Option<&str>) -> Result<RedrivePlan, OperatorError> {
     let refused = |reason: String| OperatorError::Refused { saga_id: saga_id.into(), reason };
     let before = load_for_operator(conn, saga_id).await?;
-    if before.state.status.is_terminal() {
-        return Err(refused(format!("the saga already ended {}: its dead letters are not redriven", before.state.status.as_str())));
+    if before.state.status != saga::Status::Parked {
+        return Err(refused(format!("the saga is {}, not PARKED: only a parked saga's dead letters are redriven from here", before.state.status.as_str())));
     }
     let kept = store::dead_letters(conn, saga_id).await?;
     let letter = kept

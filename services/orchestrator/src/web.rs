@@ -253,8 +253,8 @@ async fn show(State(View { db, links, .. }): State<View>, Path(id): Path<String>
         Ok(k) => k,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("saga database: {e}")),
     };
-    let terminal = saga.state.status.is_terminal();
-    let dead_letters: Vec<DeadLetterView> = kept.iter().map(|k| DeadLetterView::of(k, terminal)).collect();
+    let parked = saga.state.status == Status::Parked;
+    let dead_letters: Vec<DeadLetterView> = kept.iter().map(|k| DeadLetterView::of(k, parked)).collect();
     let mut previous = None;
     let timeline: Vec<TimelineEntry> = log
         .into_iter()
@@ -308,10 +308,10 @@ struct DeadLetterView {
 }
 
 impl DeadLetterView {
-    fn of(k: &store::KeptDeadLetter, saga_ended: bool) -> DeadLetterView {
+    fn of(k: &store::KeptDeadLetter, saga_parked: bool) -> DeadLetterView {
         let r = &k.record;
-        let not_redrivable = if saga_ended {
-            Some("the saga has ended".to_string())
+        let not_redrivable = if !saga_parked {
+            Some("the saga is not parked".to_string())
         } else if k.redriven.is_some() {
             Some("already redriven".to_string())
         } else {

@@ -23,7 +23,7 @@ saga_store::backend_tests!(
     a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried,
     a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it,
     abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
-    a_kept_dead_letter_is_redriven_once_by_the_dlt_rules_and_not_after_the_saga_ended,
+    a_kept_dead_letter_of_a_parked_saga_is_redriven_once_by_the_dlt_rules,
 );
 
 /// Deadlines of 1 ms; new sagas start on definition v1 (the scenarios follow its steps).
@@ -197,7 +197,7 @@ async fn redrive(db: &Db, reference: &str, who: Option<&str>) -> Result<control:
     plan
 }
 
-async fn a_kept_dead_letter_is_redriven_once_by_the_dlt_rules_and_not_after_the_saga_ended(test_db: TestDb) {
+async fn a_kept_dead_letter_of_a_parked_saga_is_redriven_once_by_the_dlt_rules(test_db: TestDb) {
     let (db, _) = started(&test_db).await;
     on_dead_letter(db, &dead_letter("o1", 7)).await;
     on_dead_letter(db, &dead_letter("o1", 7)).await;
@@ -240,5 +240,5 @@ async fn a_kept_dead_letter_is_redriven_once_by_the_dlt_rules_and_not_after_the_
     feed(db, &order_rejected(&reject[0])).await;
     assert_eq!(saga(db, "o1").await.0, Status::Compensated);
     let late = redrive(db, "saga.inventory.commands.dlt/2/10", None).await.unwrap_err().to_string();
-    assert!(late.contains("already ended COMPENSATED"), "{late}");
+    assert!(late.contains("the saga is COMPENSATED, not PARKED"), "{late}");
 }

@@ -468,6 +468,9 @@ async fn a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order(test_db: Te
     let fresh = record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &batch).await.unwrap();
     let expected: Vec<bool> = (0..301).map(|i| i != 7 && i != 300).collect();
     assert_eq!(fresh, expected, "new ids are new once; the earlier one and the repeat are not");
+    // A repeat within one statement.
+    let small = [entry("x-1"), entry("x-2"), entry("x-1")];
+    assert_eq!(record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &small).await.unwrap(), vec![true, true, false]);
 
     let messages = inventory_events(120);
     // Long trace headers, so the batch needs several statements on PostgreSQL.
