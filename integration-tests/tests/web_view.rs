@@ -27,23 +27,28 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// Headless, and what this machine's closed network needs (no background connections).
+const HEADLESS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// Chromium, headless, with the flags this machine's closed network needs, on a fresh profile.
 fn headless(profile: &std::path::Path) -> Command {
     let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        // Let the page's fetches finish before the DOM is dumped or the screenshot taken.
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd.args(HEADLESS)
+        .args([
+            "--hide-scrollbars",
+            // Let the page's fetches finish before the DOM is dumped or the screenshot taken.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
     cmd
 }
 
@@ -277,18 +282,8 @@ impl ChromeDriver {
     /// A headless Chromium session, with the flags this machine's closed network needs.
     async fn session(&self, profile: &std::path::Path) -> fantoccini::Client {
         let mut caps = serde_json::Map::new();
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,1000",
-        ];
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<String> = HEADLESS.iter().map(|a| a.to_string()).collect();
+        args.push("--window-size=1280,1000".into());
         args.push(format!("--user-data-dir={}", profile.display()));
         caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": chromium(), "args": args }));
         fantoccini::ClientBuilder::native().capabilities(caps).connect(&format!("http://127.0.0.1:{}", self.port)).await.expect("a WebDriver session")
