@@ -186,18 +186,16 @@ pub async fn redrive(orch: &Orchestrator, conn: &mut Conn<'_>, saga_id: &str, re
         return Err(refused(format!("the saga is {}, not PARKED: only a parked saga's dead letters are redriven from here", before.state.status.as_str())));
     }
     let kept = store::dead_letters(conn, saga_id).await?;
-    let letter = kept
-        .into_iter()
-        .find(|k| format!("{}/{}/{}", k.record.dlt_topic, k.record.partition, k.record.offset) == reference)
-        .ok_or_else(|| refused(format!("no dead letter {reference} is kept for this saga")))?;
+    let letter =
+        kept.into_iter().find(|k| k.record.reference() == reference).ok_or_else(|| refused(format!("no dead letter {reference} is kept for this saga")))?;
     if let Some((at, by)) = &letter.redriven {
         return Err(refused(format!("dead letter {reference} was already redriven at {} by {by}", saga_runtime::dlt::record::format_ms(*at))));
     }
     let plan = letter.record.redrive(MAX_REDRIVES).map_err(|e| refused(format!("dead letter {reference}: {e}")))?;
-    let text = |v: &Option<Vec<u8>>| v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let key = plan.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()).ok_or_else(|| refused(format!("dead letter {reference} has no key")))?;
-    let payload = plan.value.clone().ok_or_else(|| refused(format!("dead letter {reference} has no value")))?;
-    let headers: Vec<(String, String)> = plan.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let key = plan.key.as_deref().map(text).ok_or_else(|| refused(format!("dead letter {reference} has no key")))?;
+    let payload = plan.value.ok_or_else(|| refused(format!("dead letter {reference} has no value")))?;
+    let headers: Vec<(String, String)> = plan.headers.into_iter().map(|(k, v)| (k, v.as_deref().map(text).unwrap_or_default())).collect();
     let message_id = headers.iter().find(|(k, _)| k == "message_id").map_or_else(|| reference.to_string(), |(_, v)| v.clone());
     if let Some(who) = who {
         if !store::mark_redriven(conn, &letter.record.dlt_topic, letter.record.partition, letter.record.offset, who).await? {

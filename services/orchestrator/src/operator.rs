@@ -88,20 +88,31 @@ impl Operator {
         plan(&self.orchestrator, db, saga_id).await
     }
 
-    /// Retry (`abort_reason` none) or abort, and the outbox rows, in one transaction; tried again
-    /// (up to five times) when the database was busy or another writer moved the saga first,
-    /// since the orchestrator keeps writing while an operator acts.
+    /// Retry (`abort_reason` none) or abort, and the outbox rows, in one transaction.
     async fn act(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>, who: &str) -> Result<Acted, OperatorError> {
-        let mut attempt = 1;
-        loop {
-            match self.act_once(db, saga_id, abort_reason, who).await {
-                Err(e) if attempt < 5 && is_contention(&e) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+        retrying(|| self.act_once(db, saga_id, abort_reason, who)).await
+    }
+
+    /// Sends dead letter `reference` (`topic/partition/offset`) of `saga_id` back to its original
+    /// topic through the orchestrator's outbox, by `sagactl dlt redrive`'s rules (see
+    /// [`control::redrive`]); `who` asked. With `dry_run`, says what it would send and changes
+    /// nothing.
+    pub async fn redrive(&self, db: &Db, saga_id: &str, reference: &str, who: &str, dry_run: bool) -> Result<Redriven, OperatorError> {
+        if dry_run {
+            let mut conn = db.pool().acquire().await?;
+            let plan = control::redrive(&self.orchestrator, &mut saga_store::Conn::Sqlx(&mut conn), saga_id, reference, None).await?;
+            return Ok(Redriven::of(saga_id, plan, true));
         }
+        retrying(|| async {
+            let mut conn = db.pool().acquire().await?;
+            let mut tx = conn.begin().await?;
+            let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
+            let plan = control::redrive(&self.orchestrator, &mut db_tx, saga_id, reference, Some(who)).await?;
+            saga_runtime::outbox::write_record_to_outbox(&mut db_tx, plan.record.clone(), &plan.message_id, "redrive", None).await?;
+            tx.commit().await?;
+            Ok(Redriven::of(saga_id, plan, false))
+        })
+        .await
     }
 
     async fn act_once(&self, db: &Db, saga_id: &str, abort_reason: Option<&str>, who: &str) -> Result<Acted, OperatorError> {
@@ -132,39 +143,6 @@ impl Operator {
             position: after.state.position.encode(),
             sent,
         })
-    }
-}
-
-impl Operator {
-    /// Sends dead letter `reference` (`topic/partition/offset`) of `saga_id` back to its original
-    /// topic through the orchestrator's outbox, by `sagactl dlt redrive`'s rules (see
-    /// [`control::redrive`]); `who` asked. With `dry_run`, says what it would send and changes
-    /// nothing.
-    pub async fn redrive(&self, db: &Db, saga_id: &str, reference: &str, who: &str, dry_run: bool) -> Result<Redriven, OperatorError> {
-        if dry_run {
-            let mut conn = db.pool().acquire().await?;
-            let plan = control::redrive(&self.orchestrator, &mut saga_store::Conn::Sqlx(&mut conn), saga_id, reference, None).await?;
-            return Ok(Redriven::of(saga_id, plan, true));
-        }
-        let mut attempt = 1;
-        loop {
-            let once = async {
-                let mut conn = db.pool().acquire().await?;
-                let mut tx = conn.begin().await?;
-                let mut db_tx = saga_store::Conn::Sqlx(&mut tx);
-                let plan = control::redrive(&self.orchestrator, &mut db_tx, saga_id, reference, Some(who)).await?;
-                saga_runtime::outbox::write_record_to_outbox(&mut db_tx, plan.record.clone(), &plan.message_id, "redrive", None).await?;
-                tx.commit().await?;
-                Ok(Redriven::of(saga_id, plan, false))
-            };
-            match once.await {
-                Err(e) if attempt < 5 && is_contention(&e) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
     }
 }
 
@@ -206,6 +184,25 @@ pub async fn plan(orchestrator: &Orchestrator, db: &Db, saga_id: &str) -> Result
     let mut conn = db.pool().acquire().await?;
     let plan = control::abort_plan(orchestrator, &mut saga_store::Conn::Sqlx(&mut conn), saga_id).await?;
     Ok(plan.into_iter().map(|(c, key): (Command, String)| Planned { command: format!("{:?}", c.action), phase: c.phase.as_str(), step: c.step, key }).collect())
+}
+
+/// Runs `once` (an operator's transaction), again up to four times when the database was busy or
+/// another writer moved the saga first, since the orchestrator keeps writing while an operator acts.
+async fn retrying<T, F, Fut>(mut once: F) -> Result<T, OperatorError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OperatorError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match once().await {
+            Err(e) if attempt < 5 && is_contention(&e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// True when `e` says the database was busy or another writer won a conflict: the same action

@@ -318,7 +318,7 @@ impl DeadLetterView {
             r.redrive(crate::control::MAX_REDRIVES).err().map(|e| e.to_string())
         };
         DeadLetterView {
-            reference: format!("{}/{}/{}", r.dlt_topic, r.partition, r.offset),
+            reference: r.reference(),
             original_topic: r.original_topic(),
             error_class: r.error_class().map(str::to_string),
             error_message: r.error_message().map(str::to_string),

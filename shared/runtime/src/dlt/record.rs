@@ -62,6 +62,12 @@ impl DeadLetterRecord {
         }
     }
 
+    /// `topic/partition/offset` of the dead letter: how a saga's log and the saga view name it
+    /// (as [`crate::handler::DeadLetterSeen::reference`]).
+    pub fn reference(&self) -> String {
+        format!("{}/{}/{}", self.dlt_topic, self.partition, self.offset)
+    }
+
     /// `topic/partition@offset` of the dead letter.
     pub fn location(&self) -> String {
         format!("{}/{}@{}", self.dlt_topic, self.partition, self.offset)
