@@ -88,7 +88,7 @@ impl Handler for Orchestrator {
     async fn handle(&self, conn: &mut Conn<'_>, incoming: &Incoming, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         let message = &incoming.message;
         if let Message::OrderCreated(created) = message {
-            return self.start(conn, created, notes).await;
+            return self.start(conn, created, incoming.partition, notes).await;
         }
         let Some((reply, reason)) = reply_of(message) else {
             return Err(HandleError::Reject(format!("{} is not an event the orchestrator handles", message.short_name())));
@@ -110,8 +110,8 @@ impl Deadlines for Orchestrator {
         self.timer_interval
     }
 
-    async fn due(&self, db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<saga_runtime::timers::Due>, sqlx::Error> {
-        let due = store::due(db, now_ms, limit).await?;
+    async fn due(&self, db: &saga_store::Db, cutoffs: &saga_runtime::timers::Cutoffs, limit: i64) -> Result<Vec<saga_runtime::timers::Due>, sqlx::Error> {
+        let due = store::due(db, cutoffs, limit).await?;
         Ok(due.into_iter().map(|(id, trace_parent)| saga_runtime::timers::Due { id, trace_parent }).collect())
     }
 
@@ -214,7 +214,7 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
-    async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
+    async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated, partition: i32, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         let saga_id = created.order_id.clone();
         if store::load(conn, &saga_id).await?.is_some() {
             let why = "a saga for this order already exists";
@@ -242,6 +242,7 @@ impl Orchestrator {
             version: 1,
             trace_parent: saga_runtime::telemetry::current_traceparent(),
             deadline_at_ms: None,
+            kafka_partition: Some(partition),
         };
         let record = SagaRecord { deadline_at_ms: self.deadline_at(definition, &record.saga_id, &transition.state), ..record };
         store::insert(conn, &record).await?;

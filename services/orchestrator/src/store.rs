@@ -1,6 +1,7 @@
 //! The saga log: the `sagas` table (current state) and `saga_log` (every transition).
 
 use saga_contracts::OrderLine;
+use saga_runtime::timers::Cutoffs;
 use saga_store::{args, Conn, Row};
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
@@ -48,6 +49,9 @@ pub struct SagaRecord {
     /// When the awaited reply times out, ms since epoch; `None` when nothing is awaited on a
     /// deadline.
     pub deadline_at_ms: Option<i64>,
+    /// The partition number of the record that started the saga (its replies come on the same
+    /// number); `None` for sagas started before it was kept.
+    pub kafka_partition: Option<i32>,
 }
 
 impl SagaRecord {
@@ -95,7 +99,7 @@ pub struct LogEntry {
 macro_rules! select_saga {
     () => {
         "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
-         correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason FROM sagas"
+         correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition FROM sagas"
     };
 }
 const LOAD_SAGA: &str = concat!(select_saga!(), " WHERE saga_id = $1");
@@ -122,6 +126,7 @@ fn to_record(r: Row) -> Result<SagaRecord, sqlx::Error> {
         version: r.get("version")?,
         trace_parent: r.get("trace_parent")?,
         deadline_at_ms: r.get("deadline_at_ms")?,
+        kafka_partition: r.get::<Option<i64>>("kafka_partition")?.map(i32::try_from).transpose().map_err(|e| corrupt(format!("saga partition: {e}")))?,
     })
 }
 
@@ -135,8 +140,8 @@ pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<(), sqlx::
     let position = saga.state.position.encode();
     let data = serde_json::to_string(&saga.data).expect("saga data always serializes");
     conn.execute(
-        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13)",
+        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13, $14)",
         args![
             &saga.saga_id,
             &saga.saga_type,
@@ -151,6 +156,7 @@ pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<(), sqlx::
             saga.trace_parent.as_deref(),
             saga.deadline_at_ms,
             saga.state.blocked.as_deref(),
+            saga.kafka_partition.map(i64::from),
         ],
     )
     .await?;
@@ -208,12 +214,20 @@ pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) ->
 }
 
 /// Sagas whose deadline passed at `now_ms`, earliest first, with their trace context.
-pub async fn due(db: &saga_store::Db, now_ms: i64, limit: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT saga_id, trace_parent FROM sagas WHERE deadline_at_ms <= $1 ORDER BY deadline_at_ms LIMIT $2")
-        .bind(now_ms)
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?;
+pub async fn due(db: &saga_store::Db, cutoffs: &Cutoffs, limit: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    // Each owned partition up to its own cutoff; a saga of unknown partition up to the earliest.
+    let latest = cutoffs.by_partition.iter().map(|(_, t)| *t).max().unwrap_or(cutoffs.floor);
+    let mut sql = String::from("SELECT saga_id, trace_parent FROM sagas WHERE deadline_at_ms <= $1 AND ((kafka_partition IS NULL AND deadline_at_ms <= $2)");
+    for i in 0..cutoffs.by_partition.len() {
+        sql.push_str(&format!(" OR (kafka_partition = ${} AND deadline_at_ms <= ${})", 4 + 2 * i, 5 + 2 * i));
+    }
+    sql.push_str(") ORDER BY deadline_at_ms LIMIT $3");
+    // Only placeholders are formatted in; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(latest).bind(cutoffs.floor).bind(limit);
+    for (partition, through) in &cutoffs.by_partition {
+        query = query.bind(i64::from(*partition)).bind(*through);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 

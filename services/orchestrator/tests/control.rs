@@ -10,7 +10,7 @@ use saga_orchestrator::saga::{Position, Status, Timing};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::dlt::record::DeadLetterRecord;
-use saga_runtime::timers::DeadLetterSeen;
+use saga_runtime::timers::{Cutoffs, DeadLetterSeen};
 use saga_runtime::{Deadlines, WatchesDeadLetters};
 use saga_store::testing::TestDb;
 use saga_store::{Conn, Db};
@@ -20,6 +20,7 @@ use support::*;
 saga_store::backend_tests!(
     a_step_past_its_deadline_is_compensated_by_a_fresh_orchestrator,
     a_deadline_read_before_the_saga_moved_does_nothing,
+    a_deadline_waits_until_its_partition_was_read_past_it,
     a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried,
     a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it,
     abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
@@ -37,13 +38,18 @@ async fn fire_due(db: &Db, orch: &Orchestrator) -> Vec<Message> {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let now = saga_store::now_ms();
     let mut sent = Vec::new();
-    for due in orch.due(db, now, 100).await.unwrap() {
+    for due in orch.due(db, &read_through(now), 100).await.unwrap() {
         let mut conn = db.pool().acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         sent.extend(orch.fire(&mut Conn::Sqlx(&mut tx), &due.id, now, &mut Vec::new()).await.unwrap());
         tx.commit().await.unwrap();
     }
     sent
+}
+
+/// Cutoffs of an instance that owns partition 0 (where the test sagas start) and read it through `now`.
+fn read_through(now: i64) -> Cutoffs {
+    Cutoffs { by_partition: vec![(0, now)], floor: now }
 }
 
 fn ids(messages: &[Message]) -> Vec<String> {
@@ -80,7 +86,7 @@ async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
     let (db, reserve) = started(&test_db).await;
     let orch = fast(5);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let due = orch.due(db, saga_store::now_ms(), 100).await.unwrap();
+    let due = orch.due(db, &read_through(saga_store::now_ms()), 100).await.unwrap();
     assert_eq!(due.len(), 1);
     // The reply lands between reading the deadline and firing it.
     feed(db, &stock_reserved(&reserve)).await;
@@ -91,6 +97,27 @@ async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
     tx.commit().await.unwrap();
     assert!(out.is_empty(), "a deadline that has not passed for the saga's current wait fires nothing");
     assert_eq!(saga(db, "o1").await.1, Position::Step(1));
+}
+
+async fn a_deadline_waits_until_its_partition_was_read_past_it(test_db: TestDb) {
+    let (db, _reserve) = started(&test_db).await;
+    let orch = &fast(5);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = saga_store::now_ms();
+    let saga = get_saga(db, "o1").await.unwrap().unwrap();
+    let (deadline, partition) = (saga.deadline_at_ms.unwrap(), saga.kafka_partition);
+    assert_eq!(partition, Some(0), "the saga keeps the partition of the record that started it");
+    let due = |cutoffs: Cutoffs| async move { orch.due(db, &cutoffs, 100).await.unwrap().into_iter().map(|d| d.id).collect::<Vec<_>>() };
+    // Replies written before the deadline may still be unread: it waits.
+    assert!(due(Cutoffs { by_partition: vec![(0, deadline - 1)], floor: deadline - 1 }).await.is_empty());
+    // Another instance owns partition 0: not this one's to fire, however far it read its own.
+    assert!(due(Cutoffs { by_partition: vec![(1, now)], floor: now }).await.is_empty());
+    // Partition 0 read past the deadline, even while another lags behind.
+    assert_eq!(due(Cutoffs { by_partition: vec![(0, deadline), (1, deadline - 5_000)], floor: deadline - 5_000 }).await, vec!["o1"]);
+    // A saga started before the partition was kept waits for every partition this instance owns.
+    sqlx::query("UPDATE sagas SET kafka_partition = NULL").execute(db.pool()).await.unwrap();
+    assert!(due(Cutoffs { by_partition: vec![(0, now), (1, deadline - 1)], floor: deadline - 1 }).await.is_empty());
+    assert_eq!(due(Cutoffs { by_partition: vec![(0, now), (1, deadline)], floor: deadline }).await, vec!["o1"]);
 }
 
 async fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried(test_db: TestDb) {

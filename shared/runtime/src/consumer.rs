@@ -37,6 +37,7 @@ use crate::health::Halt;
 use crate::kafka::LoggingContext;
 use crate::metrics::{Metrics, Stage};
 use crate::outbox::{self, record_all_in_inbox, write_all_to_outbox, InboxEntry, OutboxError, OutboxRow, Outgoing};
+use crate::read_through::ReadThrough;
 use crate::rejoin::{GroupWatch, CHECK_EVERY};
 use crate::relay::{Deleting, HandOff};
 
@@ -70,6 +71,8 @@ pub struct ConsumeLoop<H: Handler> {
     pub writer: Option<Writer>,
     /// Set while a fatal database error holds the loop still (`/readyz` reports it).
     pub halt: Arc<Halt>,
+    /// Told what each batch handled, so deadlines wait until the replies before them are read.
+    pub read_through: Arc<ReadThrough>,
 }
 
 /// What a batch transaction wrote to the outbox, and which of its messages were duplicates.
@@ -273,16 +276,18 @@ impl<H: Handler> ConsumeLoop<H> {
         }
 
         // 3. Everything up to here is durable: store the offsets.
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        let mut last: HashMap<(&str, i32), (i64, Option<i64>)> = HashMap::new();
         for r in &records {
-            let e = next.entry((r.topic(), r.partition())).or_insert(r.offset());
-            *e = (*e).max(r.offset());
+            let e = last.entry((r.topic(), r.partition())).or_insert((r.offset(), None));
+            e.0 = e.0.max(r.offset());
+            e.1 = e.1.max(r.timestamp().to_millis());
         }
-        for ((topic, partition), offset) in next {
+        for ((topic, partition), (offset, written_ms)) in last {
             if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
                 // The partition was revoked meanwhile; its new owner re-reads and dedupes.
                 tracing::debug!(service = H::SERVICE, topic, partition, offset, error = %e, "could not store offset");
             }
+            self.read_through.handled(topic, partition, offset, written_ms);
         }
         true
     }

@@ -14,6 +14,7 @@ use saga_store::Conn;
 
 use crate::dlt::headers;
 use crate::outbox::record_in_inbox;
+pub use crate::read_through::Cutoffs;
 
 /// A decoded record, as a handler sees it.
 #[derive(Debug, Clone)]
@@ -100,8 +101,10 @@ pub trait Deadlines: Handler {
     /// How often to look for due work.
     fn deadline_interval(&self) -> std::time::Duration;
 
-    /// Work due at `now_ms`, at most `limit` items, each with the W3C `traceparent` to run it under.
-    fn due<'a>(&'a self, db: &'a saga_store::Db, now_ms: i64, limit: i64) -> impl Future<Output = Result<Vec<Due>, sqlx::Error>> + Send + 'a;
+    /// Work due by `cutoffs` (per partition number this instance owns, the time its records were
+    /// read through: see [`crate::read_through`]), at most `limit` items, each with the W3C
+    /// `traceparent` to run it under.
+    fn due<'a>(&'a self, db: &'a saga_store::Db, cutoffs: &'a Cutoffs, limit: i64) -> impl Future<Output = Result<Vec<Due>, sqlx::Error>> + Send + 'a;
 
     /// Runs one due item in the caller's transaction (it may have been handled meanwhile: then it
     /// does nothing); returns the messages to publish, which go to the outbox in that transaction.

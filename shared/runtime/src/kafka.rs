@@ -1,6 +1,7 @@
 //! Kafka clients: configuration, topic creation, and the consumer context that routes librdkafka's
 //! events into `tracing`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -15,6 +16,7 @@ use rdkafka::ClientContext;
 
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
+use crate::read_through::ReadThrough;
 
 /// Errors at the broker boundary.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,9 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
-        // Consumer lag and client queues for /metrics.
-        .set("statistics.interval.ms", "5000");
+        // Consumer lag and client queues for /metrics; how far each partition's end is, for the
+        // deadlines (see `read_through`).
+        .set("statistics.interval.ms", crate::read_through::STATISTICS_INTERVAL.as_millis().to_string());
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }
@@ -132,12 +135,14 @@ pub struct LoggingContext {
     pub service: &'static str,
     /// Where statistics and assignments go.
     pub metrics: Option<Metrics>,
+    /// What the deadlines wait for: how far each owned partition was read (the main consumer's).
+    pub read_through: Option<Arc<ReadThrough>>,
 }
 
 impl LoggingContext {
     /// A context that only logs.
     pub fn logging(service: &'static str) -> LoggingContext {
-        LoggingContext { service, metrics: None }
+        LoggingContext { service, metrics: None, read_through: None }
     }
 }
 
@@ -145,6 +150,9 @@ impl ClientContext for LoggingContext {
     fn stats(&self, statistics: Statistics) {
         if let Some(m) = &self.metrics {
             m.observe_kafka(&statistics);
+        }
+        if let Some(r) = &self.read_through {
+            r.observe(&statistics, saga_store::now_ms());
         }
     }
 
@@ -180,6 +188,13 @@ impl ConsumerContext for LoggingContext {
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // The eager protocol (librdkafka's default) hands over the whole assignment, or takes all
         // of it back. Asking the consumer for its assignment here would deadlock while it closes.
+        if let Some(r) = &self.read_through {
+            match rebalance {
+                Rebalance::Assign(tpl) => r.assigned(&tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>()),
+                Rebalance::Revoke(_) => r.assigned(&[]),
+                Rebalance::Error(_) => {}
+            }
+        }
         if let Some(m) = &self.metrics {
             match rebalance {
                 Rebalance::Assign(tpl) => {

@@ -14,6 +14,7 @@
 //!   `/metrics` on the same listener.
 //! - [`metrics`]: the Prometheus metrics of one service instance.
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
+//! - [`read_through`]: how far each owned partition has been read, in time; deadlines wait for it.
 //! - [`timers`]: deadlines that fall due, and the dead-letter topics a handler may follow.
 //! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
@@ -33,6 +34,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
+pub mod read_through;
 pub mod rejoin;
 pub mod relay;
 pub mod service;

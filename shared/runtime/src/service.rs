@@ -19,6 +19,7 @@ use crate::dlt::DeadLetters;
 use crate::handler::{Deadlines, Handler, Observed, WatchesDeadLetters};
 use crate::kafka::{self, LoggingContext};
 use crate::metrics::Metrics;
+use crate::read_through::ReadThrough;
 use crate::relay::{HandOff, Relay};
 
 /// Why a service could not start or stopped with an error.
@@ -86,6 +87,8 @@ pub struct Service<H: Handler> {
     gauges: Option<GaugeTask>,
     /// What the handler adds to `/readyz` ([`Service::observed`]).
     details: Option<crate::health::Details>,
+    /// How far the consumer has read each partition it owns; the deadlines wait for it.
+    read_through: Arc<ReadThrough>,
     /// Tasks the capabilities add beside the consume loop (deadlines, the dead-letter watch);
     /// started once schemas are registered, stopped before the relay.
     side: Vec<(&'static str, SideTask)>,
@@ -105,6 +108,7 @@ struct Side {
     codec: Arc<Codec>,
     topics: Topics,
     outbox: Arc<HandOff>,
+    read_through: Arc<ReadThrough>,
     stop: CancellationToken,
 }
 
@@ -126,8 +130,9 @@ impl<H: Handler> Service<H> {
             kafka::create_topics(&settings.kafka, &topics.all_with_dlts()).await?;
         }
         let metrics = Metrics::new(H::SERVICE);
+        let read_through = Arc::new(ReadThrough::new(Duration::from_millis(u64::from(settings.kafka.fetch_wait_max_ms))));
         let consumer: StreamConsumer<LoggingContext> = kafka::consumer_config(&settings.kafka, &client_id)
-            .create_with_context(LoggingContext { service: H::SERVICE, metrics: Some(metrics.clone()) })
+            .create_with_context(LoggingContext { service: H::SERVICE, metrics: Some(metrics.clone()), read_through: Some(read_through.clone()) })
             .map_err(kafka::KafkaSetupError::from)?;
         let names: Vec<String> = handler.consumes().iter().map(|k| topics.name(*k)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -151,6 +156,7 @@ impl<H: Handler> Service<H> {
             routes: None,
             gauges: None,
             details: None,
+            read_through,
             side: Vec::new(),
         })
     }
@@ -172,6 +178,7 @@ impl<H: Handler> Service<H> {
                     codec: side.codec,
                     topics: side.topics,
                     outbox: side.outbox,
+                    read_through: side.read_through,
                 };
                 Box::pin(timers.run(side.stop))
             }),
@@ -333,7 +340,14 @@ impl<H: Handler> Service<H> {
         let side_stop = CancellationToken::new();
         let mut side_tasks = Vec::new();
         for (name, task) in std::mem::take(&mut self.side) {
-            let side = Side { db: self.db.clone(), codec: self.codec.clone(), topics: self.topics.clone(), outbox: handoff.clone(), stop: side_stop.clone() };
+            let side = Side {
+                db: self.db.clone(),
+                codec: self.codec.clone(),
+                topics: self.topics.clone(),
+                outbox: handoff.clone(),
+                read_through: self.read_through.clone(),
+                stop: side_stop.clone(),
+            };
             side_tasks.push(supervisor.spawn(name, &side_stop, task(side)));
         }
         // On SQLite, each batch's transaction runs on a connection in a thread of its own.
@@ -359,6 +373,7 @@ impl<H: Handler> Service<H> {
             metrics: self.metrics,
             writer,
             halt: self.halt,
+            read_through: self.read_through,
         };
         tracing::info!(service = H::SERVICE, "consuming");
         let consume_stop = CancellationToken::new();

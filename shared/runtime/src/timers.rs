@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec::Codec;
-pub use crate::handler::{DeadLetterSeen, Due};
+pub use crate::handler::{Cutoffs, DeadLetterSeen, Due};
 use crate::handler::{Deadlines, HandleError, WatchesDeadLetters};
 use crate::kafka::LoggingContext;
 use crate::outbox::{write_to_outbox, OutboxError, OutboxRow};
+use crate::read_through::ReadThrough;
 use crate::relay::HandOff;
 
 /// Everything the timer loop needs.
@@ -40,6 +41,9 @@ pub struct Timers<H: Deadlines> {
     pub outbox: Arc<HandOff>,
     /// How often to look.
     pub interval: Duration,
+    /// How far the consume loop has read each partition: a deadline fires only once the records
+    /// written before it were handled.
+    pub read_through: Arc<ReadThrough>,
 }
 
 impl<H: Deadlines> Timers<H> {
@@ -47,7 +51,12 @@ impl<H: Deadlines> Timers<H> {
     pub async fn run(self, stop: CancellationToken) {
         loop {
             let now = saga_store::now_ms();
-            match self.handler.due(&self.db, now, 200).await {
+            // Nothing fires while this instance owns no partition or has not read one through.
+            let due = match self.read_through.cutoffs(now) {
+                Some(cutoffs) => self.handler.due(&self.db, &cutoffs, 200).await,
+                None => Ok(Vec::new()),
+            };
+            match due {
                 Ok(due) => {
                     for item in due {
                         if stop.is_cancelled() {

@@ -36,7 +36,7 @@ impl Deadlines for Brittle {
         Duration::from_millis(50)
     }
 
-    async fn due(&self, _db: &saga_store::Db, _now_ms: i64, _limit: i64) -> Result<Vec<Due>, sqlx::Error> {
+    async fn due(&self, _db: &saga_store::Db, _cutoffs: &saga_runtime::timers::Cutoffs, _limit: i64) -> Result<Vec<Due>, sqlx::Error> {
         panic!("a bug in due()")
     }
 
@@ -55,6 +55,8 @@ async fn a_panicking_background_task_stops_the_service_with_an_error_that_names_
     let stopped = registry_stop.clone();
     tokio::spawn(registry.run_until_stopped(async move { stopped.cancelled().await }));
     let cluster = MockCluster::new(1).unwrap();
+    // Deadlines are looked for once the consumer owns a partition and has read it through.
+    cluster.create_topic(&saga_contracts::Topics::default().name(TopicKind::OrderCommands), 1, 1).unwrap();
 
     let mut settings = saga_runtime::ServiceSettings::defaults_for("brittle");
     settings.kafka.bootstrap_servers = cluster.bootstrap_servers();

@@ -1,0 +1,213 @@
+//! How far this instance has read its partitions, in time: deadlines are judged by it.
+//!
+//! A deadline says "no reply came in time". That is only true once everything written to the
+//! service's topics before the deadline has been handled. An orchestrator that has just restarted,
+//! or whose partitions were handed to it by a rebalance, or that could not reach the broker for a
+//! while, has replies waiting for it in Kafka; firing the deadlines it finds in its database then
+//! compensates sagas whose replies came in time (a chaos run lost a tenth of its sagas this way:
+//! the orchestrator took 30 s to get its partitions back after a kill, and every step deadline
+//! that passed meanwhile fired before the replies were read).
+//!
+//! So each assigned partition has a *read-through* time: everything written to it before that time
+//! has been handled (its transaction committed). It is the later of
+//! - the timestamp of the last record handled on it, and
+//! - when librdkafka's statistics last showed nothing left to read (handled up to the partition's
+//!   high watermark), less the age that high watermark may have (one fetch wait and a margin).
+//!
+//! A saga's deadline fires only once the read-through time of its partition (the least over this
+//! instance's topics with that partition number: the saga's replies, keyed by its order id, land
+//! on the same partition number of every topic, which the range assignor gives to one member)
+//! has passed it. A partition this instance does not own fires none of its deadlines: its owner
+//! does, and if nobody owns it, nobody reads its replies either. After an assignment every
+//! partition starts unread.
+//!
+//! The cost: on a healthy instance a deadline fires up to a statistics interval (1 s) and the
+//! margin later than its time; step deadlines are tens of seconds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::statistics::Statistics;
+
+/// How often librdkafka reports its statistics, which say how far each partition's end is.
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What this instance read of one partition.
+#[derive(Debug, Default, Clone, Copy)]
+struct Partition {
+    /// The offset after the last record handled (its transaction committed).
+    handled_next: Option<i64>,
+    /// Everything written before this time, ms since epoch, has been handled.
+    through_ms: Option<i64>,
+}
+
+/// The read-through times of the partitions this instance owns; shared by the consume loop (which
+/// reports what it handled), the consumer's context (assignments and statistics) and the timers.
+#[derive(Debug)]
+pub struct ReadThrough {
+    /// How old a high watermark in the statistics may be: the fetch wait and a margin.
+    staleness: Duration,
+    owned: Mutex<HashMap<(String, i32), Partition>>,
+}
+
+/// Up to when each owned partition number has been read: deadlines at or before its time may fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Per partition number this instance owns on every topic it consumes, its read-through time
+    /// (never later than now).
+    pub by_partition: Vec<(i32, i64)>,
+    /// The earliest of them: for work whose partition is not known.
+    pub floor: i64,
+}
+
+/// Where a partition stands in the statistics (librdkafka gives -1001 for what it does not know).
+#[derive(Debug, Clone, Copy)]
+struct End {
+    /// The group's committed offset.
+    committed: i64,
+    /// The first offset still in the log.
+    low: i64,
+    /// The high watermark: the offset the next record written gets.
+    high: i64,
+}
+
+impl ReadThrough {
+    /// A tracker for a consumer whose fetches wait at most `fetch_wait`.
+    pub fn new(fetch_wait: Duration) -> ReadThrough {
+        ReadThrough { staleness: fetch_wait + Duration::from_millis(500), owned: Mutex::default() }
+    }
+
+    /// The group gave this instance `partitions` (all it owns now; none after a revocation):
+    /// each starts unread.
+    pub fn assigned(&self, partitions: &[(String, i32)]) {
+        let mut owned = self.owned.lock().expect("read-through lock");
+        owned.clear();
+        for tp in partitions {
+            owned.insert(tp.clone(), Partition::default());
+        }
+    }
+
+    /// The consume loop handled records of `topic`/`partition` up to `offset`, the last written at
+    /// `timestamp_ms` (the producer's clock).
+    pub fn handled(&self, topic: &str, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
+        let mut owned = self.owned.lock().expect("read-through lock");
+        // A record of a partition revoked meanwhile: its new owner reads it again.
+        let Some(p) = owned.get_mut(&(topic.to_string(), partition)) else { return };
+        p.handled_next = Some(p.handled_next.map_or(offset + 1, |n| n.max(offset + 1)));
+        if let Some(ts) = timestamp_ms {
+            p.through_ms = Some(p.through_ms.map_or(ts, |t| t.max(ts)));
+        }
+    }
+
+    /// librdkafka's statistics, taken at `now_ms`: a partition handled up to its high watermark
+    /// (or whose committed offset is there) was read through the time that watermark was seen.
+    pub fn observe(&self, statistics: &Statistics, now_ms: i64) {
+        for (name, topic) in &statistics.topics {
+            for (number, p) in &topic.partitions {
+                if *number >= 0 && p.fetch_state == "active" {
+                    self.observe_partition(name, *number, End { committed: p.committed_offset, low: p.lo_offset, high: p.hi_offset }, now_ms);
+                }
+            }
+        }
+    }
+
+    /// One partition of the statistics (see [`ReadThrough::observe`]).
+    fn observe_partition(&self, topic: &str, number: i32, end: End, now_ms: i64) {
+        if end.high < 0 {
+            return;
+        }
+        let seen_at = now_ms - self.staleness.as_millis() as i64;
+        let mut owned = self.owned.lock().expect("read-through lock");
+        let Some(p) = owned.get_mut(&(topic.to_string(), number)) else { return };
+        let next = p.handled_next.unwrap_or(-1).max(end.committed);
+        let empty = end.low >= 0 && end.high <= end.low;
+        if next >= end.high || empty {
+            p.through_ms = Some(p.through_ms.map_or(seen_at, |t| t.max(seen_at)));
+        }
+    }
+
+    /// Up to when each owned partition number was read, at `now_ms`; `None` while this instance
+    /// owns nothing or has read nothing through yet (then no deadline may fire here).
+    pub fn cutoffs(&self, now_ms: i64) -> Option<Cutoffs> {
+        let owned = self.owned.lock().expect("read-through lock");
+        let mut by_number: HashMap<i32, Option<i64>> = HashMap::new();
+        for ((_, number), p) in owned.iter() {
+            let entry = by_number.entry(*number).or_insert(Some(i64::MAX));
+            *entry = match (*entry, p.through_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+        }
+        let mut by_partition: Vec<(i32, i64)> = by_number.into_iter().filter_map(|(n, t)| t.map(|t| (n, t.min(now_ms)))).collect();
+        by_partition.sort_unstable();
+        let floor = by_partition.iter().map(|(_, t)| *t).min()?;
+        Some(Cutoffs { by_partition, floor })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(committed: i64, low: i64, high: i64) -> End {
+        End { committed, low, high }
+    }
+
+    fn owning(parts: &[(&str, i32)]) -> ReadThrough {
+        let r = ReadThrough::new(Duration::from_millis(100));
+        r.assigned(&parts.iter().map(|(t, p)| (t.to_string(), *p)).collect::<Vec<_>>());
+        r
+    }
+
+    #[test]
+    fn nothing_is_read_through_until_every_topic_of_a_partition_number_was_read() {
+        let r = owning(&[("a", 0), ("b", 0), ("a", 1), ("b", 1)]);
+        assert_eq!(r.cutoffs(10_000), None, "freshly assigned partitions are unread");
+        r.handled("a", 0, 5, Some(7_000));
+        assert_eq!(r.cutoffs(10_000), None, "b/0 is still unread");
+        r.handled("b", 0, 2, Some(8_000));
+        assert_eq!(r.cutoffs(10_000), Some(Cutoffs { by_partition: vec![(0, 7_000)], floor: 7_000 }), "the least over the topics; partition 1 unread");
+    }
+
+    #[test]
+    fn statistics_showing_the_end_handled_read_a_partition_through_their_time_less_the_staleness() {
+        let r = owning(&[("a", 0), ("b", 0)]);
+        r.handled("a", 0, 9, Some(1_000));
+        // a/0: handled up to 10 = its end; b/0: committed at its end, nothing handled since the assignment.
+        r.observe_partition("a", 0, end(-1001, 0, 10), 20_000);
+        r.observe_partition("b", 0, end(4, 0, 4), 20_000);
+        assert_eq!(r.cutoffs(30_000), Some(Cutoffs { by_partition: vec![(0, 19_400)], floor: 19_400 }));
+        // New records on b/0 not handled yet: its time stays where it was.
+        r.observe_partition("a", 0, end(10, 0, 10), 25_000);
+        r.observe_partition("b", 0, end(4, 0, 6), 25_000);
+        assert_eq!(r.cutoffs(30_000).unwrap().floor, 19_400);
+    }
+
+    #[test]
+    fn an_empty_partition_is_read_through() {
+        let r = owning(&[("a", 3)]);
+        r.observe_partition("a", 3, end(-1001, 0, 0), 5_000);
+        assert_eq!(r.cutoffs(5_000).unwrap().by_partition, vec![(3, 4_400)]);
+    }
+
+    #[test]
+    fn a_cutoff_is_never_later_than_now() {
+        let r = owning(&[("a", 0)]);
+        // A producer whose clock runs ahead.
+        r.handled("a", 0, 0, Some(50_000));
+        assert_eq!(r.cutoffs(10_000).unwrap().floor, 10_000);
+    }
+
+    #[test]
+    fn a_new_assignment_starts_unread_and_records_of_revoked_partitions_are_ignored() {
+        let r = owning(&[("a", 0)]);
+        r.handled("a", 0, 0, Some(1_000));
+        assert!(r.cutoffs(2_000).is_some());
+        r.assigned(&[("a".into(), 1)]);
+        r.handled("a", 0, 1, Some(1_500));
+        assert_eq!(r.cutoffs(2_000), None);
+        r.assigned(&[]);
+        assert_eq!(r.cutoffs(2_000), None, "an instance that owns nothing fires nothing");
+    }
+}
