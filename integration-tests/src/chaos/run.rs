@@ -39,7 +39,7 @@ pub struct Options {
     /// PostgreSQL restarts.
     #[arg(long, default_value_t = 2)]
     pub db_restarts: usize,
-    /// SIGSTOP of a service for 11-16 s (past its 10 s session timeout), then SIGCONT: a zombie
+    /// SIGSTOP of a service for 11-16 s (past its 6 s session timeout), then SIGCONT: a zombie
     /// member that wakes with a batch in hand.
     #[arg(long, default_value_t = 0)]
     pub pauses: usize,

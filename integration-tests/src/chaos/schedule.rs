@@ -164,7 +164,7 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         let n = amounts.db_restarts as f64;
         out.push(Planned { at: at(&mut rng, (i as f64 + 0.2) / n, (i as f64 + 0.8) / n), fault: Fault::DbRestart });
     }
-    // The session timeout is 10 s: paused 11-16 s, the member is out of its group when it wakes.
+    // The session timeout is 6 s: paused 11-16 s, the member is out of its group when it wakes.
     let mut pausable = PAUSABLE;
     for i in 0..amounts.pauses {
         if i % pausable.len() == 0 {

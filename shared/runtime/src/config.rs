@@ -189,7 +189,7 @@ impl ServiceSettings {
             registry: RegistrySettings::at("http://127.0.0.1:8081"),
             database: DatabaseSettings { url: format!("sqlite://{service}.db"), max_connections: 8 },
             topics: TopicSettings { prefix: "saga".into() },
-            consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 20_000 },
+            consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 8_000 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
             http: HttpSettings { bind: default_http_bind(service).into(), operator_token: String::new() },
             saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500, order_version: 0 },

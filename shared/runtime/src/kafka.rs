@@ -74,7 +74,10 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
     let mut config = ClientConfig::new();
     config
         .set("client.id", client_id)
-        .set("session.timeout.ms", "10000")
+        // A member killed without leaving holds its partitions until the coordinator gives up on
+        // it: 6 s (Kafka's least by default), heartbeating every 1.5 s.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1500")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
         // Consumer lag and client queues for /metrics; how far each partition's end is, for the

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::kafka::LoggingContext;
 
 /// How often the watch looks.
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+pub const CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// How long each broker request of a check may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
