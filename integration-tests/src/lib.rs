@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
 use saga_cli::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 use saga_order::domain::OrderStatus;
 
@@ -100,10 +99,7 @@ pub async fn read_topic(stack: &Stack, topic: &str, want: usize, timeout: Durati
     out
 }
 
-/// A header of a record, as text.
-pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
-    record.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-}
+pub use saga_runtime::consumer::header;
 
 /// True when the consuming service's inbox holds `message_id` (the message was applied).
 pub async fn in_inbox(db: &saga_store::Db, message_id: &str) -> bool {

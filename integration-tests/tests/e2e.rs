@@ -59,7 +59,7 @@ async fn happy_path(infra: Infra) {
     assert_eq!(done["happy-1"], OrderStatus::Approved);
     let after = saga_inventory::stock_of(&stack.dbs.inventory, "WIDGET-1").await.unwrap().unwrap();
     assert_eq!(after, (before.0 - 3, before.1 + 3), "three units moved from on hand to reserved");
-    assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "happy-1").await.unwrap(), Some(("AUTHORIZED".into(), 3750)));
+    assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "happy-1").await.unwrap(), Some((saga_payment::AuthorizationStatus::Authorized, 3750)));
     let saga = saga_orchestrator::store::get_saga(&stack.dbs.orchestrator, "happy-1").await.unwrap().unwrap();
     assert_eq!(saga.state.status.as_str(), "COMPLETED");
     assert_eq!(saga.definition_version, 2, "new sagas start on the newest definition");
@@ -81,7 +81,7 @@ async fn out_of_stock(infra: Infra) {
     let view = saga_order::get_order(&stack.dbs.order, "oos-1").await.unwrap().unwrap();
     assert!(view.reason.unwrap().contains("RARE-GEM has 3 left, 4 requested"));
     assert_eq!(saga_inventory::stock_of(&stack.dbs.inventory, "RARE-GEM").await.unwrap().unwrap(), before, "nothing reserved");
-    assert_eq!(saga_inventory::reservation_status(&stack.dbs.inventory, "oos-1").await.unwrap().as_deref(), Some("FAILED"));
+    assert_eq!(saga_inventory::reservation_status(&stack.dbs.inventory, "oos-1").await.unwrap(), Some(saga_inventory::ReservationStatus::Failed));
     assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "oos-1").await.unwrap(), None, "no payment asked");
     let saga = saga_orchestrator::store::get_saga(&stack.dbs.orchestrator, "oos-1").await.unwrap().unwrap();
     assert_eq!(saga.state.status.as_str(), "COMPENSATED");
@@ -96,8 +96,8 @@ async fn payment_declined(infra: Infra) {
     let done = wait_for_orders(&stack, &["declined-1".into()], WAIT).await;
     assert_eq!(done["declined-1"], OrderStatus::Rejected);
     assert_eq!(saga_inventory::stock_of(&stack.dbs.inventory, "GADGET-2").await.unwrap().unwrap(), before, "stock released");
-    assert_eq!(saga_inventory::reservation_status(&stack.dbs.inventory, "declined-1").await.unwrap().as_deref(), Some("RELEASED"));
-    assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "declined-1").await.unwrap().unwrap().0, "DECLINED");
+    assert_eq!(saga_inventory::reservation_status(&stack.dbs.inventory, "declined-1").await.unwrap(), Some(saga_inventory::ReservationStatus::Released));
+    assert_eq!(saga_payment::authorization_of(&stack.dbs.payment, "declined-1").await.unwrap().unwrap().0, saga_payment::AuthorizationStatus::Declined);
     let steps = log_steps(&stack, "declined-1").await;
     assert_eq!(
         steps,

@@ -183,7 +183,7 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
         for id in [&a_id, &b_id] {
             let order = saga_order::get_order(&orders, id).await.unwrap().unwrap();
             assert_eq!(order.status, saga_order::domain::OrderStatus::Rejected, "{id}");
-            assert_eq!(saga_inventory::reservation_status(&inventory, id).await.unwrap().as_deref(), Some("RELEASED"), "{id}");
+            assert_eq!(saga_inventory::reservation_status(&inventory, id).await.unwrap(), Some(saga_inventory::ReservationStatus::Released), "{id}");
         }
         assert_eq!(saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap(), stock_before, "stock conserved");
     });

@@ -10,6 +10,8 @@ use saga_cli::sample::sample_order;
 use saga_cli::stack::Stack;
 use saga_contracts::TopicKind;
 use saga_integration_tests::{options, read_topic, wait_for_orders, Infra};
+use saga_inventory::ReservationStatus;
+use saga_payment::AuthorizationStatus;
 use saga_query::model::{PaymentState, Status, StockState};
 use serde_json::Value;
 
@@ -61,19 +63,17 @@ async fn get(url: &str) -> (u16, Value) {
 async fn write_side(stack: &Stack, id: &str) -> (Status, StockState, PaymentState) {
     let order = saga_order::get_order(&stack.dbs.order, id).await.unwrap().expect("order exists");
     let status = Status::parse(order.status.as_str()).unwrap();
-    let stock = match saga_inventory::reservation_status(&stack.dbs.inventory, id).await.unwrap().as_deref() {
+    let stock = match saga_inventory::reservation_status(&stack.dbs.inventory, id).await.unwrap() {
         None => StockState::Pending,
-        Some("RESERVED") => StockState::Reserved,
-        Some("RELEASED") => StockState::Released,
-        Some("FAILED") => StockState::Failed,
-        Some(other) => panic!("reservation of {id} is {other}"),
+        Some(ReservationStatus::Reserved) => StockState::Reserved,
+        Some(ReservationStatus::Released) => StockState::Released,
+        Some(ReservationStatus::Failed) => StockState::Failed,
     };
     let payment = match saga_payment::authorization_of(&stack.dbs.payment, id).await.unwrap() {
         None => PaymentState::Pending,
-        Some((s, _)) if s == "AUTHORIZED" => PaymentState::Authorized,
-        Some((s, _)) if s == "DECLINED" => PaymentState::Declined,
-        Some((s, _)) if s == "VOIDED" => PaymentState::Voided,
-        Some((other, _)) => panic!("authorization of {id} is {other}"),
+        Some((AuthorizationStatus::Authorized, _)) => PaymentState::Authorized,
+        Some((AuthorizationStatus::Declined, _)) => PaymentState::Declined,
+        Some((AuthorizationStatus::Voided, _)) => PaymentState::Voided,
     };
     (status, stock, payment)
 }

@@ -16,6 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message as _;
 use saga_contracts::{Message, PlaceOrder};
+use saga_integration_tests::procs::free_port;
 use saga_integration_tests::tls::Pki;
 use saga_runtime::codec::Codec;
 use saga_runtime::config::{KafkaSettings, RegistrySettings, ServiceSettings};
@@ -181,10 +182,6 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts tansu on a free port, advertising `advertised` (host:port) to clients.

@@ -231,8 +231,3 @@ async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
     Ok(())
 }
-
-/// A TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
-}

@@ -10,10 +10,11 @@ use anyhow::{bail, Context};
 use saga_contracts::Topics;
 
 use super::checker::{self, Dbs, Snapshot, Verdict};
-use super::cluster::{free_port, Cluster, Spec};
+use super::cluster::{Cluster, Spec};
 use super::faults::Injector;
 use super::load::{self, Client, Placed};
 use super::schedule::{self, Amounts};
+use crate::procs::free_port;
 
 const SERVICES: [&str; 4] = ["order", "inventory", "payment", "orchestrator"];
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::sample::{sample_order, Expect};
 use crate::stack::{Stack, StackOptions};
-use crate::watch::{watch_outcomes, Outcome};
+use crate::watch::{watch_outcomes, Settled};
 
 /// Options of `sagactl dev`.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct DevOptions {
 
 /// The summary `dev --exit` prints.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Summary {
+pub struct DevSummary {
     /// Orders approved.
     pub approved: usize,
     /// Orders rejected (out of stock, declined).
@@ -53,7 +53,7 @@ pub struct Summary {
 }
 
 /// Runs `sagactl dev`; returns the summary of the sample orders.
-pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
+pub async fn run(options: DevOptions) -> anyhow::Result<DevSummary> {
     let (dir, _temp) = match &options.data_dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -117,7 +117,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
         stack.publish(&order.into()).await?;
     }
 
-    let mut summary = Summary { approved: 0, rejected: 0, stuck: 0, total: options.orders, unexpected: 0, elapsed_ms: 0 };
+    let mut summary = DevSummary { approved: 0, rejected: 0, stuck: 0, total: options.orders, unexpected: 0, elapsed_ms: 0 };
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + options.timeout;
     while seen.len() < options.orders {
@@ -179,7 +179,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<Summary> {
 /// One line per finished order: outcome, reason, and the saga's steps from its log. The order's
 /// outcome can arrive before the orchestrator wrote the saga's last entry (it consumes the same
 /// event): wait briefly for the saga to end, so the line is complete.
-async fn describe(stack: &Stack, outcome: &Outcome) -> String {
+async fn describe(stack: &Stack, outcome: &Settled) -> String {
     let verdict = if outcome.approved { "APPROVED" } else { "REJECTED" };
     let db = &stack.dbs.orchestrator;
     for _ in 0..50 {

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use broker::Dlt;
 use saga_contracts::{TopicKind, Topics};
-pub use saga_runtime::dlt::record::{format_ms, DeadLetterRecord, Header, Redrive, Summary};
+pub use saga_runtime::dlt::record::{format_ms, DeadLetterRecord, DeadLetterSummary, Header, Redrive};
 
 /// Redrives allowed per record unless `--max-redrives` says otherwise.
 pub const DEFAULT_MAX_REDRIVES: u32 = 3;
@@ -279,16 +279,16 @@ impl Listing {
         out
     }
 
-    /// A JSON array of [`Summary`] objects.
+    /// A JSON array of [`DeadLetterSummary`] objects.
     pub fn render_json(&self) -> String {
-        let all: Vec<Summary> = self.records.iter().map(DeadLetterRecord::summary).collect();
+        let all: Vec<DeadLetterSummary> = self.records.iter().map(DeadLetterRecord::summary).collect();
         serde_json::to_string_pretty(&all).unwrap_or_else(|_| "[]".into()) + "\n"
     }
 }
 
 /// What happened to one selected record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RedriveOutcome {
     /// Produced back to its original topic.
     Redriven {
         /// The original topic.
@@ -317,7 +317,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct RedriveReport {
     /// Each selected dead letter and what happened to it.
-    pub outcomes: Vec<(DeadLetterRecord, Outcome)>,
+    pub outcomes: Vec<(DeadLetterRecord, RedriveOutcome)>,
     /// Selected records not tried because producing failed first.
     pub not_attempted: usize,
 }
@@ -325,12 +325,12 @@ pub struct RedriveReport {
 impl RedriveReport {
     /// Records refused (count at the limit, original topic missing).
     pub fn refused(&self) -> usize {
-        self.outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Refused(_))).count()
+        self.outcomes.iter().filter(|(_, o)| matches!(o, RedriveOutcome::Refused(_))).count()
     }
 
     /// Whether every selected record was redriven (or would be, with `--dry-run`).
     pub fn all_ok(&self) -> bool {
-        self.not_attempted == 0 && self.outcomes.iter().all(|(_, o)| matches!(o, Outcome::Redriven { .. } | Outcome::WouldRedrive { .. }))
+        self.not_attempted == 0 && self.outcomes.iter().all(|(_, o)| matches!(o, RedriveOutcome::Redriven { .. } | RedriveOutcome::WouldRedrive { .. }))
     }
 
     /// One line per record, then a summary.
@@ -340,16 +340,16 @@ impl RedriveReport {
         for (r, o) in &self.outcomes {
             let key = r.key_text().unwrap_or_else(|| "-".into());
             let _ = match o {
-                Outcome::Redriven { topic, partition, offset, count } => {
+                RedriveOutcome::Redriven { topic, partition, offset, count } => {
                     done += 1;
                     writeln!(out, "redriven {} -> {topic}/{partition}@{offset}  key {key}  redrive {count}", r.location())
                 }
-                Outcome::WouldRedrive { topic, count } => {
+                RedriveOutcome::WouldRedrive { topic, count } => {
                     would += 1;
                     writeln!(out, "would redrive {} -> {topic}  key {key}  redrive {count}", r.location())
                 }
-                Outcome::Refused(why) => writeln!(out, "refused {}  key {key}: {why}", r.location()),
-                Outcome::Failed(why) => {
+                RedriveOutcome::Refused(why) => writeln!(out, "refused {}  key {key}: {why}", r.location()),
+                RedriveOutcome::Failed(why) => {
                     failed += 1;
                     writeln!(out, "failed {}  key {key}: {why}", r.location())
                 }

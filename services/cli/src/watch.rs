@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 /// An order that reached a final state.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Settled {
     /// The order.
     pub order_id: String,
     /// True for approved, false for rejected.
@@ -28,7 +28,7 @@ pub struct Outcome {
 /// A running watcher: outcomes arrive on `outcomes`; [`Watch::close`] stops its consumer.
 pub struct Watch {
     /// Orders reaching a final state, in the order they were read.
-    pub outcomes: mpsc::UnboundedReceiver<Outcome>,
+    pub outcomes: mpsc::UnboundedReceiver<Settled>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -60,8 +60,8 @@ pub fn watch_outcomes(kafka: &KafkaSettings, topic: String, codec: Arc<Codec>) -
                 r = stream.next() => match r { Some(Ok(r)) => r, Some(Err(e)) => { tracing::warn!(error = %e, "watch consumer error"); continue } None => break },
             };
             let outcome = match codec.decode(TopicKind::OrderEvents, record.payload()).await {
-                Ok(Message::OrderApproved(m)) => Outcome { order_id: m.order_id, approved: true, reason: None, seen_at: Instant::now() },
-                Ok(Message::OrderRejected(m)) => Outcome { order_id: m.order_id, approved: false, reason: Some(m.reason), seen_at: Instant::now() },
+                Ok(Message::OrderApproved(m)) => Settled { order_id: m.order_id, approved: true, reason: None, seen_at: Instant::now() },
+                Ok(Message::OrderRejected(m)) => Settled { order_id: m.order_id, approved: false, reason: Some(m.reason), seen_at: Instant::now() },
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "watch consumer could not decode an order event");

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Message as _, Offset, Timestamp, TopicPartitionList};
-use saga_cli::dlt::{Dlt, ListArgs, Outcome, PurgeArgs, RedriveArgs};
+use saga_cli::dlt::{Dlt, ListArgs, PurgeArgs, RedriveArgs, RedriveOutcome};
 use saga_contracts::{TopicKind, Topics};
 use saga_runtime::config::KafkaSettings;
 use saga_runtime::dlt::{headers, DeadLetter, DeadLetters};
@@ -171,7 +171,7 @@ async fn a_redriven_record_lands_on_its_original_topic_and_counts_its_redrives()
     let args = RedriveArgs { topic: Some(kit.dlt_topic(kind)), partition: Some(partition), offset: Some(offset), ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&args).await.expect("redrive");
     assert!(report.all_ok(), "{}", report.render_text());
-    let Outcome::Redriven { topic, count, .. } = &report.outcomes[0].1 else { panic!("{:?}", report.outcomes) };
+    let RedriveOutcome::Redriven { topic, count, .. } = &report.outcomes[0].1 else { panic!("{:?}", report.outcomes) };
     assert_eq!((topic.as_str(), *count), (kit.topic(kind).as_str(), 1));
     assert!(
         report.render_text().starts_with(&format!("redriven {}/{partition}@{offset} -> {}/", kit.dlt_topic(kind), kit.topic(kind))),
@@ -193,7 +193,7 @@ async fn a_redriven_record_lands_on_its_original_topic_and_counts_its_redrives()
     assert_eq!(again.summary().redrive_count, Some(1));
     let args = RedriveArgs { topic: Some(kit.topic(kind)), partition: Some(again.partition), offset: Some(again.offset), ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&args).await.expect("redrive");
-    assert!(matches!(report.outcomes[0].1, Outcome::Redriven { count: 2, .. }), "{:?}", report.outcomes);
+    assert!(matches!(report.outcomes[0].1, RedriveOutcome::Redriven { count: 2, .. }), "{:?}", report.outcomes);
     let landed = kit.read_all(&kit.topic(kind)).await;
     assert_eq!(landed.iter().filter_map(|m| header(m, headers::REDRIVE_COUNT)).collect::<Vec<_>>(), vec!["1", "2"]);
     assert!(landed.iter().all(|m| header_names(m).iter().all(|h| !h.starts_with("saga.dlt."))), "no saga.dlt.* header on a redriven record");
@@ -218,7 +218,7 @@ async fn a_record_at_its_redrive_limit_is_refused_and_the_others_go() {
     // A higher limit lets it go once more.
     let args = RedriveArgs { topic: Some(kit.topic(kind)), key: Some("o-loop".into()), max_redrives: 4, ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&args).await.expect("redrive");
-    assert!(matches!(report.outcomes.as_slice(), [(_, Outcome::Redriven { count: 4, .. })]), "{:?}", report.outcomes);
+    assert!(matches!(report.outcomes.as_slice(), [(_, RedriveOutcome::Redriven { count: 4, .. })]), "{:?}", report.outcomes);
 }
 
 #[tokio::test]
@@ -232,7 +232,7 @@ async fn a_dry_run_selects_but_produces_nothing() {
     let by_class = RedriveArgs { topic: Some(kit.topic(kind)), class: Some("handler-failed".into()), dry_run: true, ..RedriveArgs::default() };
     let report = kit.dlt().redrive(&by_class).await.expect("dry run");
     assert!(
-        matches!(report.outcomes.as_slice(), [(r, Outcome::WouldRedrive { count: 1, .. })] if r.key_text().as_deref() == Some("o-a")),
+        matches!(report.outcomes.as_slice(), [(r, RedriveOutcome::WouldRedrive { count: 1, .. })] if r.key_text().as_deref() == Some("o-a")),
         "{:?}",
         report.outcomes
     );

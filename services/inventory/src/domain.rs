@@ -2,6 +2,38 @@
 
 use std::collections::BTreeMap;
 
+/// Where an order's reservation stands (stored as text in `reservations.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    /// Its units are held for the order.
+    Reserved,
+    /// Refused (unknown sku, out of stock, bad lines); nothing is held.
+    Failed,
+    /// Given back by the saga's compensation, or released before it was ever reserved.
+    Released,
+}
+
+impl ReservationStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Reserved => "RESERVED",
+            ReservationStatus::Failed => "FAILED",
+            ReservationStatus::Released => "RELEASED",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<ReservationStatus> {
+        match s {
+            "RESERVED" => Some(ReservationStatus::Reserved),
+            "FAILED" => Some(ReservationStatus::Failed),
+            "RELEASED" => Some(ReservationStatus::Released),
+            _ => None,
+        }
+    }
+}
+
 /// Quantities per sku, merged over an order's lines and sorted by sku (the order in which rows
 /// are locked, so two reservations never deadlock).
 pub fn merge_lines(lines: &[(String, i32)]) -> Result<BTreeMap<String, i64>, String> {

@@ -12,6 +12,8 @@
 
 pub mod domain;
 
+pub use domain::ReservationStatus;
+
 use std::collections::BTreeMap;
 
 use saga_contracts::{Envelope, Message, ReserveStock, StockLine, StockReleased, StockReservationFailed, StockReserved, TopicKind};
@@ -59,10 +61,10 @@ fn failed(cause: &Envelope, order_id: &str, reason: String) -> Message {
 
 async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, HandleError> {
     if let Some((status, reason)) = load_reservation(conn, &m.order_id).await? {
-        return Ok(match status.as_str() {
-            "RESERVED" => reserved(&m.envelope, &m.order_id),
-            "RELEASED" => failed(&m.envelope, &m.order_id, "reservation was already released by compensation".into()),
-            _ => failed(&m.envelope, &m.order_id, reason.unwrap_or_else(|| "reservation failed".into())),
+        return Ok(match status {
+            ReservationStatus::Reserved => reserved(&m.envelope, &m.order_id),
+            ReservationStatus::Released => failed(&m.envelope, &m.order_id, "reservation was already released by compensation".into()),
+            ReservationStatus::Failed => failed(&m.envelope, &m.order_id, reason.unwrap_or_else(|| "reservation failed".into())),
         });
     }
     let now = saga_store::now_ms();
@@ -90,12 +92,12 @@ async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, Handl
                     return Err(HandleError::Conflict(format!("stock of sku {sku} changed during reservation")));
                 }
             }
-            save_reservation(conn, &m.order_id, "RESERVED", &lines_json, None, now).await?;
+            save_reservation(conn, &m.order_id, ReservationStatus::Reserved, &lines_json, None, now).await?;
             Ok(reserved(&m.envelope, &m.order_id))
         }
         Err(reason) => {
             tracing::info!(order_id = %m.order_id, %reason, "stock reservation refused");
-            save_reservation(conn, &m.order_id, "FAILED", &lines_json, Some(&reason), now).await?;
+            save_reservation(conn, &m.order_id, ReservationStatus::Failed, &lines_json, Some(&reason), now).await?;
             Ok(failed(&m.envelope, &m.order_id, reason))
         }
     }
@@ -104,10 +106,9 @@ async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, Handl
 async fn release(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
     let now = saga_store::now_ms();
     let released = match load_reservation(conn, order_id).await? {
-        Some((status, _)) if status == "RESERVED" => {
+        Some((ReservationStatus::Reserved, _)) => {
             let row = conn.fetch_one("SELECT lines FROM reservations WHERE order_id = $1", args![order_id]).await?;
-            let lines: Vec<StockLine> =
-                serde_json::from_str(&row.at::<String>(0)?).map_err(|e| HandleError::Reject(format!("reservation of order {order_id} is unreadable: {e}")))?;
+            let lines = read_lines(order_id, &row.get::<String>("lines")?)?;
             let pairs: Vec<(String, i32)> = lines.into_iter().map(|l| (l.sku, l.quantity)).collect();
             let merged = merge_lines(&pairs).map_err(HandleError::Reject)?;
             for (sku, quantity) in merged {
@@ -117,28 +118,49 @@ async fn release(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Resul
                 )
                 .await?;
             }
-            conn.execute("UPDATE reservations SET status = 'RELEASED', updated_at_ms = $1 WHERE order_id = $2", args![now, order_id]).await?;
+            conn.execute(
+                "UPDATE reservations SET status = $1, updated_at_ms = $2 WHERE order_id = $3",
+                args![ReservationStatus::Released.as_str(), now, order_id],
+            )
+            .await?;
             true
         }
         Some(_) => false,
         None => {
             // Released before it was ever reserved: remember, so a late ReserveStock refuses.
-            save_reservation(conn, order_id, "RELEASED", "[]", Some("released before reservation"), now).await?;
+            save_reservation(conn, order_id, ReservationStatus::Released, "[]", Some("released before reservation"), now).await?;
             false
         }
     };
     Ok(StockReleased { envelope: Envelope::reply_to(cause, StockReleased::FULL_NAME), order_id: order_id.into(), released }.into())
 }
 
-async fn load_reservation(conn: &mut Conn<'_>, order_id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+async fn load_reservation(conn: &mut Conn<'_>, order_id: &str) -> Result<Option<(ReservationStatus, Option<String>)>, sqlx::Error> {
     let Some(row) = conn.fetch_optional("SELECT status, reason FROM reservations WHERE order_id = $1", args![order_id]).await? else { return Ok(None) };
-    Ok(Some((row.at(0)?, row.at(1)?)))
+    Ok(Some((read_status(order_id, &row.get::<String>("status")?)?, row.get("reason")?)))
 }
 
-async fn save_reservation(conn: &mut Conn<'_>, order_id: &str, status: &str, lines: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
+/// A stored status this build does not know is an error, never a guess.
+fn read_status(order_id: &str, stored: &str) -> Result<ReservationStatus, sqlx::Error> {
+    ReservationStatus::parse(stored).ok_or_else(|| sqlx::Error::Decode(format!("the reservation of order {order_id} has an unknown status {stored:?}").into()))
+}
+
+/// The stored lines of a reservation; unreadable ones are an error, never an empty list.
+fn read_lines(order_id: &str, stored: &str) -> Result<Vec<StockLine>, sqlx::Error> {
+    serde_json::from_str(stored).map_err(|e| sqlx::Error::Decode(format!("the reservation of order {order_id} has unreadable lines: {e}").into()))
+}
+
+async fn save_reservation(
+    conn: &mut Conn<'_>,
+    order_id: &str,
+    status: ReservationStatus,
+    lines: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     conn.execute(
         "INSERT INTO reservations (order_id, status, lines, reason, updated_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        args![order_id, status, lines, reason, now],
+        args![order_id, status.as_str(), lines, reason, now],
     )
     .await?;
     Ok(())
@@ -153,7 +175,7 @@ async fn lock_stock(conn: &mut Conn<'_>, wanted: &BTreeMap<String, i64>) -> Resu
     let mut on_hand = BTreeMap::new();
     for sku in wanted.keys() {
         if let Some(r) = conn.fetch_optional(sql, args![sku]).await? {
-            on_hand.insert(sku.clone(), r.at::<i64>(0)?);
+            on_hand.insert(sku.clone(), r.get::<i64>("on_hand")?);
         }
     }
     Ok(on_hand)
@@ -180,21 +202,22 @@ pub async fn set_stock(db: &saga_store::Db, items: &[(String, i64)]) -> Result<(
 /// Stock of one sku: (on hand, reserved).
 pub async fn stock_of(db: &saga_store::Db, sku: &str) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT on_hand, reserved FROM stock WHERE sku = $1").bind(sku).fetch_optional(db.pool()).await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    row.map(|r| Ok((r.try_get("on_hand")?, r.try_get("reserved")?))).transpose()
 }
 
-/// Status of an order's reservation (`RESERVED`, `FAILED`, `RELEASED`), if it ever asked.
-pub async fn reservation_status(db: &saga_store::Db, order_id: &str) -> Result<Option<String>, sqlx::Error> {
+/// Where an order's reservation stands, if it ever asked.
+pub async fn reservation_status(db: &saga_store::Db, order_id: &str) -> Result<Option<ReservationStatus>, sqlx::Error> {
     let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1").bind(order_id).fetch_optional(db.pool()).await?;
-    Ok(row.map(|r| r.get(0)))
+    row.map(|r| read_status(order_id, &r.try_get::<String, _>("status")?)).transpose()
 }
 
 /// Units reserved for orders whose reservation is RESERVED, per sku, computed from the rows.
 pub async fn reserved_by_reservations(db: &saga_store::Db) -> Result<BTreeMap<String, i64>, sqlx::Error> {
-    let rows = sqlx::query("SELECT lines FROM reservations WHERE status = 'RESERVED'").fetch_all(db.pool()).await?;
+    let rows =
+        sqlx::query("SELECT order_id, lines FROM reservations WHERE status = $1").bind(ReservationStatus::Reserved.as_str()).fetch_all(db.pool()).await?;
     let mut out = BTreeMap::new();
     for r in rows {
-        let lines: Vec<StockLine> = serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default();
+        let lines = read_lines(&r.try_get::<String, _>("order_id")?, &r.try_get::<String, _>("lines")?)?;
         for l in lines {
             *out.entry(l.sku).or_insert(0) += i64::from(l.quantity);
         }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use saga_contracts::{Message, ReleaseStock, ReserveStock, StockLine};
-use saga_inventory::{reservation_status, reserved_by_reservations, set_stock, stock_of, InventoryHandler};
+use saga_inventory::{reservation_status, reserved_by_reservations, set_stock, stock_of, InventoryHandler, ReservationStatus};
 use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
@@ -21,6 +21,7 @@ saga_store::backend_tests!(
     releases_a_reservation_once,
     a_release_before_the_reservation_makes_it_fail,
     other_messages_are_refused,
+    a_stored_reservation_that_cannot_be_read_is_an_error_not_a_default,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ async fn stock(db: &Db, sku: &str) -> (i64, i64) {
     stock_of(db, sku).await.expect("read stock").unwrap_or_else(|| panic!("sku {sku} is not seeded"))
 }
 
-async fn status(db: &Db, order_id: &str) -> Option<String> {
+async fn status(db: &Db, order_id: &str) -> Option<ReservationStatus> {
     reservation_status(db, order_id).await.expect("read reservation")
 }
 
@@ -119,7 +120,7 @@ async fn reserves_every_line_and_moves_units_to_reserved(test_db: TestDb) {
     assert_eq!(stock(db, "A").await, (6, 4));
     assert_eq!(stock(db, "B").await, (3, 2));
     assert_eq!(stock(db, "C").await, (7, 0), "skus not ordered are untouched");
-    assert_eq!(status(db, "o1").await.as_deref(), Some("RESERVED"));
+    assert_eq!(status(db, "o1").await, Some(ReservationStatus::Reserved));
     assert_eq!(reserved_rows(db).await, BTreeMap::from([("A".into(), 4), ("B".into(), 2)]));
 }
 
@@ -131,7 +132,7 @@ async fn reserves_all_or_nothing(test_db: TestDb) {
     assert_eq!(failure_reason(&r, "o1"), "out of stock: sku B has 1 left, 2 requested");
     assert_eq!(stock(db, "A").await, (10, 0), "the line that fit is not reserved either");
     assert_eq!(stock(db, "B").await, (1, 0));
-    assert_eq!(status(db, "o1").await.as_deref(), Some("FAILED"));
+    assert_eq!(status(db, "o1").await, Some(ReservationStatus::Failed));
 
     let r = reply(db, reserve("o2:reserve_stock:do:1", "o2", &[("C", 1), ("A", 10), ("B", 1)])).await;
     assert_eq!(failure_reason(&r, "o2"), "out of stock: sku C has 0 left, 1 requested");
@@ -159,7 +160,7 @@ async fn unknown_skus_and_bad_quantities_reserve_nothing(test_db: TestDb) {
     assert_eq!(stock(db, "A").await, (10, 0));
     assert_eq!(stock_of(db, "NOPE").await.unwrap(), None, "a reservation never creates a sku");
     for order in ["o1", "o2", "o3"] {
-        assert_eq!(status(db, order).await.as_deref(), Some("FAILED"), "{order}");
+        assert_eq!(status(db, order).await, Some(ReservationStatus::Failed), "{order}");
     }
     assert!(reserved_rows(db).await.is_empty());
 }
@@ -244,7 +245,7 @@ async fn releases_a_reservation_once(test_db: TestDb) {
     assert!(released_flag(&r, "o1"));
     assert_eq!(stock(db, "A").await, (9, 1), "o1's units are back; o2's stay reserved");
     assert_eq!(stock(db, "B").await, (5, 0));
-    assert_eq!(status(db, "o1").await.as_deref(), Some("RELEASED"));
+    assert_eq!(status(db, "o1").await, Some(ReservationStatus::Released));
     assert_eq!(reserved_rows(db).await, BTreeMap::from([("A".into(), 1)]));
 
     // Released again (a retry, under a new id): nothing to release, nothing changes.
@@ -264,7 +265,7 @@ async fn releases_a_reservation_once(test_db: TestDb) {
     reply(db, reserve("o3:reserve_stock:do:1", "o3", &[("B", 99)])).await;
     assert!(!released_flag(&reply(db, release("o3:reserve_stock:undo:1", "o3")).await, "o3"));
     assert_eq!(stock(db, "B").await, (5, 0));
-    assert_eq!(status(db, "o3").await.as_deref(), Some("FAILED"));
+    assert_eq!(status(db, "o3").await, Some(ReservationStatus::Failed));
 }
 
 async fn a_release_before_the_reservation_makes_it_fail(test_db: TestDb) {
@@ -273,13 +274,13 @@ async fn a_release_before_the_reservation_makes_it_fail(test_db: TestDb) {
 
     let r = reply(db, release("o1:reserve_stock:undo:1", "o1")).await;
     assert!(!released_flag(&r, "o1"), "there was nothing to release");
-    assert_eq!(status(db, "o1").await.as_deref(), Some("RELEASED"), "the early release is remembered");
+    assert_eq!(status(db, "o1").await, Some(ReservationStatus::Released), "the early release is remembered");
     assert_eq!(stock(db, "A").await, (10, 0));
 
     let r = reply(db, reserve("o1:reserve_stock:do:1", "o1", &[("A", 2)])).await;
     assert!(failure_reason(&r, "o1").contains("already released"), "{r:?}");
     assert_eq!(stock(db, "A").await, (10, 0));
-    assert_eq!(status(db, "o1").await.as_deref(), Some("RELEASED"));
+    assert_eq!(status(db, "o1").await, Some(ReservationStatus::Released));
     assert!(reserved_rows(db).await.is_empty());
 }
 
@@ -292,4 +293,34 @@ async fn other_messages_are_refused(test_db: TestDb) {
         other => panic!("expected a rejection, got {other:?}"),
     }
     assert_eq!(status(db, "o1").await, None);
+}
+
+async fn a_stored_reservation_that_cannot_be_read_is_an_error_not_a_default(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    seed(db, &[("A", 10)]).await;
+    reply(db, reserve("o1:reserve_stock:do:1", "o1", &[("A", 3)])).await;
+    reply(db, reserve("o2:reserve_stock:do:1", "o2", &[("A", 1)])).await;
+    force(db, "reservations", "UPDATE reservations SET status = 'ON_HOLD' WHERE order_id = 'o1'").await;
+    sqlx::query("UPDATE reservations SET lines = 'not json' WHERE order_id = 'o2'").execute(db.pool()).await.unwrap();
+    let e = reservation_status(db, "o1").await.expect_err("an unknown status is an error").to_string();
+    assert!(e.contains("order o1") && e.contains("\"ON_HOLD\""), "{e}");
+    // A repeated reserve answers from the row: it must not guess what ON_HOLD means.
+    let e = apply(db, reserve("o1:reserve_stock:do:2", "o1", &[("A", 3)])).await.expect_err("the handler refuses to guess");
+    assert!(e.to_string().contains("\"ON_HOLD\""), "{e}");
+    // Releasing o2 must not give back nothing for lines it cannot read.
+    let e = apply(db, release("o2:reserve_stock:undo:1", "o2")).await.expect_err("unreadable lines are an error");
+    assert!(e.to_string().contains("unreadable lines"), "{e}");
+    assert_eq!(stock(db, "A").await, (6, 4), "nothing moved");
+    let e = reserved_by_reservations(db).await.expect_err("unreadable lines are not counted as none").to_string();
+    assert!(e.contains("order o2"), "{e}");
+}
+
+/// Writes what the CHECK constraint on `table`'s status refuses, as a newer schema would allow
+/// (SQLite: the connection ignores CHECK constraints; PostgreSQL: the constraint is dropped; each
+/// statement fails harmlessly on the other backend, and the update itself must succeed).
+async fn force(db: &Db, table: &str, update: &str) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let _ = sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_status_check"))).execute(&mut *conn).await;
+    sqlx::query(sqlx::AssertSqlSafe(update.to_string())).execute(&mut *conn).await.unwrap();
 }

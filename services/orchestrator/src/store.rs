@@ -228,7 +228,7 @@ pub async fn due(db: &saga_store::Db, cutoffs: &Cutoffs, limit: i64) -> Result<V
         query = query.bind(i64::from(*partition)).bind(*through);
     }
     let rows = query.fetch_all(db.pool()).await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.into_iter().map(|r| Ok((r.try_get("saga_id")?, r.try_get("trace_parent")?))).collect()
 }
 
 /// Records a reply for a saga that does not exist.
@@ -290,19 +290,19 @@ pub async fn list_sagas(db: &saga_store::Db, status: Option<Status>, limit: i64)
 
 /// Number of sagas in each status.
 pub async fn count_by_status(db: &saga_store::Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM sagas GROUP BY status ORDER BY status").fetch_all(db.pool()).await?;
-    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM sagas GROUP BY status ORDER BY status").fetch_all(db.pool()).await?;
+    rows.into_iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
 }
 
 /// Unfinished sagas (neither COMPLETED nor COMPENSATED) per definition version, oldest version
 /// first. A version may be retired once it has none.
 pub async fn in_flight_by_version(db: &saga_store::Db) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT definition_version, COUNT(*) FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED') GROUP BY definition_version ORDER BY definition_version",
+        "SELECT definition_version, COUNT(*) AS n FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED') GROUP BY definition_version ORDER BY definition_version",
     )
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    rows.into_iter().map(|r| Ok((r.try_get("definition_version")?, r.try_get("n")?))).collect()
 }
 
 /// Ids of up to `limit` unfinished sagas of definition `version`, oldest first.
@@ -314,7 +314,7 @@ pub async fn in_flight_ids(db: &saga_store::Db, version: i64, limit: i64) -> Res
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter().map(|r| r.try_get(0)).collect()
+    rows.into_iter().map(|r| r.try_get("saga_id")).collect()
 }
 
 /// What the saga view's search selects; every field that is set must match.
@@ -436,14 +436,14 @@ pub async fn search(db: &saga_store::Db, search: &Search, after: Option<&Cursor>
 /// `(status, updated_at_ms)` index: a saga's last change is when it ended.
 pub async fn finished_per_bucket(db: &saga_store::Db, since_ms: i64, bucket_ms: i64) -> Result<Vec<(i64, String, i64)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT (updated_at_ms / $1) * $1 AS bucket, status, COUNT(*) FROM sagas \
+        "SELECT (updated_at_ms / $1) * $1 AS bucket, status, COUNT(*) AS n FROM sagas \
          WHERE status IN ('COMPLETED', 'COMPENSATED', 'STUCK', 'PARKED') AND updated_at_ms >= $2 GROUP BY bucket, status ORDER BY bucket, status",
     )
     .bind(bucket_ms.max(1))
     .bind(since_ms)
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    rows.into_iter().map(|r| Ok((r.try_get("bucket")?, r.try_get("status")?, r.try_get("n")?))).collect()
 }
 
 /// Failure reasons of the sagas that changed since `since_ms`, with how many sagas have each,
@@ -457,7 +457,7 @@ pub async fn failure_reasons(db: &saga_store::Db, since_ms: i64, limit: i64) -> 
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    rows.into_iter().map(|r| Ok((r.try_get("failure_reason")?, r.try_get("n")?))).collect()
 }
 
 /// A dead letter that parked a saga, as kept with it.

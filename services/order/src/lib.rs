@@ -148,28 +148,33 @@ pub async fn get_order(db: &saga_store::Db, order_id: &str) -> Result<Option<Ord
         .bind(order_id)
         .fetch_optional(db.pool())
         .await?;
-    Ok(row.map(|r| OrderView {
-        order_id: r.get(0),
-        customer_id: r.get(1),
-        status: OrderStatus::parse(&r.get::<String, _>(2)).unwrap_or(OrderStatus::Pending),
-        total_minor: r.get(3),
-        reason: r.get(4),
-        lines: serde_json::from_str(&r.get::<String, _>(5)).unwrap_or_default(),
-        promotion_code: r.get(6),
+    let Some(r) = row else { return Ok(None) };
+    // A row this build cannot read is an error, never a default.
+    let corrupt = |what: String| sqlx::Error::Decode(format!("order {order_id}: {what}").into());
+    let status: String = r.try_get("status")?;
+    Ok(Some(OrderView {
+        order_id: r.try_get("order_id")?,
+        customer_id: r.try_get("customer_id")?,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
+        total_minor: r.try_get("total_minor")?,
+        reason: r.try_get("reason")?,
+        lines: serde_json::from_str(&r.try_get::<String, _>("lines")?).map_err(|e| corrupt(format!("unreadable lines: {e}")))?,
+        promotion_code: r.try_get("promotion_code")?,
     }))
 }
 
 /// Counts orders by status: (pending, approved, rejected).
 pub async fn count_by_status(db: &saga_store::Db) -> Result<(i64, i64, i64), sqlx::Error> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(db.pool()).await?;
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status").fetch_all(db.pool()).await?;
     let mut counts = (0, 0, 0);
     for r in rows {
-        let n: i64 = r.get(1);
-        match OrderStatus::parse(&r.get::<String, _>(0)) {
+        let n: i64 = r.try_get("n")?;
+        let status: String = r.try_get("status")?;
+        match OrderStatus::parse(&status) {
             Some(OrderStatus::Pending) => counts.0 = n,
             Some(OrderStatus::Approved) => counts.1 = n,
             Some(OrderStatus::Rejected) => counts.2 = n,
-            None => {}
+            None => return Err(sqlx::Error::Decode(format!("{n} orders have an unknown status {status:?}").into())),
         }
     }
     Ok(counts)

@@ -1,5 +1,37 @@
 //! Credit and risk rules. Pure: no I/O.
 
+/// Where an order's authorization stands (stored as text in `authorizations.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationStatus {
+    /// The amount is held against the customer's credit.
+    Authorized,
+    /// Refused (unknown customer, other currency, over the limit); nothing is held.
+    Declined,
+    /// Given back by the saga's compensation, or voided before it was ever authorized.
+    Voided,
+}
+
+impl AuthorizationStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationStatus::Authorized => "AUTHORIZED",
+            AuthorizationStatus::Declined => "DECLINED",
+            AuthorizationStatus::Voided => "VOIDED",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<AuthorizationStatus> {
+        match s {
+            "AUTHORIZED" => Some(AuthorizationStatus::Authorized),
+            "DECLINED" => Some(AuthorizationStatus::Declined),
+            "VOIDED" => Some(AuthorizationStatus::Voided),
+            _ => None,
+        }
+    }
+}
+
 /// A customer's account as the rules see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

@@ -13,6 +13,8 @@
 
 pub mod domain;
 
+pub use domain::AuthorizationStatus;
+
 use saga_contracts::{
     AuthorizePayment, CheckRisk, Envelope, Message, PaymentAuthorized, PaymentDeclined, PaymentVoided, RiskAccepted, RiskRejected, TopicKind,
 };
@@ -71,11 +73,12 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
         .fetch_optional("SELECT status, reason, authorization_id, amount_minor, currency FROM authorizations WHERE order_id = $1", args![&m.order_id])
         .await?;
     if let Some(r) = existing {
-        let status: String = r.at(0)?;
-        return Ok(match status.as_str() {
-            "AUTHORIZED" => authorized(&m.envelope, &m.order_id, r.at(2)?, r.at(3)?, &r.at::<String>(4)?),
-            "VOIDED" => declined(&m.envelope, &m.order_id, "authorization was already voided by compensation".into()),
-            _ => declined(&m.envelope, &m.order_id, r.at::<Option<String>>(1)?.unwrap_or_else(|| "declined".into())),
+        return Ok(match read_status(&m.order_id, &r.get::<String>("status")?)? {
+            AuthorizationStatus::Authorized => {
+                authorized(&m.envelope, &m.order_id, r.get("authorization_id")?, r.get("amount_minor")?, &r.get::<String>("currency")?)
+            }
+            AuthorizationStatus::Voided => declined(&m.envelope, &m.order_id, "authorization was already voided by compensation".into()),
+            AuthorizationStatus::Declined => declined(&m.envelope, &m.order_id, r.get::<Option<String>>("reason")?.unwrap_or_else(|| "declined".into())),
         });
     }
     let sql = match conn.backend() {
@@ -83,7 +86,9 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
         Backend::Sqlite => "SELECT currency, credit_limit_minor, authorized_minor FROM accounts WHERE customer_id = $1",
     };
     let account = match conn.fetch_optional(sql, args![&m.customer_id]).await? {
-        Some(r) => Some(Account { currency: r.at(0)?, credit_limit_minor: r.at(1)?, authorized_minor: r.at(2)? }),
+        Some(r) => {
+            Some(Account { currency: r.get("currency")?, credit_limit_minor: r.get("credit_limit_minor")?, authorized_minor: r.get("authorized_minor")? })
+        }
         None => None,
     };
     let now = saga_store::now_ms();
@@ -100,12 +105,12 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
             if done != 1 {
                 return Err(HandleError::Conflict(format!("credit of customer {} changed during authorization", m.customer_id)));
             }
-            save(conn, m, &authorization_id, "AUTHORIZED", None, now).await?;
+            save(conn, m, &authorization_id, AuthorizationStatus::Authorized, None, now).await?;
             Ok(authorized(&m.envelope, &m.order_id, authorization_id, m.amount_minor, &m.currency))
         }
         Err(reason) => {
             tracing::info!(order_id = %m.order_id, %reason, "payment declined");
-            save(conn, m, &authorization_id, "DECLINED", Some(&reason), now).await?;
+            save(conn, m, &authorization_id, AuthorizationStatus::Declined, Some(&reason), now).await?;
             Ok(declined(&m.envelope, &m.order_id, reason))
         }
     }
@@ -114,7 +119,7 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
 async fn check_risk(conn: &mut Conn<'_>, m: &CheckRisk) -> Result<Message, HandleError> {
     let existing = conn.fetch_optional("SELECT score, reason FROM risk_assessments WHERE order_id = $1", args![&m.order_id]).await?;
     let (score, rejected) = match existing {
-        Some(r) => (r.at::<i32>(0)?, r.at::<Option<String>>(1)?),
+        Some(r) => (r.get::<i32>("score")?, r.get::<Option<String>>("reason")?),
         None => {
             let assessment = assess_risk(m.amount_minor, &m.currency);
             conn.execute(
@@ -135,11 +140,24 @@ async fn check_risk(conn: &mut Conn<'_>, m: &CheckRisk) -> Result<Message, Handl
     })
 }
 
-async fn save(conn: &mut Conn<'_>, m: &AuthorizePayment, authorization_id: &str, status: &str, reason: Option<&str>, now: i64) -> Result<(), sqlx::Error> {
+/// A stored status this build does not know is an error, never a guess.
+fn read_status(order_id: &str, stored: &str) -> Result<AuthorizationStatus, sqlx::Error> {
+    AuthorizationStatus::parse(stored)
+        .ok_or_else(|| sqlx::Error::Decode(format!("the authorization of order {order_id} has an unknown status {stored:?}").into()))
+}
+
+async fn save(
+    conn: &mut Conn<'_>,
+    m: &AuthorizePayment,
+    authorization_id: &str,
+    status: AuthorizationStatus,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
     conn.execute(
         "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        args![&m.order_id, authorization_id, &m.customer_id, m.amount_minor, &m.currency, status, reason, now],
+        args![&m.order_id, authorization_id, &m.customer_id, m.amount_minor, &m.currency, status.as_str(), reason, now],
     )
     .await?;
     Ok(())
@@ -148,25 +166,29 @@ async fn save(conn: &mut Conn<'_>, m: &AuthorizePayment, authorization_id: &str,
 async fn void(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
     let now = saga_store::now_ms();
     let row = conn.fetch_optional("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1", args![order_id]).await?;
-    let status = row.as_ref().map(|r| r.at::<String>(0)).transpose()?;
-    let voided = match (row, status.as_deref()) {
-        (Some(r), Some("AUTHORIZED")) => {
-            let customer: String = r.at(1)?;
-            let amount: i64 = r.at(2)?;
+    let status = row.as_ref().map(|r| read_status(order_id, &r.get::<String>("status")?)).transpose()?;
+    let voided = match (row, status) {
+        (Some(r), Some(AuthorizationStatus::Authorized)) => {
+            let customer: String = r.get("customer_id")?;
+            let amount: i64 = r.get("amount_minor")?;
             conn.execute(
                 "UPDATE accounts SET authorized_minor = authorized_minor - $1, updated_at_ms = $2 WHERE customer_id = $3",
                 args![amount, now, &customer],
             )
             .await?;
-            conn.execute("UPDATE authorizations SET status = 'VOIDED', updated_at_ms = $1 WHERE order_id = $2", args![now, order_id]).await?;
+            conn.execute(
+                "UPDATE authorizations SET status = $1, updated_at_ms = $2 WHERE order_id = $3",
+                args![AuthorizationStatus::Voided.as_str(), now, order_id],
+            )
+            .await?;
             true
         }
         (Some(_), _) => false,
         (None, _) => {
             conn.execute(
                 "INSERT INTO authorizations (order_id, authorization_id, customer_id, amount_minor, currency, status, reason, updated_at_ms) \
-                 VALUES ($1, $2, '', 0, '', 'VOIDED', 'voided before authorization', $3)",
-                args![order_id, &format!("auth-{order_id}"), now],
+                 VALUES ($1, $2, '', 0, '', $3, 'voided before authorization', $4)",
+                args![order_id, &format!("auth-{order_id}"), AuthorizationStatus::Voided.as_str(), now],
             )
             .await?;
             false
@@ -195,14 +217,16 @@ pub async fn set_accounts(db: &saga_store::Db, accounts: &[(String, String, i64)
 }
 
 /// An order's authorization: (status, amount in minor units), if it ever asked.
-pub async fn authorization_of(db: &saga_store::Db, order_id: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
+pub async fn authorization_of(db: &saga_store::Db, order_id: &str) -> Result<Option<(AuthorizationStatus, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT status, amount_minor FROM authorizations WHERE order_id = $1").bind(order_id).fetch_optional(db.pool()).await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    row.map(|r| Ok((read_status(order_id, &r.try_get::<String, _>("status")?)?, r.try_get("amount_minor")?))).transpose()
 }
 
 /// Sum of AUTHORIZED amounts, and how many authorizations that is.
 pub async fn authorized_total(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
-    let (sum, n): (Option<i64>, i64) =
-        sqlx::query_as("SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM authorizations WHERE status = 'AUTHORIZED'").fetch_one(db.pool()).await?;
+    let (sum, n): (Option<i64>, i64) = sqlx::query_as("SELECT CAST(SUM(amount_minor) AS BIGINT), COUNT(*) FROM authorizations WHERE status = $1")
+        .bind(AuthorizationStatus::Authorized.as_str())
+        .fetch_one(db.pool())
+        .await?;
     Ok((sum.unwrap_or(0), n))
 }

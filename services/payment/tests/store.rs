@@ -4,7 +4,7 @@
 //! applies it (inbox row, handler, commit in one transaction; a handler error rolls it all back).
 
 use saga_contracts::{AuthorizePayment, CheckRisk, Message, VoidPayment};
-use saga_payment::{authorization_of, authorized_total, set_accounts, PaymentHandler};
+use saga_payment::{authorization_of, authorized_total, set_accounts, AuthorizationStatus, PaymentHandler};
 use saga_runtime::HandleError;
 use saga_store::testing::TestDb;
 use saga_store::Db;
@@ -18,6 +18,7 @@ saga_store::backend_tests!(
     concurrent_authorizations_never_exceed_the_limit,
     other_messages_are_refused,
     a_risk_check_is_assessed_once_and_answered_alike,
+    a_stored_authorization_that_cannot_be_read_is_an_error_not_a_default,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ async fn credit_used(db: &Db, customer: &str) -> i64 {
     sqlx::query_scalar("SELECT authorized_minor FROM accounts WHERE customer_id = $1").bind(customer).fetch_one(db.pool()).await.expect("read account")
 }
 
-async fn authorization(db: &Db, order_id: &str) -> Option<(String, i64)> {
+async fn authorization(db: &Db, order_id: &str) -> Option<(AuthorizationStatus, i64)> {
     authorization_of(db, order_id).await.expect("read authorization")
 }
 
@@ -114,7 +115,7 @@ async fn authorizes_within_the_limit(test_db: TestDb) {
     assert_eq!(authorized(&r, "o1"), ("auth-o1".to_string(), 6_000, "EUR".to_string()));
     assert_eq!(r.envelope().saga_id.as_deref(), Some("o1"));
     assert_eq!(r.envelope().correlation_id, "corr-o1");
-    assert_eq!(authorization(db, "o1").await, Some(("AUTHORIZED".into(), 6_000)));
+    assert_eq!(authorization(db, "o1").await, Some((AuthorizationStatus::Authorized, 6_000)));
     assert_eq!(credit_used(db, "alice").await, 6_000);
 
     // Exactly up to the limit is allowed.
@@ -139,7 +140,7 @@ async fn declines_what_the_rules_refuse(test_db: TestDb) {
     for (order, customer, amount, currency, why) in cases {
         let r = reply(db, authorize(&format!("{order}:a:1"), order, customer, amount, currency)).await;
         assert_eq!(declined(&r, order), why);
-        assert_eq!(authorization(db, order).await.map(|(s, _)| s).as_deref(), Some("DECLINED"), "{order}");
+        assert_eq!(authorization(db, order).await.map(|(s, _)| s), Some(AuthorizationStatus::Declined), "{order}");
     }
 
     // A declined order stays declined when asked again, with the same reason.
@@ -160,7 +161,7 @@ async fn a_repeated_authorize_answers_from_the_authorization(test_db: TestDb) {
     assert_eq!(authorized(&again, "o1"), authorized(&first, "o1"));
 
     assert_eq!(credit_used(db, "alice").await, 3_000);
-    assert_eq!(authorization(db, "o1").await, Some(("AUTHORIZED".into(), 3_000)));
+    assert_eq!(authorization(db, "o1").await, Some((AuthorizationStatus::Authorized, 3_000)));
     assert_eq!(total(db).await, (3_000, 1));
 }
 
@@ -172,7 +173,7 @@ async fn a_void_restores_credit_once(test_db: TestDb) {
     let r = reply(db, void("o1:authorize_payment:undo:1", "o1")).await;
     assert!(voided(&r, "o1"));
     assert_eq!(credit_used(db, "alice").await, 2_000);
-    assert_eq!(authorization(db, "o1").await.map(|(s, _)| s).as_deref(), Some("VOIDED"));
+    assert_eq!(authorization(db, "o1").await.map(|(s, _)| s), Some(AuthorizationStatus::Voided));
     assert_eq!(total(db).await, (2_000, 1));
 
     // Voided again under a new id: nothing to void, credit is not given back twice.
@@ -195,7 +196,7 @@ async fn a_void_restores_credit_once(test_db: TestDb) {
     reply(db, authorize("o4:a:1", "o4", "bob", 9_999, "EUR")).await;
     assert!(!voided(&reply(db, void("o4:undo:1", "o4")).await, "o4"));
     assert_eq!(credit_used(db, "bob").await, 0);
-    assert_eq!(authorization(db, "o4").await.map(|(s, _)| s).as_deref(), Some("DECLINED"));
+    assert_eq!(authorization(db, "o4").await.map(|(s, _)| s), Some(AuthorizationStatus::Declined));
 }
 
 async fn a_void_before_the_authorization_makes_it_decline(test_db: TestDb) {
@@ -203,7 +204,7 @@ async fn a_void_before_the_authorization_makes_it_decline(test_db: TestDb) {
 
     let r = reply(db, void("o1:authorize_payment:undo:1", "o1")).await;
     assert!(!voided(&r, "o1"), "there was nothing to void");
-    assert_eq!(authorization(db, "o1").await.map(|(s, _)| s).as_deref(), Some("VOIDED"));
+    assert_eq!(authorization(db, "o1").await.map(|(s, _)| s), Some(AuthorizationStatus::Voided));
 
     let r = reply(db, authorize("o1:authorize_payment:do:1", "o1", "alice", 1_000, "EUR")).await;
     assert!(declined(&r, "o1").contains("already voided"), "{r:?}");
@@ -290,4 +291,27 @@ async fn a_risk_check_is_assessed_once_and_answered_alike(test_db: TestDb) {
     assert_eq!(apply(db, check("o2:check_risk:do:1", "o2", 600_000)).await.unwrap(), None);
     // Checking takes no credit.
     assert_eq!(authorized_total(db).await.unwrap(), (0, 0));
+}
+
+async fn a_stored_authorization_that_cannot_be_read_is_an_error_not_a_default(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    reply(db, authorize("o1:authorize_payment:do:1", "o1", "alice", 6_000, "EUR")).await;
+    force(db, "authorizations", "UPDATE authorizations SET status = 'CAPTURED' WHERE order_id = 'o1'").await;
+    let e = authorization_of(db, "o1").await.expect_err("an unknown status is an error").to_string();
+    assert!(e.contains("order o1") && e.contains("\"CAPTURED\""), "{e}");
+    let e = apply(db, authorize("o1:authorize_payment:do:2", "o1", "alice", 6_000, "EUR")).await.expect_err("the handler refuses to guess");
+    assert!(e.to_string().contains("\"CAPTURED\""), "{e}");
+    let e = apply(db, void("o1:authorize_payment:undo:1", "o1")).await.expect_err("a void does not guess either");
+    assert!(e.to_string().contains("\"CAPTURED\""), "{e}");
+    assert_eq!(credit_used(db, "alice").await, 6_000, "nothing moved");
+}
+
+/// Writes what the CHECK constraint on `table`'s status refuses, as a newer schema would allow
+/// (SQLite: the connection ignores CHECK constraints; PostgreSQL: the constraint is dropped; each
+/// statement fails harmlessly on the other backend, and the update itself must succeed).
+async fn force(db: &Db, table: &str, update: &str) {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let _ = sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_status_check"))).execute(&mut *conn).await;
+    sqlx::query(sqlx::AssertSqlSafe(update.to_string())).execute(&mut *conn).await.unwrap();
 }

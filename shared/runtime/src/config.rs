@@ -404,8 +404,50 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn from_figment(e: figment::Error) -> ConfigError {
-        // figment's message names the key and where its value came from (file or variable).
-        ConfigError::Parse(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+        ConfigError::Parse(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("; "))
+    }
+}
+
+/// One figment error as a sentence a person reads: the dotted key, where its value came from (the
+/// variable or the file), and what was wrong, e.g.
+/// `kafka.partitions (from SAGA_KAFKA__PARTITIONS): expected an integer, found string "abc"`.
+pub fn describe(e: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = e.path.join(".");
+    let from = e.metadata.as_ref().map(|m| match &m.source {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        // The `SAGA_` variables, split on `__` (see `layered`).
+        _ if m.name.contains("environment variable") && !e.path.is_empty() => {
+            format!("SAGA_{}", e.path.iter().map(|k| k.to_ascii_uppercase()).collect::<Vec<_>>().join("__"))
+        }
+        _ => m.name.to_string(),
+    });
+    let what = match &e.kind {
+        Kind::InvalidType(found, expected) | Kind::InvalidValue(found, expected) => format!("expected {}, found {found}", plain_type(expected)),
+        Kind::UnknownField(field, known) => {
+            let where_ = if key.is_empty() { String::new() } else { format!(" in {key}") };
+            return format!("unknown key {field:?}{where_}{}; known keys: {}", from.map(|f| format!(" (from {f})")).unwrap_or_default(), known.join(", "));
+        }
+        Kind::UnknownVariant(found, known) => format!("{found:?} is not one of {}", known.join(", ")),
+        Kind::MissingField(field) => format!("missing key {field}"),
+        other => other.to_string(),
+    };
+    match (key.is_empty(), from) {
+        (false, Some(from)) => format!("{key} (from {from}): {what}"),
+        (false, None) => format!("{key}: {what}"),
+        (true, Some(from)) => format!("{from}: {what}"),
+        (true, None) => what,
+    }
+}
+
+/// serde's name of an expected type, in words.
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        other => other.into(),
     }
 }
 
@@ -479,9 +521,15 @@ mod tests {
     }
 
     #[test]
-    fn wrong_type_names_the_key() {
+    fn wrong_type_names_the_key_and_where_it_came_from_in_words() {
         let e = load("[kafka]\npartitions = \"many\"\n").unwrap_err().to_string();
-        assert!(e.contains("partitions"), "{e}");
+        assert!(e.contains("kafka.partitions (from ") && e.contains("c.toml): expected an integer, found string \"many\""), "{e}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SAGA_KAFKA__PARTITIONS", "abc");
+            let e = ServiceSettings::load("order", None).unwrap_err().to_string();
+            assert_eq!(e, "invalid configuration: kafka.partitions (from SAGA_KAFKA__PARTITIONS): expected an integer, found string \"abc\"");
+            Ok(())
+        });
     }
 
     #[test]

@@ -20,8 +20,8 @@ use saga_runtime::dlt::record::Refusal;
 use saga_runtime::kafka;
 
 use super::{
-    operator_group, resolve_topic, ConnectArgs, DeadLetterRecord, DltError, ListArgs, Listing, Outcome, PurgeArgs, PurgedPartition, Redrive, RedriveArgs,
-    RedriveReport,
+    operator_group, resolve_topic, ConnectArgs, DeadLetterRecord, DltError, ListArgs, Listing, PurgeArgs, PurgedPartition, Redrive, RedriveArgs,
+    RedriveOutcome, RedriveReport,
 };
 
 const CLIENT_ID: &str = "sagactl-dlt";
@@ -97,20 +97,20 @@ impl Dlt {
         let mut rest = selected.into_iter();
         while let Some(record) = rest.next() {
             let outcome = match record.redrive(args.max_redrives) {
-                Err(why @ Refusal::AtLimit { .. }) => Outcome::Refused(format!("{why} (--max-redrives)")),
-                Err(why) => Outcome::Refused(why.to_string()),
+                Err(why @ Refusal::AtLimit { .. }) => RedriveOutcome::Refused(format!("{why} (--max-redrives)")),
+                Err(why) => RedriveOutcome::Refused(why.to_string()),
                 Ok(plan) if !self.partitions.contains_key(&plan.topic) => {
-                    Outcome::Refused(format!("original topic {} does not exist on {}", plan.topic, self.kafka.bootstrap_servers))
+                    RedriveOutcome::Refused(format!("original topic {} does not exist on {}", plan.topic, self.kafka.bootstrap_servers))
                 }
                 Ok(plan) => match &producer {
-                    None => Outcome::WouldRedrive { topic: plan.topic, count: plan.count },
+                    None => RedriveOutcome::WouldRedrive { topic: plan.topic, count: plan.count },
                     Some(producer) => match send(producer, &plan).await {
-                        Ok((partition, offset)) => Outcome::Redriven { topic: plan.topic, partition, offset, count: plan.count },
-                        Err(e) => Outcome::Failed(format!("producing to {} failed: {e}", plan.topic)),
+                        Ok((partition, offset)) => RedriveOutcome::Redriven { topic: plan.topic, partition, offset, count: plan.count },
+                        Err(e) => RedriveOutcome::Failed(format!("producing to {} failed: {e}", plan.topic)),
                     },
                 },
             };
-            let failed = matches!(outcome, Outcome::Failed(_));
+            let failed = matches!(outcome, RedriveOutcome::Failed(_));
             report.outcomes.push((record, outcome));
             if failed {
                 report.not_attempted = rest.count();

@@ -153,14 +153,14 @@ impl DeadLetterRecord {
     }
 
     /// The record as `list --json` prints it.
-    pub fn summary(&self) -> Summary {
+    pub fn summary(&self) -> DeadLetterSummary {
         let original_headers = self
             .headers
             .iter()
             .filter(|(k, _)| !k.starts_with(headers::PREFIX))
             .map(|(k, v)| (k.clone(), v.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())))
             .collect();
-        Summary {
+        DeadLetterSummary {
             dlt_topic: self.dlt_topic.clone(),
             partition: self.partition,
             offset: self.offset,
@@ -228,7 +228,7 @@ pub enum Refusal {
 
 /// A dead letter as `list --json` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub struct DeadLetterSummary {
     /// Dead-letter topic.
     pub dlt_topic: String,
     /// Partition there.
