@@ -5,22 +5,28 @@
 use clap::Parser;
 use saga_integration_tests::chaos::{run, Options};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run(Options::parse()).await {
-        Ok(report) => {
-            println!("{}", report.figures());
-            match report.failure() {
-                Some(why) => {
-                    eprintln!("chaos: failed: {why}");
-                    std::process::ExitCode::from(1)
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let code = runtime.block_on(async {
+        match run(Options::parse()).await {
+            Ok(report) => {
+                println!("{}", report.figures());
+                match report.failure() {
+                    Some(why) => {
+                        eprintln!("chaos: failed: {why}");
+                        std::process::ExitCode::from(1)
+                    }
+                    None => std::process::ExitCode::SUCCESS,
                 }
-                None => std::process::ExitCode::SUCCESS,
+            }
+            Err(e) => {
+                eprintln!("chaos: {e:#}");
+                std::process::ExitCode::from(2)
             }
         }
-        Err(e) => {
-            eprintln!("chaos: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    });
+    // Blocking reads of a broker that stopped answering (tansu's storage can die and leave the
+    // process up) must not hold the exit: the run is over and its verdict printed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
