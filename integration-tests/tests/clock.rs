@@ -16,6 +16,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(8);
 const JUMP: Duration = Duration::from_secs(5);
 /// Polling the saga table every 50 ms, and a timer tick of 50 ms.
 const SLACK: Duration = Duration::from_millis(500);
+/// A deadline fires once the orchestrator has read its partition past it: with nothing to read,
+/// up to about 2.5 s after its time (`saga_runtime::read_through`).
+const READ_THROUGH: Duration = Duration::from_secs(3);
 
 fn libfaketime() -> PathBuf {
     let path = PathBuf::from(std::env::var("SAGA_TEST_LIBFAKETIME").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".into()));
@@ -92,7 +95,7 @@ fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(status_of(&orchestrator, &a_id).await, Some(Status::Running), "nothing fires before the jump");
         std::fs::write(&clock, format!("+{}", JUMP.as_secs())).unwrap();
-        let fired = seen(&orchestrator, &a_id, Status::Compensating, STEP_TIMEOUT + SLACK * 4).await;
+        let fired = seen(&orchestrator, &a_id, Status::Compensating, STEP_TIMEOUT + SLACK * 4 + READ_THROUGH).await;
         let waited = fired - started;
         assert!(waited + SLACK >= STEP_TIMEOUT - JUMP, "a jump of {JUMP:?} ahead fired an {STEP_TIMEOUT:?} deadline after {waited:?}");
         eprintln!("forward jump of {JUMP:?}: the {STEP_TIMEOUT:?} deadline fired after {waited:?}");
@@ -105,7 +108,7 @@ fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
         let started = seen(&orchestrator, &b_id, Status::Running, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         std::fs::write(&clock, "+0").unwrap();
-        let fired = seen(&orchestrator, &b_id, Status::Compensating, STEP_TIMEOUT + JUMP + SLACK * 4).await;
+        let fired = seen(&orchestrator, &b_id, Status::Compensating, STEP_TIMEOUT + JUMP + SLACK * 4 + READ_THROUGH).await;
         let waited = fired - started;
         assert!(waited + SLACK >= STEP_TIMEOUT + JUMP, "a jump back of {JUMP:?} delays an {STEP_TIMEOUT:?} deadline by it, yet it fired after {waited:?}");
         eprintln!("backward jump of {JUMP:?}: the {STEP_TIMEOUT:?} deadline fired after {waited:?}");

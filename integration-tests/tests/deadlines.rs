@@ -13,7 +13,7 @@ use saga_cli::sample::sample_order;
 use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
 use saga_orchestrator::saga::Status;
 
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+const STEP_TIMEOUT: Duration = Duration::from_secs(8);
 
 async fn status_of(db: &saga_store::Db, id: &str) -> Option<Status> {
     saga_orchestrator::store::get_saga(db, id).await.unwrap().map(|s| s.state.status)
@@ -70,8 +70,15 @@ fn a_reply_that_came_in_time_while_the_orchestrator_was_down_wins_over_the_deadl
         orchestrator.child.kill().unwrap();
         orchestrator.child.wait().unwrap();
         let inventory = start("inventory");
-        // The deadline passes while the orchestrator is down (the reply is on its topic by then).
-        tokio::time::sleep(STEP_TIMEOUT + Duration::from_secs(2)).await;
+        // The reply is committed before the deadline (inventory reserved; its relay publishes a
+        // committed row at once, and deletes it only in a later transaction).
+        let stock = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();
+        while saga_inventory::reservation_status(&stock, &id).await.unwrap() != Some(saga_inventory::ReservationStatus::Reserved) {
+            assert!(waiting_since.elapsed() + Duration::from_secs(1) < STEP_TIMEOUT, "inventory did not reply well within the deadline (a slow start)");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The deadline passes while the orchestrator is down.
+        tokio::time::sleep(STEP_TIMEOUT.saturating_sub(waiting_since.elapsed()) + Duration::from_secs(2)).await;
         assert!(waiting_since.elapsed() > STEP_TIMEOUT);
         assert_eq!(status_of(&sagas, &id).await, Some(Status::Running), "nothing moved while the orchestrator was down");
         let orchestrator = start("orchestrator");

@@ -213,22 +213,41 @@ pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) ->
     Ok(())
 }
 
-/// Sagas whose deadline passed at `now_ms`, earliest first, with their trace context.
+/// Sagas whose deadline passed by `cutoffs` (each owned partition up to its own read-through
+/// time, a saga of unknown partition up to the floor), earliest first, at most `limit`, with their
+/// trace context.
 pub async fn due(db: &saga_store::Db, cutoffs: &Cutoffs, limit: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
-    // Each owned partition up to its own cutoff; a saga of unknown partition up to the earliest.
-    let latest = cutoffs.by_partition.iter().map(|(_, t)| *t).max().unwrap_or(cutoffs.floor);
-    let mut sql = String::from("SELECT saga_id, trace_parent FROM sagas WHERE deadline_at_ms <= $1 AND ((kafka_partition IS NULL AND deadline_at_ms <= $2)");
-    for i in 0..cutoffs.by_partition.len() {
-        sql.push_str(&format!(" OR (kafka_partition = ${} AND deadline_at_ms <= ${})", 4 + 2 * i, 5 + 2 * i));
+    // A clause per partition; in chunks, so a topic of many partitions stays within SQLite's
+    // expression depth.
+    const CHUNK: usize = 100;
+    let mut found: Vec<(i64, String, Option<String>)> = Vec::new();
+    let mut chunks: Vec<&[(i32, i64)]> = cutoffs.by_partition.chunks(CHUNK).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
     }
-    sql.push_str(") ORDER BY deadline_at_ms LIMIT $3");
-    // Only placeholders are formatted in; every value is bound.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(latest).bind(cutoffs.floor).bind(limit);
-    for (partition, through) in &cutoffs.by_partition {
-        query = query.bind(i64::from(*partition)).bind(*through);
+    for (n, chunk) in chunks.iter().enumerate() {
+        let latest = chunk.iter().map(|(_, t)| *t).max().unwrap_or(cutoffs.floor).max(cutoffs.floor);
+        // The floor clause once, with the first chunk.
+        let floor = if n == 0 { cutoffs.floor } else { i64::MIN };
+        let mut sql = String::from(
+            "SELECT saga_id, trace_parent, deadline_at_ms FROM sagas WHERE deadline_at_ms <= $1 AND ((kafka_partition IS NULL AND deadline_at_ms <= $2)",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(&format!(" OR (kafka_partition = ${} AND deadline_at_ms <= ${})", 4 + 2 * i, 5 + 2 * i));
+        }
+        sql.push_str(") ORDER BY deadline_at_ms LIMIT $3");
+        // Only placeholders are formatted in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(latest).bind(floor).bind(limit);
+        for (partition, through) in chunk.iter() {
+            query = query.bind(i64::from(*partition)).bind(*through);
+        }
+        for r in query.fetch_all(db.pool()).await? {
+            found.push((r.try_get("deadline_at_ms")?, r.try_get("saga_id")?, r.try_get("trace_parent")?));
+        }
     }
-    let rows = query.fetch_all(db.pool()).await?;
-    rows.into_iter().map(|r| Ok((r.try_get("saga_id")?, r.try_get("trace_parent")?))).collect()
+    found.sort_by_key(|(deadline, _, _)| *deadline);
+    found.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(found.into_iter().map(|(_, id, trace)| (id, trace)).collect())
 }
 
 /// Records a reply for a saga that does not exist.

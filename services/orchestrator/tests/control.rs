@@ -114,6 +114,11 @@ async fn a_deadline_waits_until_its_partition_was_read_past_it(test_db: TestDb) 
     assert!(due(Cutoffs { by_partition: vec![(1, now)], floor: now }).await.is_empty());
     // Partition 0 read past the deadline, even while another lags behind.
     assert_eq!(due(Cutoffs { by_partition: vec![(0, deadline), (1, deadline - 5_000)], floor: deadline - 5_000 }).await, vec!["o1"]);
+    // Many partitions (the statement is cut in chunks): the saga's, in a later chunk, decides.
+    sqlx::query("UPDATE sagas SET kafka_partition = 230").execute(db.pool()).await.unwrap();
+    let many = |at_230: i64| Cutoffs { by_partition: (0..250).map(|p| (p, if p == 230 { at_230 } else { now })).collect(), floor: deadline - 1 };
+    assert_eq!(due(many(deadline)).await, vec!["o1"]);
+    assert!(due(many(deadline - 1)).await.is_empty());
     // A saga started before the partition was kept waits for every partition this instance owns.
     sqlx::query("UPDATE sagas SET kafka_partition = NULL").execute(db.pool()).await.unwrap();
     assert!(due(Cutoffs { by_partition: vec![(0, now), (1, deadline - 1)], floor: deadline - 1 }).await.is_empty());

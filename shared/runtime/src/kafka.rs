@@ -79,10 +79,7 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1500")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
-        // Consumer lag and client queues for /metrics; how far each partition's end is, for the
-        // deadlines (see `read_through`).
-        .set("statistics.interval.ms", crate::read_through::STATISTICS_INTERVAL.as_millis().to_string());
+        .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string());
     for (k, v) in base_config(settings).config_map() {
         config.set(k, v);
     }
@@ -93,7 +90,12 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        // The eager range assignor hands an instance the same partition numbers of every topic,
+        // and the whole assignment at each rebalance; deadlines rely on both, and on the
+        // statistics (how far each partition's end is; also /metrics' lag) (`read_through`).
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", crate::read_through::STATISTICS_INTERVAL.as_millis().to_string());
     config
 }
 
@@ -155,7 +157,7 @@ impl ClientContext for LoggingContext {
             m.observe_kafka(&statistics);
         }
         if let Some(r) = &self.read_through {
-            r.observe(&statistics, saga_store::now_ms());
+            r.observe(&statistics);
         }
     }
 
@@ -193,8 +195,10 @@ impl ConsumerContext for LoggingContext {
         // of it back. Asking the consumer for its assignment here would deadlock while it closes.
         if let Some(r) = &self.read_through {
             match rebalance {
-                Rebalance::Assign(tpl) => r.assigned(&tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>()),
-                Rebalance::Revoke(_) => r.assigned(&[]),
+                Rebalance::Assign(tpl) => {
+                    r.assigned(&tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), saga_store::now_ms())
+                }
+                Rebalance::Revoke(_) => r.assigned(&[], saga_store::now_ms()),
                 Rebalance::Error(_) => {}
             }
         }

@@ -21,8 +21,19 @@
 //! does, and if nobody owns it, nobody reads its replies either. After an assignment every
 //! partition starts unread.
 //!
-//! The cost: on a healthy instance a deadline fires up to a statistics interval (1 s) and the
-//! margin later than its time; step deadlines are tens of seconds.
+//! A statistics report counts only when it can be trusted: it is dated by its own emission time
+//! (reports wait in the consumer's queue while a batch is in hand), it comes at least one fetch
+//! wait after the assignment (so its high watermark is from a fetch of this assignment, not an
+//! old one), and the partition's leader was up and had sent something within that wait (a leader
+//! that cannot be reached leaves its high watermark frozen).
+//!
+//! Record timestamps are the producers' clocks: a participant whose clock runs ahead by s can make
+//! a deadline fire up to s early, as an orchestrator clock that is off moves every deadline (keep
+//! clocks synchronized).
+//!
+//! The cost: on a healthy idle instance a deadline fires up to about 2.5 s later than its time (a
+//! statistics interval, the report's whole-second date, the margin); step deadlines are tens of
+//! seconds.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,6 +47,8 @@ pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
 /// What this instance read of one partition.
 #[derive(Debug, Default, Clone, Copy)]
 struct Partition {
+    /// When the group gave it to this instance, ms since epoch.
+    assigned_ms: i64,
     /// The offset after the last record handled (its transaction committed).
     handled_next: Option<i64>,
     /// Everything written before this time, ms since epoch, has been handled.
@@ -57,7 +70,8 @@ pub struct Cutoffs {
     /// Per partition number this instance owns on every topic it consumes, its read-through time
     /// (never later than now).
     pub by_partition: Vec<(i32, i64)>,
-    /// The earliest of them: for work whose partition is not known.
+    /// The earliest of them, for work whose partition is not known; `i64::MIN` (nothing) while
+    /// some owned partition has not been read through.
     pub floor: i64,
 }
 
@@ -78,13 +92,13 @@ impl ReadThrough {
         ReadThrough { staleness: fetch_wait + Duration::from_millis(500), owned: Mutex::default() }
     }
 
-    /// The group gave this instance `partitions` (all it owns now; none after a revocation):
-    /// each starts unread.
-    pub fn assigned(&self, partitions: &[(String, i32)]) {
+    /// The group gave this instance `partitions` at `now_ms` (all it owns now; none after a
+    /// revocation): each starts unread.
+    pub fn assigned(&self, partitions: &[(String, i32)], now_ms: i64) {
         let mut owned = self.owned.lock().expect("read-through lock");
         owned.clear();
         for tp in partitions {
-            owned.insert(tp.clone(), Partition::default());
+            owned.insert(tp.clone(), Partition { assigned_ms: now_ms, ..Partition::default() });
         }
     }
 
@@ -100,26 +114,37 @@ impl ReadThrough {
         }
     }
 
-    /// librdkafka's statistics, taken at `now_ms`: a partition handled up to its high watermark
-    /// (or whose committed offset is there) was read through the time that watermark was seen.
-    pub fn observe(&self, statistics: &Statistics, now_ms: i64) {
+    /// librdkafka's statistics: a partition handled up to its high watermark (or whose committed
+    /// offset is there) was read through the time that watermark was seen. Only partitions whose
+    /// leader is up and sent something within the staleness count.
+    pub fn observe(&self, statistics: &Statistics) {
+        // `time` is the report's wall clock in whole seconds (rounded down: never later than the
+        // report).
+        let taken_ms = statistics.time * 1000;
+        let staleness_us = self.staleness.as_micros() as i64;
+        let live: Vec<i32> = statistics.brokers.values().filter(|b| b.state == "UP" && (0..staleness_us).contains(&b.rxidle)).map(|b| b.nodeid).collect();
         for (name, topic) in &statistics.topics {
             for (number, p) in &topic.partitions {
-                if *number >= 0 && p.fetch_state == "active" {
-                    self.observe_partition(name, *number, End { committed: p.committed_offset, low: p.lo_offset, high: p.hi_offset }, now_ms);
+                if *number >= 0 && p.fetch_state == "active" && live.contains(&p.leader) {
+                    self.observe_partition(name, *number, End { committed: p.committed_offset, low: p.lo_offset, high: p.hi_offset }, taken_ms);
                 }
             }
         }
     }
 
-    /// One partition of the statistics (see [`ReadThrough::observe`]).
-    fn observe_partition(&self, topic: &str, number: i32, end: End, now_ms: i64) {
+    /// One partition of a statistics report taken at `taken_ms` (see [`ReadThrough::observe`]).
+    fn observe_partition(&self, topic: &str, number: i32, end: End, taken_ms: i64) {
         if end.high < 0 {
             return;
         }
-        let seen_at = now_ms - self.staleness.as_millis() as i64;
+        let staleness = self.staleness.as_millis() as i64;
+        let seen_at = taken_ms - staleness;
         let mut owned = self.owned.lock().expect("read-through lock");
         let Some(p) = owned.get_mut(&(topic.to_string(), number)) else { return };
+        // A report from before a fetch of this assignment could carry an old high watermark.
+        if seen_at < p.assigned_ms {
+            return;
+        }
         let next = p.handled_next.unwrap_or(-1).max(end.committed);
         let empty = end.low >= 0 && end.high <= end.low;
         if next >= end.high || empty {
@@ -139,10 +164,14 @@ impl ReadThrough {
                 _ => None,
             };
         }
+        // Work of unknown partition waits for every partition this instance owns.
+        let floor = if by_number.values().all(Option::is_some) { by_number.values().flatten().min().map(|t| (*t).min(now_ms)) } else { None };
         let mut by_partition: Vec<(i32, i64)> = by_number.into_iter().filter_map(|(n, t)| t.map(|t| (n, t.min(now_ms)))).collect();
         by_partition.sort_unstable();
-        let floor = by_partition.iter().map(|(_, t)| *t).min()?;
-        Some(Cutoffs { by_partition, floor })
+        if by_partition.is_empty() {
+            return None;
+        }
+        Some(Cutoffs { by_partition, floor: floor.unwrap_or(i64::MIN) })
     }
 }
 
@@ -156,7 +185,7 @@ mod tests {
 
     fn owning(parts: &[(&str, i32)]) -> ReadThrough {
         let r = ReadThrough::new(Duration::from_millis(100));
-        r.assigned(&parts.iter().map(|(t, p)| (t.to_string(), *p)).collect::<Vec<_>>());
+        r.assigned(&parts.iter().map(|(t, p)| (t.to_string(), *p)).collect::<Vec<_>>(), 0);
         r
     }
 
@@ -167,7 +196,14 @@ mod tests {
         r.handled("a", 0, 5, Some(7_000));
         assert_eq!(r.cutoffs(10_000), None, "b/0 is still unread");
         r.handled("b", 0, 2, Some(8_000));
-        assert_eq!(r.cutoffs(10_000), Some(Cutoffs { by_partition: vec![(0, 7_000)], floor: 7_000 }), "the least over the topics; partition 1 unread");
+        assert_eq!(
+            r.cutoffs(10_000),
+            Some(Cutoffs { by_partition: vec![(0, 7_000)], floor: i64::MIN }),
+            "the least over the topics; partition 1 unread, so nothing of unknown partition fires"
+        );
+        r.handled("a", 1, 0, Some(9_000));
+        r.handled("b", 1, 0, Some(8_500));
+        assert_eq!(r.cutoffs(10_000), Some(Cutoffs { by_partition: vec![(0, 7_000), (1, 8_500)], floor: 7_000 }));
     }
 
     #[test]
@@ -182,6 +218,17 @@ mod tests {
         r.observe_partition("a", 0, end(10, 0, 10), 25_000);
         r.observe_partition("b", 0, end(4, 0, 6), 25_000);
         assert_eq!(r.cutoffs(30_000).unwrap().floor, 19_400);
+    }
+
+    #[test]
+    fn a_report_from_before_a_fetch_of_this_assignment_is_not_trusted() {
+        let r = owning(&[]);
+        r.assigned(&[("a".into(), 0)], 20_000);
+        // Committed at 8 and an old high watermark of 8: taken too soon after the assignment.
+        r.observe_partition("a", 0, end(8, 0, 8), 20_300);
+        assert_eq!(r.cutoffs(30_000), None);
+        r.observe_partition("a", 0, end(8, 0, 8), 21_000);
+        assert_eq!(r.cutoffs(30_000).unwrap().floor, 20_400);
     }
 
     #[test]
@@ -204,10 +251,10 @@ mod tests {
         let r = owning(&[("a", 0)]);
         r.handled("a", 0, 0, Some(1_000));
         assert!(r.cutoffs(2_000).is_some());
-        r.assigned(&[("a".into(), 1)]);
+        r.assigned(&[("a".into(), 1)], 1_800);
         r.handled("a", 0, 1, Some(1_500));
         assert_eq!(r.cutoffs(2_000), None);
-        r.assigned(&[]);
+        r.assigned(&[], 1_900);
         assert_eq!(r.cutoffs(2_000), None, "an instance that owns nothing fires nothing");
     }
 }
