@@ -300,7 +300,7 @@ async fn a_stored_reservation_that_cannot_be_read_is_an_error_not_a_default(test
     seed(db, &[("A", 10)]).await;
     reply(db, reserve("o1:reserve_stock:do:1", "o1", &[("A", 3)])).await;
     reply(db, reserve("o2:reserve_stock:do:1", "o2", &[("A", 1)])).await;
-    force(db, "reservations", "UPDATE reservations SET status = 'ON_HOLD' WHERE order_id = 'o1'").await;
+    saga_store::testing::write_past_status_check(db, "reservations", "UPDATE reservations SET status = 'ON_HOLD' WHERE order_id = 'o1'").await;
     sqlx::query("UPDATE reservations SET lines = 'not json' WHERE order_id = 'o2'").execute(db.pool()).await.unwrap();
     let e = reservation_status(db, "o1").await.expect_err("an unknown status is an error").to_string();
     assert!(e.contains("order o1") && e.contains("\"ON_HOLD\""), "{e}");
@@ -313,14 +313,4 @@ async fn a_stored_reservation_that_cannot_be_read_is_an_error_not_a_default(test
     assert_eq!(stock(db, "A").await, (6, 4), "nothing moved");
     let e = reserved_by_reservations(db).await.expect_err("unreadable lines are not counted as none").to_string();
     assert!(e.contains("order o2"), "{e}");
-}
-
-/// Writes what the CHECK constraint on `table`'s status refuses, as a newer schema would allow
-/// (SQLite: the connection ignores CHECK constraints; PostgreSQL: the constraint is dropped; each
-/// statement fails harmlessly on the other backend, and the update itself must succeed).
-async fn force(db: &Db, table: &str, update: &str) {
-    let mut conn = db.pool().acquire().await.unwrap();
-    let _ = sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_status_check"))).execute(&mut *conn).await;
-    sqlx::query(sqlx::AssertSqlSafe(update.to_string())).execute(&mut *conn).await.unwrap();
 }

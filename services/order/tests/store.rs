@@ -273,7 +273,7 @@ async fn a_stored_order_that_cannot_be_read_is_an_error_not_a_default(test_db: T
     let db = migrated(&test_db).await;
     applied(db, place("place-o1", "o1", valid_lines())).await;
     applied(db, place("place-o2", "o2", valid_lines())).await;
-    force(db, "orders", "UPDATE orders SET status = 'SHIPPED' WHERE order_id = 'o1'").await;
+    saga_store::testing::write_past_status_check(db, "orders", "UPDATE orders SET status = 'SHIPPED' WHERE order_id = 'o1'").await;
     sqlx::query("UPDATE orders SET lines = 'not json' WHERE order_id = 'o2'").execute(db.pool()).await.unwrap();
     let e = get_order(db, "o1").await.expect_err("an unknown status is not read as PENDING").to_string();
     assert!(e.contains("order o1") && e.contains("\"SHIPPED\""), "{e}");
@@ -281,14 +281,4 @@ async fn a_stored_order_that_cannot_be_read_is_an_error_not_a_default(test_db: T
     assert!(e.contains("order o2") && e.contains("unreadable lines"), "{e}");
     let e = count_by_status(db).await.expect_err("an unknown status is not left out of the counts").to_string();
     assert!(e.contains("\"SHIPPED\""), "{e}");
-}
-
-/// Writes what the CHECK constraint on `table`'s status refuses, as a newer schema would allow
-/// (SQLite: the connection ignores CHECK constraints; PostgreSQL: the constraint is dropped; each
-/// statement fails harmlessly on the other backend, and the update itself must succeed).
-async fn force(db: &Db, table: &str, update: &str) {
-    let mut conn = db.pool().acquire().await.unwrap();
-    let _ = sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_status_check"))).execute(&mut *conn).await;
-    sqlx::query(sqlx::AssertSqlSafe(update.to_string())).execute(&mut *conn).await.unwrap();
 }

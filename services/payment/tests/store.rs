@@ -296,7 +296,7 @@ async fn a_risk_check_is_assessed_once_and_answered_alike(test_db: TestDb) {
 async fn a_stored_authorization_that_cannot_be_read_is_an_error_not_a_default(test_db: TestDb) {
     let db = migrated(&test_db).await;
     reply(db, authorize("o1:authorize_payment:do:1", "o1", "alice", 6_000, "EUR")).await;
-    force(db, "authorizations", "UPDATE authorizations SET status = 'CAPTURED' WHERE order_id = 'o1'").await;
+    saga_store::testing::write_past_status_check(db, "authorizations", "UPDATE authorizations SET status = 'CAPTURED' WHERE order_id = 'o1'").await;
     let e = authorization_of(db, "o1").await.expect_err("an unknown status is an error").to_string();
     assert!(e.contains("order o1") && e.contains("\"CAPTURED\""), "{e}");
     let e = apply(db, authorize("o1:authorize_payment:do:2", "o1", "alice", 6_000, "EUR")).await.expect_err("the handler refuses to guess");
@@ -304,14 +304,4 @@ async fn a_stored_authorization_that_cannot_be_read_is_an_error_not_a_default(te
     let e = apply(db, void("o1:authorize_payment:undo:1", "o1")).await.expect_err("a void does not guess either");
     assert!(e.to_string().contains("\"CAPTURED\""), "{e}");
     assert_eq!(credit_used(db, "alice").await, 6_000, "nothing moved");
-}
-
-/// Writes what the CHECK constraint on `table`'s status refuses, as a newer schema would allow
-/// (SQLite: the connection ignores CHECK constraints; PostgreSQL: the constraint is dropped; each
-/// statement fails harmlessly on the other backend, and the update itself must succeed).
-async fn force(db: &Db, table: &str, update: &str) {
-    let mut conn = db.pool().acquire().await.unwrap();
-    let _ = sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut *conn).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_status_check"))).execute(&mut *conn).await;
-    sqlx::query(sqlx::AssertSqlSafe(update.to_string())).execute(&mut *conn).await.unwrap();
 }

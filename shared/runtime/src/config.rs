@@ -290,7 +290,6 @@ pub const GUARANTEE_KEYS: &[(&str, &str)] = &[
     ("acks", "a record counts as published only once every in-sync replica has it"),
     ("partitioner", "every client must put a key on the same partition (murmur2, as the Java client)"),
     ("partition.assignment.strategy", "deadlines need the range assignor: the same partition numbers of every topic, the whole assignment at each rebalance"),
-    ("statistics.interval.ms", "deadlines learn from the statistics when a partition was read to its end"),
 ];
 
 impl KafkaSettings {

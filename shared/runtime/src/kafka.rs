@@ -93,7 +93,8 @@ pub fn consumer_config(settings: &KafkaSettings, client_id: &str) -> ClientConfi
         .set("isolation.level", "read_committed")
         // The eager range assignor hands an instance the same partition numbers of every topic,
         // and the whole assignment at each rebalance; deadlines rely on both, and on the
-        // statistics (how far each partition's end is; also /metrics' lag) (`read_through`).
+        // consumer's statistics every second (how far each partition's end is; also /metrics'
+        // lag), whatever a passthrough asks for other clients (`read_through`).
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", crate::read_through::STATISTICS_INTERVAL.as_millis().to_string());
     config
