@@ -185,3 +185,92 @@ impl OrderClient {
         self.producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
     }
 }
+
+/// What a process test stands on: a temporary directory (the SQLite files and the logs), the mock
+/// broker with the system's topics under one prefix, the participants' databases seeded, and the
+/// registry as a process. Services start from [`Sandbox::env`], which a test extends.
+pub struct Sandbox {
+    /// SQLite files and logs.
+    pub dir: tempfile::TempDir,
+    /// The broker and the topic names.
+    pub broker: TestBroker,
+    /// The registry's URL.
+    pub registry_url: String,
+    registry: Option<Proc>,
+    prefix: String,
+}
+
+impl Sandbox {
+    /// Starts the broker (topics `prefix.*`, `partitions` each) and the registry, and seeds the
+    /// inventory and payment databases.
+    pub fn start(prefix: &str, partitions: i32, rt: &tokio::runtime::Runtime) -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = mock_broker(prefix, partitions);
+        let port = free_port();
+        let registry = spawn_registry(port, dir.path());
+        let sandbox = Sandbox { dir, broker, registry_url: format!("http://127.0.0.1:{port}"), registry: Some(registry), prefix: prefix.to_string() };
+        rt.block_on(seed(&sandbox.db("inventory"), &sandbox.db("payment")));
+        sandbox
+    }
+
+    /// The SQLite URL of `service`'s database.
+    pub fn db(&self, service: &str) -> String {
+        format!("sqlite://{}", self.dir.path().join(format!("{service}.db")).display())
+    }
+
+    /// The environment of `service`: the broker, the registry, its database, the topics, a 2 ms
+    /// fetch wait (the mock cluster answers a fetch only at its deadline) and no HTTP.
+    pub fn env(&self, service: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("SAGA_KAFKA__BOOTSTRAP_SERVERS", self.broker.bootstrap.clone()),
+            ("SAGA_REGISTRY__URL", self.registry_url.clone()),
+            ("SAGA_DATABASE__URL", self.db(service)),
+            ("SAGA_TOPICS__PREFIX", self.prefix.clone()),
+            ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
+            ("SAGA_HTTP__BIND", String::new()),
+        ]
+    }
+
+    /// Starts `service` ("order", …) with [`Sandbox::env`] and then `extra` (a key given again wins).
+    pub fn spawn(&self, service: &str, extra: &[(&'static str, String)]) -> Proc {
+        let mut env = self.env(service);
+        env.extend_from_slice(extra);
+        spawn(service_binary(service), &env, self.dir.path())
+    }
+
+    /// A client that places orders through the registry and the broker.
+    pub async fn client(&self) -> OrderClient {
+        OrderClient::connect(&self.registry_url, &self.broker.bootstrap, &self.broker.topics).await
+    }
+
+    /// Stops each of `procs` and then the registry with SIGTERM, checking that each exits 0.
+    pub fn stop(mut self, procs: impl IntoIterator<Item = Proc>) {
+        for p in procs.into_iter().chain(self.registry.take()) {
+            terminate(p, self.dir.path());
+        }
+    }
+}
+
+/// The status of saga `id` in the orchestrator's database `db`, if it exists.
+pub async fn saga_status(db: &saga_store::Db, id: &str) -> Option<saga_orchestrator::saga::Status> {
+    saga_orchestrator::store::get_saga(db, id).await.unwrap().map(|s| s.state.status)
+}
+
+/// Waits until saga `id` has one of the statuses `want`, polling every 50 ms; returns which, and
+/// when it was first seen so. Fails the test after `within`.
+pub async fn await_saga(
+    db: &saga_store::Db,
+    id: &str,
+    want: &[saga_orchestrator::saga::Status],
+    within: Duration,
+) -> (saga_orchestrator::saga::Status, std::time::Instant) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let now = std::time::Instant::now();
+        match saga_status(db, id).await {
+            Some(status) if want.contains(&status) => return (status, now),
+            status => assert!(now < deadline, "saga {id} was not one of {want:?} within {within:?} (it is {status:?})"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

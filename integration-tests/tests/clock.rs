@@ -6,10 +6,10 @@
 //! Inventory does not run, so each saga waits at its first step until its deadline (8 s).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use saga_cli::sample::sample_order;
-use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
+use saga_integration_tests::procs::{await_saga, saga_status, Sandbox};
 use saga_orchestrator::saga::Status;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(8);
@@ -26,50 +26,16 @@ fn libfaketime() -> PathBuf {
     path
 }
 
-async fn status_of(db: &saga_store::Db, id: &str) -> Option<Status> {
-    saga_orchestrator::store::get_saga(db, id).await.unwrap().map(|s| s.state.status)
-}
-
-/// Waits until saga `id` has status `want`; returns when it was first seen so.
-async fn seen(db: &saga_store::Db, id: &str, want: Status, within: Duration) -> Instant {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = Instant::now();
-        let status = status_of(db, id).await;
-        if status == Some(want) {
-            return now;
-        }
-        assert!(now < deadline, "saga {id} was not {want:?} within {within:?} (it is {status:?})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[test]
 #[ignore = "needs Debian's faketime (libfaketime); .ci/run installs it and runs this with --ignored"]
 fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
     let lib = libfaketime();
-    let dir = tempfile::tempdir().unwrap();
-    let TestBroker { cluster: _broker, bootstrap, topics } = mock_broker("clock", 2);
-    let port = free_port();
-    let registry_url = format!("http://127.0.0.1:{port}");
-    let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(seed(&db("inventory"), &db("payment")));
-    let clock = dir.path().join("orchestrator-clock");
+    let sandbox = Sandbox::start("clock", 2, &rt);
+    let clock = sandbox.dir.path().join("orchestrator-clock");
     std::fs::write(&clock, "+0").unwrap();
-
-    let registry = spawn_registry(port, dir.path());
-    let env = |name: &str| {
-        let mut env = vec![
-            ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("SAGA_REGISTRY__URL", registry_url.clone()),
-            ("SAGA_DATABASE__URL", db(name)),
-            ("SAGA_TOPICS__PREFIX", "clock".to_string()),
-            ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
-            ("SAGA_HTTP__BIND", String::new()),
-            ("SAGA_SAGA__STEP_TIMEOUT_MS", STEP_TIMEOUT.as_millis().to_string()),
-            ("SAGA_SAGA__TIMER_INTERVAL_MS", "50".into()),
-        ];
+    let extra = |name: &str| {
+        let mut env = vec![("SAGA_SAGA__STEP_TIMEOUT_MS", STEP_TIMEOUT.as_millis().to_string()), ("SAGA_SAGA__TIMER_INTERVAL_MS", "50".into())];
         if name == "orchestrator" {
             env.extend([
                 ("LD_PRELOAD", lib.display().to_string()),
@@ -80,22 +46,26 @@ fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
         }
         env
     };
-    let services: Vec<_> = ["order", "payment", "orchestrator"].into_iter().map(|s| spawn(service_binary(s), &env(s), dir.path())).collect();
+    let services: Vec<_> = ["order", "payment", "orchestrator"].into_iter().map(|s| sandbox.spawn(s, &extra(s))).collect();
 
     rt.block_on(async {
-        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
-        let orchestrator = saga_store::Db::connect(&db("orchestrator"), 1).await.unwrap();
+        let client = sandbox.client().await;
+        let orchestrator = saga_store::Db::connect(&sandbox.db("orchestrator"), 1).await.unwrap();
+        let seen = |id: String, want: Status, within: Duration| {
+            let db = &orchestrator;
+            async move { await_saga(db, &id, &[want], within).await.1 }
+        };
 
         // Forward: 1 s after saga A starts waiting, the orchestrator's clock jumps 5 s ahead. Its
         // 8 s deadline fires after about 3 s, never before 8 - 5.
         let a = sample_order("clock-a", 0).0;
         let a_id = a.order_id.clone();
         client.place(a, None).await;
-        let started = seen(&orchestrator, &a_id, Status::Running, Duration::from_secs(60)).await;
+        let started = seen(a_id.clone(), Status::Running, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(status_of(&orchestrator, &a_id).await, Some(Status::Running), "nothing fires before the jump");
+        assert_eq!(saga_status(&orchestrator, &a_id).await, Some(Status::Running), "nothing fires before the jump");
         std::fs::write(&clock, format!("+{}", JUMP.as_secs())).unwrap();
-        let fired = seen(&orchestrator, &a_id, Status::Compensating, STEP_TIMEOUT + SLACK * 4 + READ_THROUGH).await;
+        let fired = seen(a_id.clone(), Status::Compensating, STEP_TIMEOUT + SLACK * 4 + READ_THROUGH).await;
         let waited = fired - started;
         assert!(waited + SLACK >= STEP_TIMEOUT - JUMP, "a jump of {JUMP:?} ahead fired an {STEP_TIMEOUT:?} deadline after {waited:?}");
         eprintln!("forward jump of {JUMP:?}: the {STEP_TIMEOUT:?} deadline fired after {waited:?}");
@@ -105,18 +75,15 @@ fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
         let b = sample_order("clock-b", 0).0;
         let b_id = b.order_id.clone();
         client.place(b, None).await;
-        let started = seen(&orchestrator, &b_id, Status::Running, Duration::from_secs(60)).await;
+        let started = seen(b_id.clone(), Status::Running, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         std::fs::write(&clock, "+0").unwrap();
-        let fired = seen(&orchestrator, &b_id, Status::Compensating, STEP_TIMEOUT + JUMP + SLACK * 4 + READ_THROUGH).await;
+        let fired = seen(b_id.clone(), Status::Compensating, STEP_TIMEOUT + JUMP + SLACK * 4 + READ_THROUGH).await;
         let waited = fired - started;
         assert!(waited + SLACK >= STEP_TIMEOUT + JUMP, "a jump back of {JUMP:?} delays an {STEP_TIMEOUT:?} deadline by it, yet it fired after {waited:?}");
         eprintln!("backward jump of {JUMP:?}: the {STEP_TIMEOUT:?} deadline fired after {waited:?}");
         let log = saga_orchestrator::store::saga_log(&orchestrator, &b_id).await.unwrap();
         assert_eq!(log.iter().filter(|e| e.event == "step-timed-out").count(), 1, "fired once: {log:?}");
     });
-    for s in services {
-        terminate(s, dir.path());
-    }
-    terminate(registry, dir.path());
+    sandbox.stop(services);
 }

@@ -14,9 +14,7 @@ use std::time::Duration;
 use rdkafka::producer::FutureRecord;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
-use saga_integration_tests::procs::{
-    binary, free_port, http_post, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker,
-};
+use saga_integration_tests::procs::{binary, free_port, http_post, Sandbox};
 use saga_orchestrator::saga::Status;
 
 /// Runs sagactl; returns (success, stdout + stderr).
@@ -42,19 +40,14 @@ async fn wait_for_status(db: &saga_store::Db, id: &str, want: Status, log_dir: &
 
 #[test]
 fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let TestBroker { cluster: _broker, bootstrap, topics } = mock_broker("ops", 2);
-    let port = free_port();
-    let registry_url = format!("http://127.0.0.1:{port}");
-    let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(seed(&db("inventory"), &db("payment")));
+    let sandbox = Sandbox::start("ops", 2, &rt);
+    let (dir, registry_url, db) = (sandbox.dir.path(), sandbox.registry_url.clone(), |name: &str| sandbox.db(name));
     let stock_before = rt.block_on(async {
         let inventory = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();
         saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap()
     });
 
-    let registry = spawn_registry(port, dir.path());
     // The orchestrator serves the saga view, with retry and abort for holders of this token.
     let (view_port, token) = (free_port(), "ops-token-0123456789".to_string());
     let env = |name: &str| {
@@ -62,11 +55,6 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
         let token = if name == "orchestrator" { token.clone() } else { String::new() };
         vec![
             ("SAGA_HTTP__OPERATOR_TOKEN", token),
-            ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-            ("SAGA_REGISTRY__URL", registry_url.clone()),
-            ("SAGA_DATABASE__URL", db(name)),
-            ("SAGA_TOPICS__PREFIX", "ops".to_string()),
-            ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
             ("SAGA_HTTP__BIND", view),
             // Each wait 3 s (doubling, at most 3 s); a compensation gets two attempts.
             ("SAGA_SAGA__STEP_TIMEOUT_MS", "3000".into()),
@@ -75,24 +63,24 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
             ("SAGA_SAGA__TIMER_INTERVAL_MS", "50".into()),
         ]
     };
-    let mut services: Vec<_> = ["order", "payment", "orchestrator"].into_iter().map(|s| spawn(service_binary(s), &env(s), dir.path())).collect();
+    let mut services: Vec<_> = ["order", "payment", "orchestrator"].into_iter().map(|s| sandbox.spawn(s, &env(s))).collect();
 
     let (a, b) = (sample_order("ops", 0).0, sample_order("ops", 1).0);
     let (a_id, b_id) = (a.order_id.clone(), b.order_id.clone());
     let orchestrator_db = rt.block_on(async {
-        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
+        let client = sandbox.client().await;
         client.place(a, None).await;
         client.place(b, None).await;
         let orchestrator = saga_store::Db::connect(&db("orchestrator"), 1).await.unwrap();
-        wait_for_status(&orchestrator, &b_id, Status::Running, dir.path()).await;
+        wait_for_status(&orchestrator, &b_id, Status::Running, dir).await;
         // A reply for B that no decoder can read: the orchestrator dead-letters it and parks B.
         let mut kafka = saga_runtime::ServiceSettings::defaults_for("test").kafka;
-        kafka.bootstrap_servers = bootstrap.clone();
+        kafka.bootstrap_servers = sandbox.broker.bootstrap.clone();
         let producer = saga_runtime::kafka::producer(&kafka, "poison").unwrap();
-        let topic = topics.name(TopicKind::InventoryEvents);
+        let topic = sandbox.broker.topics.name(TopicKind::InventoryEvents);
         producer.send(FutureRecord::to(&topic).key(&b_id).payload("not avro"), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-        wait_for_status(&orchestrator, &b_id, Status::Parked, dir.path()).await;
-        wait_for_status(&orchestrator, &a_id, Status::Stuck, dir.path()).await;
+        wait_for_status(&orchestrator, &b_id, Status::Parked, dir).await;
+        wait_for_status(&orchestrator, &a_id, Status::Stuck, dir).await;
         orchestrator
     });
 
@@ -174,10 +162,10 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     assert!(!ok && no_db.contains("no orchestrator database"), "{no_db}");
 
     // Inventory comes back: the late reservations land first and are released; both end rejected.
-    services.push(spawn(service_binary("inventory"), &env("inventory"), dir.path()));
+    services.push(sandbox.spawn("inventory", &env("inventory")));
     rt.block_on(async {
-        wait_for_status(&orchestrator_db, &a_id, Status::Compensated, dir.path()).await;
-        wait_for_status(&orchestrator_db, &b_id, Status::Compensated, dir.path()).await;
+        wait_for_status(&orchestrator_db, &a_id, Status::Compensated, dir).await;
+        wait_for_status(&orchestrator_db, &b_id, Status::Compensated, dir).await;
         let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
         let inventory = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();
         for id in [&a_id, &b_id] {
@@ -187,8 +175,5 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
         }
         assert_eq!(saga_inventory::stock_of(&inventory, "WIDGET-1").await.unwrap(), stock_before, "stock conserved");
     });
-    for s in services {
-        terminate(s, dir.path());
-    }
-    terminate(registry, dir.path());
+    sandbox.stop(services);
 }
