@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::Mutex;
 
+use super::netns::{self, Netns};
+
 /// How to start one process.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -30,6 +32,12 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// A TCP port it listens on: a start waits until it accepts connections.
     pub port: Option<u16>,
+    /// The network namespace it runs in (`ip netns exec`), if not the harness's own.
+    pub netns: Option<Arc<Netns>>,
+    /// A line in its log that says it is broken though still running (tansu 0.6's storage can
+    /// panic in a worker thread and leave the process up, answering every request with an
+    /// error): the watcher then restarts it, as a liveness probe would, and records it.
+    pub broken_when_logged: Option<&'static str>,
 }
 
 /// A process that exited without being killed by the harness.
@@ -49,6 +57,8 @@ struct Slot {
     spec: Spec,
     child: Option<Child>,
     starts: u32,
+    /// How much of its log the watcher has read for [`Spec::broken_when_logged`].
+    log_read: u64,
 }
 
 impl Drop for Slot {
@@ -87,7 +97,7 @@ impl Cluster {
             })
             .expect("spawn the spawner thread");
         let setpriv = Command::new("setpriv").args(["--pdeathsig", "KILL", "--", "true"]).status().is_ok_and(|s| s.success());
-        let slots = specs.into_iter().map(|s| (s.name, Arc::new(Mutex::new(Slot { spec: s, child: None, starts: 0 })))).collect();
+        let slots = specs.into_iter().map(|s| (s.name, Arc::new(Mutex::new(Slot { spec: s, child: None, starts: 0, log_read: 0 })))).collect();
         Cluster { dir, slots, spawner: std::sync::Mutex::new(tx), setpriv, started: Instant::now(), exits: Default::default() }
     }
 
@@ -107,14 +117,17 @@ impl Cluster {
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         slot.starts += 1;
         writeln!(log, "=== chaos: start #{} of {} at +{:.1}s ===", slot.starts, spec.name, self.started.elapsed().as_secs_f64())?;
-        let mut cmd = if self.setpriv {
-            let mut c = Command::new("setpriv");
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&spec.program);
-            c
-        } else {
-            Command::new(&spec.program)
-        };
-        cmd.args(&spec.args).current_dir(&spec.cwd).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+        // `ip netns exec` and setpriv each exec what follows them: the child's pid is the program's.
+        let mut line: Vec<std::ffi::OsString> = Vec::new();
+        if self.setpriv {
+            line.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(Into::into));
+        }
+        if let Some(ns) = &spec.netns {
+            line.extend([netns::ip_command()?, "netns", "exec", &ns.name].map(Into::into));
+        }
+        line.push(spec.program.clone().into());
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]).args(&spec.args).current_dir(&spec.cwd).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.spawner.lock().unwrap().send((cmd, tx)).context("the spawner thread is gone")?;
@@ -122,7 +135,14 @@ impl Cluster {
         slot.child = Some(child);
         if let Some(port) = spec.port {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            loop {
+                let listening = match &spec.netns {
+                    Some(ns) => ns.connect(port).await.is_ok(),
+                    None => tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+                };
+                if listening {
+                    break;
+                }
                 if let Some(status) = slot.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                     slot.child = None;
                     bail!("{} exited with {status} before listening on port {port}; see {}", spec.name, log_path.display());
@@ -174,10 +194,18 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(300)).await;
             for (name, slot) in &self.slots {
                 let Ok(mut slot) = slot.try_lock() else { continue };
-                let Some(status) = slot.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) else { continue };
+                let status = match slot.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    Some(status) => status.to_string(),
+                    None => match self.broken(name, &mut slot) {
+                        Some(line) => {
+                            kill9(&mut slot).await;
+                            format!("running but broken, killed: its log says {line:?}")
+                        }
+                        None => continue,
+                    },
+                };
                 slot.child = None;
-                let exit =
-                    UnexpectedExit { name, status: status.to_string(), at_secs: self.started.elapsed().as_secs_f64(), log_tail: self.log_tail(name, 12) };
+                let exit = UnexpectedExit { name, status, at_secs: self.started.elapsed().as_secs_f64(), log_tail: self.log_tail(name, 12) };
                 eprintln!("chaos: {name} exited by itself ({}) at +{:.1}s; restarting it in 1 s", exit.status, exit.at_secs);
                 self.exits.lock().unwrap().push(exit);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -186,6 +214,26 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The first new line of `slot`'s log that says it is broken, if any.
+    fn broken(&self, name: &str, slot: &mut Slot) -> Option<String> {
+        let pattern = slot.spec.broken_when_logged?;
+        slot.child.as_ref()?;
+        let mut f = std::fs::File::open(self.dir.join(format!("{name}.log"))).ok()?;
+        let len = f.metadata().ok()?.len();
+        if len <= slot.log_read {
+            return None;
+        }
+        f.seek(SeekFrom::Start(slot.log_read)).ok()?;
+        let mut text = Vec::new();
+        f.read_to_end(&mut text).ok()?;
+        // Up to the last whole line: a line being written is read in full next time.
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        slot.log_read += whole as u64;
+        let text = String::from_utf8_lossy(&text[..whole]);
+        let line = text.lines().find(|l| l.contains(pattern))?;
+        Some(line.chars().take(300).collect())
     }
 
     /// Kills and reaps every process.

@@ -16,7 +16,8 @@ use saga_runtime::config::KafkaSettings;
 use super::cluster::Cluster;
 use super::inspect;
 use super::load::Client;
-use super::schedule::{Fault, Planned, PoisonKind, Rng};
+use super::proxy::Link;
+use super::schedule::{Fault, Planned, PoisonKind, Rng, BROKER, PAUSABLE, POSTGRESQL};
 
 /// Which consumer group reads each consumed topic.
 pub fn group_of(kind: TopicKind) -> &'static str {
@@ -52,6 +53,10 @@ pub struct Injected {
     pub pauses: AtomicUsize,
     /// Services cut off from PostgreSQL.
     pub db_partitions: AtomicUsize,
+    /// Network partitions of a service, the broker or PostgreSQL.
+    pub net_partitions: AtomicUsize,
+    /// Delayed and lossy networks.
+    pub net_degrades: AtomicUsize,
     /// Records re-published.
     pub duplicates: AtomicUsize,
     /// The poison records.
@@ -91,6 +96,17 @@ pub struct Injector {
     pub service_ports: Vec<(&'static str, u16)>,
     /// Each service's binary and the relay between it and PostgreSQL.
     pub db_links: Vec<(&'static str, super::proxy::Proxy)>,
+    /// The links network faults act on, when the run has them.
+    pub network: Option<Network>,
+}
+
+/// The links of a run with network faults: every client reaches the broker over `broker`, and each
+/// service, in a network namespace of its own, reaches everything over its own link.
+pub struct Network {
+    /// Between every client and the broker.
+    pub broker: Arc<Link>,
+    /// Each service's binary and its link to the broker, the registry and PostgreSQL.
+    pub services: Vec<(&'static str, Arc<Link>)>,
 }
 
 impl Injector {
@@ -133,11 +149,7 @@ impl Injector {
                 self.cluster.pause(target, *paused).await?;
                 self.injected.pauses.fetch_add(1, Ordering::Relaxed);
                 // Stopped, it consumed nothing: what it shows now is where it stood.
-                let port = self.port_of(target);
-                let before = match port {
-                    Some(port) => consumed(port).await.unwrap_or(0.0),
-                    None => 0.0,
-                };
+                let before = self.consumed_by(target).await;
                 self.time_recovery(target, before, "pause").await;
             }
             Fault::DbRestart => {
@@ -149,19 +161,55 @@ impl Injector {
                 let link = link.with_context(|| format!("no link between {target} and PostgreSQL"))?;
                 link.cut(true);
                 tokio::time::sleep(*cut).await;
-                let port = self.port_of(target);
-                let before = match port {
-                    Some(port) => consumed(port).await.unwrap_or(0.0),
-                    None => 0.0,
-                };
+                let before = self.consumed_by(target).await;
                 link.cut(false);
                 self.injected.db_partitions.fetch_add(1, Ordering::Relaxed);
                 self.time_recovery(target, before, "partition from postgresql").await;
+            }
+            Fault::NetPartition { target, cut } => {
+                let links = self.links_of(target)?;
+                links.iter().for_each(|l| l.cut(true));
+                tokio::time::sleep(*cut).await;
+                // Cut off, a service may still drain what it had fetched: count from the heal.
+                let hit = affected(target);
+                let before = futures::future::join_all(hit.iter().map(|s| self.consumed_by(s))).await;
+                links.iter().for_each(|l| l.cut(false));
+                self.injected.net_partitions.fetch_add(1, Ordering::Relaxed);
+                let after = format!("network partition ({target})");
+                futures::future::join_all(hit.iter().zip(before).map(|(s, before)| self.time_recovery(s, before, &after))).await;
+            }
+            Fault::NetDegrade { target, delay, loss, lasting } => {
+                let links = self.links_of(target)?;
+                links.iter().for_each(|l| l.degrade(*delay, *loss));
+                tokio::time::sleep(*lasting).await;
+                links.iter().for_each(|l| l.degrade(Duration::ZERO, 0.0));
+                self.injected.net_degrades.fetch_add(1, Ordering::Relaxed);
             }
             Fault::Duplicates { count } => self.duplicate(index, *count).await?,
             Fault::Poison { records } => self.poison(index, records).await?,
         }
         Ok(())
+    }
+
+    /// The links a network fault on `target` acts on.
+    fn links_of(&self, target: &str) -> anyhow::Result<Vec<Arc<Link>>> {
+        let network = self.network.as_ref().context("a network fault in a run without network links")?;
+        Ok(match target {
+            BROKER => vec![network.broker.clone()],
+            POSTGRESQL => self.db_links.iter().map(|(_, proxy)| proxy.link.clone()).collect(),
+            service => {
+                let link = network.services.iter().find(|(name, _)| *name == service).map(|(_, link)| link.clone());
+                vec![link.with_context(|| format!("no network link of {service}"))?]
+            }
+        })
+    }
+
+    /// What `target` has consumed so far; 0 while it does not answer.
+    async fn consumed_by(&self, target: &str) -> f64 {
+        match self.port_of(target) {
+            Some(port) => consumed(port).await.unwrap_or(0.0),
+            None => 0.0,
+        }
     }
 
     fn port_of(&self, target: &str) -> Option<u16> {
@@ -288,6 +336,15 @@ impl Injector {
                 p
             }
         })
+    }
+}
+
+/// The services a network fault on `target` cuts off or slows: all of them for the broker and
+/// PostgreSQL.
+fn affected(target: &'static str) -> Vec<&'static str> {
+    match target {
+        BROKER | POSTGRESQL => PAUSABLE.to_vec(),
+        service => vec![service],
     }
 }
 

@@ -11,8 +11,10 @@ use saga_contracts::Topics;
 
 use super::checker::{self, Dbs, Snapshot, Verdict};
 use super::cluster::{Cluster, Spec};
-use super::faults::Injector;
+use super::faults::{Injector, Network};
 use super::load::{self, Client, Placed};
+use super::netns::Netns;
+use super::proxy::{Link, Proxy, Upstream};
 use super::schedule::{self, Amounts};
 use crate::procs::free_port;
 
@@ -48,6 +50,23 @@ pub struct Options {
     /// harness cuts: connections stay open and carry nothing), then healed.
     #[arg(long, default_value_t = 0)]
     pub db_partitions: usize,
+    /// Network partitions (of --net-partition-secs), then healed, of a service (from the broker, the registry and
+    /// PostgreSQL at once), of the broker (from every client) and of PostgreSQL (from every
+    /// service), in turn. The services then run in network namespaces of their own (root and
+    /// iproute2 needed), reaching everything through relays the harness controls.
+    #[arg(long, default_value_t = 0)]
+    pub net_partitions: usize,
+    /// Run the services in network namespaces behind the harness's relays even without network
+    /// faults (to compare a run with the same faults without them).
+    #[arg(long)]
+    pub netns: bool,
+    /// How long each network partition lasts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub net_partition_secs: u64,
+    /// 30 s of a delayed (20-150 ms each way) and lossy (1-5% of chunks held a 200 ms
+    /// retransmission) network of a service, the broker or PostgreSQL, in turn.
+    #[arg(long, default_value_t = 0)]
+    pub net_degrades: usize,
     /// Consumed records to publish again [default: a quarter of --sagas, at least 10].
     #[arg(long)]
     pub duplicates: Option<usize>,
@@ -77,6 +96,10 @@ pub struct Options {
     /// when tansu keeps partitions assigned to a member that died.
     #[arg(long)]
     pub static_membership: bool,
+    /// An extra `KEY=VALUE` in every service's environment (repeatable), e.g.
+    /// `SAGA_KAFKA_CLIENT_DEBUG=cgrp` to see a consumer group's protocol in the logs.
+    #[arg(long, value_parser = key_value)]
+    pub service_env: Vec<(String, String)>,
     /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
     #[arg(long)]
     pub tansu: Option<PathBuf>,
@@ -86,6 +109,13 @@ pub struct Options {
     /// what it stalled on is not available.
     #[arg(long, default_value_t = 5.0, value_parser = percentage)]
     pub max_unintended_pct: f64,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, found {text:?}")),
+    }
 }
 
 fn percentage(text: &str) -> Result<f64, String> {
@@ -109,13 +139,20 @@ pub struct Report {
     pub pauses: usize,
     /// Services cut off from PostgreSQL for 30 s.
     pub db_partitions: usize,
-    /// After kills and pauses of services: milliseconds from the process being back to its first
-    /// record consumed (p50, max), and how many consumed nothing within the limit.
+    /// Network partitions.
+    pub net_partitions: usize,
+    /// Delayed and lossy networks.
+    pub net_degrades: usize,
+    /// After kills, pauses and partitions of services: milliseconds from the process being back
+    /// (or the network healed) to its first record consumed (p50, max), and how many consumed
+    /// nothing within the limit.
     pub recovery: Recovery,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records published.
     pub poison: usize,
+    /// Processes that exited, or broke while running, by themselves and were restarted.
+    pub crashes: usize,
     /// The checker's verdict.
     pub verdict: Verdict,
     /// `--max-unintended-pct`.
@@ -148,14 +185,16 @@ impl Report {
     /// The last line of the output.
     pub fn figures(&self) -> String {
         format!(
-            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} db_partitions={} duplicates={} poison={} completed={} compensated={} unintended={} \
-             recovery_p50_ms={} recovery_max_ms={} not_recovered={} stuck={} parked={} violations={}",
+            "sagas={} kills={} broker_restarts={} db_restarts={} pauses={} db_partitions={} net_partitions={} net_degrades={} duplicates={} poison={} completed={} compensated={} unintended={} \
+             recovery_p50_ms={} recovery_max_ms={} not_recovered={} crashes={} stuck={} parked={} violations={}",
             self.sagas,
             self.kills,
             self.broker_restarts,
             self.db_restarts,
             self.pauses,
             self.db_partitions,
+            self.net_partitions,
+            self.net_degrades,
             self.duplicates,
             self.poison,
             self.verdict.completed,
@@ -164,6 +203,7 @@ impl Report {
             self.recovery.p50_ms,
             self.recovery.max_ms,
             self.recovery.not_recovered,
+            self.crashes,
             self.verdict.stuck,
             self.verdict.parked,
             self.verdict.violations.len()
@@ -221,22 +261,28 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
     }
 
-    // With --db-partitions, the services reach PostgreSQL through relays the harness can cut; the
-    // harness itself (seeding, the checker) connects directly. Without, nothing stands between.
+    // With --db-partitions or network faults, the services reach PostgreSQL through relays the
+    // harness can cut; the harness itself (seeding, the checker) connects directly. Without,
+    // nothing stands between.
+    let network_faults = opts.netns || opts.net_partitions + opts.net_degrades > 0;
     let mut db_links = Vec::new();
     let mut service_db_urls = db_urls.clone();
-    if opts.db_partitions > 0 {
+    if opts.db_partitions > 0 || network_faults {
         for s in SERVICES {
             let (url, link) = linked(&db_urls[s]).await?;
             service_db_urls.insert(s, url);
             db_links.push((crate::procs::service_binary(s), link));
         }
     }
-    let ports = Ports { broker: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
+    let ports = Ports { broker: free_port(), broker_listener: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
     let prefix = "chaos".to_string();
-    let specs = specs(&dir, &bins, &tansu, &ports, &service_db_urls, &prefix, opts.static_membership);
+    let mut specs = specs(&dir, &bins, &tansu, &ports, &service_db_urls, &prefix, opts.static_membership);
+    for spec in specs.iter_mut().filter(|s| s.name.starts_with("saga-") && s.name != "saga-registry") {
+        spec.env.extend(opts.service_env.iter().cloned());
+    }
+    let network = if network_faults { Some(network(&run_id, opts.seed, &ports, &db_links, &mut specs).await?) } else { None };
     let cluster = Arc::new(Cluster::new(dir.clone(), specs));
-    let body = body(&opts, &cluster, &ports, &db_urls, db_links, &prefix, &pg_version, &dir, started);
+    let body = body(&opts, &cluster, &ports, &db_urls, db_links, network, &prefix, &pg_version, &dir, started);
     let result = tokio::select! {
         r = body => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -264,21 +310,59 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 /// A relay to the PostgreSQL server of `url`, and `url` through it.
-async fn linked(url: &str) -> anyhow::Result<(String, super::proxy::Proxy)> {
+async fn linked(url: &str) -> anyhow::Result<(String, Proxy)> {
     let (scheme, rest) = url.split_once("://").with_context(|| format!("not a URL: {}", saga_store::redact_url(url)))?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (user, host_port) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
     let host_port = if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:5432") };
     let upstream = tokio::net::lookup_host(&host_port).await?.next().with_context(|| format!("{host_port} resolves to nothing"))?;
-    let link = super::proxy::Proxy::start(upstream).await?;
+    let link = Proxy::start(upstream).await?;
     let user = if user.is_empty() { String::new() } else { format!("{user}@") };
     Ok((format!("{scheme}://{user}127.0.0.1:{}/{path}", link.port), link))
 }
 
 struct Ports {
+    /// Where every client reaches the broker (and what it advertises).
     broker: u16,
+    /// Where the broker listens: `broker` itself, or, with network faults, behind a relay on
+    /// `broker`.
+    broker_listener: u16,
     registry: u16,
     http: [u16; 4],
+}
+
+/// Sets up the network that network faults act on, and changes `specs` to use it:
+/// - the broker listens on a port of its own and advertises `ports.broker`, where a relay over
+///   the broker's link forwards to it, so every client (services and harness) crosses that link;
+/// - each service runs in a network namespace of its own, where the harness's relays, over the
+///   service's link, listen on the ports of the broker, the registry and its PostgreSQL relay (the
+///   service's configuration is unchanged); its HTTP port is relayed out to the harness, on no
+///   link, so the harness sees it however its network fares.
+async fn network(run_id: &str, seed: u64, ports: &Ports, db_links: &[(&'static str, Proxy)], specs: &mut [Spec]) -> anyhow::Result<Network> {
+    Netns::sweep("chaos-");
+    let loopback = |port| Upstream::Host(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let broker = Proxy::on(ports.broker, loopback(ports.broker_listener), Link::new(), seed).await?.link;
+    let mut services = Vec::new();
+    for (i, (s, http)) in SERVICES.iter().zip(ports.http).enumerate() {
+        let name = crate::procs::service_binary(s);
+        let ns = Arc::new(Netns::create(&format!("chaos-{run_id}-{s}"))?);
+        let link = Link::new();
+        let db = db_links.iter().find(|(n, _)| *n == name).map(|(_, p)| p.port).context("a PostgreSQL relay per service")?;
+        for port in [ports.broker, ports.registry, db] {
+            super::proxy::serve(ns.bind(port).await?, loopback(port), link.clone(), seed ^ ((i as u64 + 1) << 32) ^ u64::from(port));
+        }
+        Proxy::on(http, Upstream::Netns(ns.clone(), http), Link::new(), 0).await?;
+        specs.iter_mut().find(|spec| spec.name == name).context("a spec per service")?.netns = Some(ns);
+        services.push((name, link));
+    }
+    let tansu = specs.iter_mut().find(|spec| spec.name == "tansu").context("the broker's spec")?;
+    let advertised = format!("tcp://127.0.0.1:{}", ports.broker);
+    let at = tansu.args.iter().position(|a| a == "--advertised-listener-url").context("tansu's advertised listener")?;
+    tansu.args[at + 1] = advertised;
+    let at = tansu.args.iter().position(|a| a == "--listener-url").context("tansu's listener")?;
+    tansu.args[at + 1] = format!("tcp://127.0.0.1:{}", ports.broker_listener);
+    tansu.port = Some(ports.broker_listener);
+    Ok(Network { broker, services })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,7 +371,8 @@ async fn body(
     cluster: &Arc<Cluster>,
     ports: &Ports,
     db_urls: &BTreeMap<&str, String>,
-    db_links: Vec<(&'static str, super::proxy::Proxy)>,
+    db_links: Vec<(&'static str, Proxy)>,
+    network: Option<Network>,
     prefix: &str,
     pg_version: &str,
     dir: &Path,
@@ -321,6 +406,9 @@ async fn body(
         db_restarts: opts.db_restarts,
         pauses: opts.pauses,
         db_partitions: opts.db_partitions,
+        net_partitions: opts.net_partitions,
+        net_partition: Duration::from_secs(opts.net_partition_secs),
+        net_degrades: opts.net_degrades,
         duplicates: opts.duplicates.unwrap_or((opts.sagas / 4).max(10)),
         poison: opts.poison.unwrap_or((opts.sagas / 40).max(8)),
     };
@@ -343,6 +431,7 @@ async fn body(
         injected: Default::default(),
         service_ports: SERVICES.iter().map(|s| crate::procs::service_binary(s)).zip(ports.http).collect(),
         db_links,
+        network,
     });
 
     let orders = load::orders(&format!("chaos{}", opts.seed), opts.sagas);
@@ -413,7 +502,7 @@ async fn body(
     for u in verdict.unexpected_outcomes.iter().take(10) {
         println!("  {u}");
     }
-    println!("processes that exited by themselves and were restarted: {}", exits.len());
+    println!("processes that exited (or broke while running) by themselves and were restarted: {}", exits.len());
     for e in exits.iter().take(10) {
         println!("  {} at +{:.1}s: {}\n    {}", e.name, e.at_secs, e.status, e.log_tail.replace('\n', "\n    "));
     }
@@ -426,7 +515,7 @@ async fn body(
     let i = &injector.injected;
     let recovery = Recovery::of(&i.recoveries.lock().unwrap_or_else(|p| p.into_inner()));
     println!(
-        "recovery of {} killed or paused services (from the process back to its first record consumed): p50 {} ms, max {} ms, {} not within {} s",
+        "recovery of {} killed, paused or cut-off services (from the process back, or its network healed, to its first record consumed): p50 {} ms, max {} ms, {} not within {} s",
         recovery.count,
         recovery.p50_ms,
         recovery.max_ms,
@@ -440,9 +529,12 @@ async fn body(
         db_restarts: i.db_restarts.load(Ordering::Relaxed),
         pauses: i.pauses.load(Ordering::Relaxed),
         db_partitions: i.db_partitions.load(Ordering::Relaxed),
+        net_partitions: i.net_partitions.load(Ordering::Relaxed),
+        net_degrades: i.net_degrades.load(Ordering::Relaxed),
         recovery,
         duplicates: i.duplicates.load(Ordering::Relaxed),
         poison: poison.len(),
+        crashes: exits.len(),
         verdict,
         max_unintended_pct: opts.max_unintended_pct,
     })
@@ -497,10 +589,13 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
             args: ["broker", "--listener-url", &listener, "--advertised-listener-url", &listener, "--storage-engine", "sqlite://tansu.db"]
                 .map(String::from)
                 .to_vec(),
-            // tansu logs every span at info: gigabytes per run.
-            env: vec![("RUST_LOG".into(), "warn".into())],
+            // tansu logs every span at info: gigabytes per run. A backtrace says where its storage
+            // panicked.
+            env: vec![("RUST_LOG".into(), "warn".into()), ("RUST_BACKTRACE".into(), "1".into())],
             cwd: dir.join("tansu"),
             port: Some(ports.broker),
+            netns: None,
+            broken_when_logged: Some("panicked at"),
         },
         Spec {
             name: "saga-registry",
@@ -513,6 +608,8 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
             ],
             cwd: dir.to_path_buf(),
             port: Some(ports.registry),
+            netns: None,
+            broken_when_logged: None,
         },
     ];
     for (s, http) in SERVICES.iter().zip(ports.http) {
@@ -530,7 +627,7 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
             // partitions) at once, as a StatefulSet pod would. See `--static-membership`.
             env.push(("SAGA_KAFKA_CLIENT_GROUP_INSTANCE_ID".into(), format!("{name}-0")));
         }
-        specs.push(Spec { name, program: bins.join(name), args: vec![], env, cwd: dir.to_path_buf(), port: Some(http) });
+        specs.push(Spec { name, program: bins.join(name), args: vec![], env, cwd: dir.to_path_buf(), port: Some(http), netns: None, broken_when_logged: None });
     }
     specs
 }
@@ -608,9 +705,12 @@ mod tests {
             db_restarts: 0,
             pauses: 0,
             db_partitions: 0,
+            net_partitions: 0,
+            net_degrades: 0,
             recovery: Recovery::default(),
             duplicates: 0,
             poison: 0,
+            crashes: 0,
             verdict,
             max_unintended_pct: 5.0,
         }

@@ -49,6 +49,22 @@ pub const KILLABLE: [&str; 5] = ["saga-registry", "saga-order", "saga-inventory"
 /// How long a partition between a service and PostgreSQL lasts.
 pub const DB_PARTITION: Duration = Duration::from_secs(30);
 
+/// What a network fault hits: one service (everything it reaches: the broker, the registry,
+/// PostgreSQL), the broker (from every client) or PostgreSQL (from every service).
+pub const NETWORK_TARGETS: [&str; 6] = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator", BROKER, POSTGRESQL];
+
+/// The broker, as a network fault's target.
+pub const BROKER: &str = "broker";
+
+/// PostgreSQL, as a network fault's target.
+pub const POSTGRESQL: &str = "postgresql";
+
+/// How long a network partition lasts by default.
+pub const NET_PARTITION: Duration = Duration::from_secs(30);
+
+/// How long a degraded network lasts.
+pub const NET_DEGRADE: Duration = Duration::from_secs(30);
+
 /// The processes a pause can hit: the services, which hold consumer-group memberships.
 pub const PAUSABLE: [&str; 4] = ["saga-order", "saga-inventory", "saga-payment", "saga-orchestrator"];
 
@@ -86,6 +102,11 @@ pub enum Fault {
     /// A network partition between a service and PostgreSQL for `cut`, then healed: its
     /// connections carry nothing meanwhile, with no error.
     DbPartition { target: &'static str, cut: Duration },
+    /// A network partition of `target` (see [`NETWORK_TARGETS`]) for `cut`, then healed.
+    NetPartition { target: &'static str, cut: Duration },
+    /// `target`'s network delays every chunk by `delay` and costs `loss` of them a TCP
+    /// retransmission, for `lasting`.
+    NetDegrade { target: &'static str, delay: Duration, loss: f64, lasting: Duration },
     /// Re-publish `count` already-consumed records of the command and event topics.
     Duplicates { count: usize },
     /// Publish poison records: (index of the consumed topic in `TopicKind::ALL`, kind).
@@ -100,6 +121,12 @@ impl fmt::Display for Fault {
             Fault::Pause { target, paused } => write!(f, "SIGSTOP {target} for {} ms, then SIGCONT", paused.as_millis()),
             Fault::DbRestart => write!(f, "restart postgresql"),
             Fault::DbPartition { target, cut } => write!(f, "cut {target} off from postgresql for {} ms, then heal", cut.as_millis()),
+            Fault::NetPartition { target: BROKER, cut } => write!(f, "cut the broker off from every client for {} ms, then heal", cut.as_millis()),
+            Fault::NetPartition { target: POSTGRESQL, cut } => write!(f, "cut postgresql off from every service for {} ms, then heal", cut.as_millis()),
+            Fault::NetPartition { target, cut } => write!(f, "cut {target} off the network for {} ms, then heal", cut.as_millis()),
+            Fault::NetDegrade { target, delay, loss, lasting } => {
+                write!(f, "degrade {target}'s network for {} ms: delay {} ms, loss {:.1}%", lasting.as_millis(), delay.as_millis(), loss * 100.0)
+            }
             Fault::Duplicates { count } => write!(f, "re-publish {count} consumed records"),
             Fault::Poison { records } => {
                 write!(f, "publish {} poison records:", records.len())?;
@@ -134,6 +161,12 @@ pub struct Amounts {
     pub pauses: usize,
     /// Services cut off from PostgreSQL for 30 s.
     pub db_partitions: usize,
+    /// Network partitions of a service, the broker or PostgreSQL.
+    pub net_partitions: usize,
+    /// How long each lasts.
+    pub net_partition: Duration,
+    /// Delayed and lossy networks of a service, the broker or PostgreSQL.
+    pub net_degrades: usize,
     /// Records re-published.
     pub duplicates: usize,
     /// Poison records.
@@ -184,6 +217,29 @@ pub fn plan(seed: u64, amounts: Amounts, window: Duration) -> Vec<Planned> {
         let fault = Fault::DbPartition { target: partitionable[i % partitionable.len()], cut: DB_PARTITION };
         out.push(Planned { at: at(&mut prng, (i as f64 + 0.1) / n, (i as f64 + 0.5) / n), fault });
     }
+    // Network faults, each kind from a stream of its own, the partitions in slices of their own;
+    // targets in a shuffled order, so every kind of target is hit before any twice.
+    let mut nrng = Rng::new(seed, 3);
+    let mut targets = NETWORK_TARGETS;
+    for i in 0..amounts.net_partitions {
+        if i % targets.len() == 0 {
+            nrng.shuffle(&mut targets);
+        }
+        let n = amounts.net_partitions as f64;
+        let fault = Fault::NetPartition { target: targets[i % targets.len()], cut: amounts.net_partition };
+        out.push(Planned { at: at(&mut nrng, (i as f64 + 0.1) / n, (i as f64 + 0.5) / n), fault });
+    }
+    let mut drng = Rng::new(seed, 4);
+    let mut targets = NETWORK_TARGETS;
+    for i in 0..amounts.net_degrades {
+        if i % targets.len() == 0 {
+            drng.shuffle(&mut targets);
+        }
+        let delay = Duration::from_millis(20 + drng.below(130));
+        let loss = drng.between(0.01, 0.05);
+        let fault = Fault::NetDegrade { target: targets[i % targets.len()], delay, loss, lasting: NET_DEGRADE };
+        out.push(Planned { at: at(&mut drng, 0.0, 1.0), fault });
+    }
     for count in split(amounts.duplicates, 25) {
         out.push(Planned { at: at(&mut rng, 0.1, 1.0), fault: Fault::Duplicates { count } });
     }
@@ -209,7 +265,18 @@ mod tests {
     use super::*;
 
     fn amounts() -> Amounts {
-        Amounts { kills: 12, broker_restarts: 2, db_restarts: 2, pauses: 3, db_partitions: 2, duplicates: 120, poison: 23 }
+        Amounts {
+            kills: 12,
+            broker_restarts: 2,
+            db_restarts: 2,
+            pauses: 3,
+            db_partitions: 2,
+            net_partitions: 6,
+            net_partition: NET_PARTITION,
+            net_degrades: 3,
+            duplicates: 120,
+            poison: 23,
+        }
     }
 
     #[test]
@@ -229,6 +296,13 @@ mod tests {
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::DbRestart))), 2);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::Pause { paused, .. } if *paused > Duration::from_secs(10)))), 3);
         assert_eq!(count(&|f| usize::from(matches!(f, Fault::DbPartition { cut, .. } if *cut == DB_PARTITION))), 2);
+        let mut cut: Vec<_> = p.iter().filter_map(|x| if let Fault::NetPartition { target, cut } = x.fault { Some((target, cut)) } else { None }).collect();
+        cut.sort();
+        let mut every: Vec<_> = NETWORK_TARGETS.iter().map(|t| (*t, NET_PARTITION)).collect();
+        every.sort();
+        assert_eq!(cut, every, "six partitions hit each target once");
+        let degraded = |f: &Fault| matches!(f, Fault::NetDegrade { delay, loss, lasting, .. } if *lasting == NET_DEGRADE && *delay >= Duration::from_millis(20) && (0.01..0.05).contains(loss));
+        assert_eq!(count(&|f| usize::from(degraded(f))), 3);
         assert_eq!(count(&|f| if let Fault::Duplicates { count } = f { *count } else { 0 }), 120);
         assert_eq!(count(&|f| if let Fault::Poison { records } = f { records.len() } else { 0 }), 23);
         assert!(p.windows(2).all(|w| w[0].at <= w[1].at));
