@@ -243,8 +243,9 @@ impl Sandbox {
         OrderClient::connect(&self.registry_url, &self.broker.bootstrap, &self.broker.topics).await
     }
 
-    /// Stops each of `procs` and then the registry with SIGTERM, checking that each exits 0.
-    pub fn stop(mut self, procs: impl IntoIterator<Item = Proc>) {
+    /// Stops each of `procs` and then the registry with SIGTERM, checking that each exits 0. The
+    /// broker and the directory stay until the sandbox is dropped, so the databases can be read.
+    pub fn stop(&mut self, procs: impl IntoIterator<Item = Proc>) {
         for p in procs.into_iter().chain(self.registry.take()) {
             terminate(p, self.dir.path());
         }

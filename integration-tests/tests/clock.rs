@@ -31,7 +31,7 @@ fn libfaketime() -> PathBuf {
 fn a_clock_jump_moves_a_deadline_by_at_most_the_jump_and_loses_none() {
     let lib = libfaketime();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sandbox = Sandbox::start("clock", 2, &rt);
+    let mut sandbox = Sandbox::start("clock", 2, &rt);
     let clock = sandbox.dir.path().join("orchestrator-clock");
     std::fs::write(&clock, "+0").unwrap();
     let extra = |name: &str| {

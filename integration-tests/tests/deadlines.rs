@@ -18,7 +18,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(8);
 #[test]
 fn a_reply_that_came_in_time_while_the_orchestrator_was_down_wins_over_the_deadline() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sandbox = Sandbox::start("deadlines", 2, &rt);
+    let mut sandbox = Sandbox::start("deadlines", 2, &rt);
     let extra = [
         ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "10".to_string()),
         ("SAGA_SAGA__STEP_TIMEOUT_MS", STEP_TIMEOUT.as_millis().to_string()),

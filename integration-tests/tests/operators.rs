@@ -41,7 +41,7 @@ async fn wait_for_status(db: &saga_store::Db, id: &str, want: Status, log_dir: &
 #[test]
 fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let sandbox = Sandbox::start("ops", 2, &rt);
+    let mut sandbox = Sandbox::start("ops", 2, &rt);
     let (dir, registry_url, db) = (sandbox.dir.path(), sandbox.registry_url.clone(), |name: &str| sandbox.db(name));
     let stock_before = rt.block_on(async {
         let inventory = saga_store::Db::connect(&db("inventory"), 1).await.unwrap();

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::routing::post;
 use saga_cli::sample::sample_order;
 use saga_contracts::PlaceOrder;
-use saga_integration_tests::procs::{free_port, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, Proc, TestBroker};
+use saga_integration_tests::procs::{terminate, Proc, Sandbox};
 use saga_order::domain::OrderStatus;
 use serde_json::Value;
 
@@ -84,14 +84,9 @@ async fn receiver() -> (String, Arc<Mutex<Vec<SpanRec>>>) {
     (url, spans)
 }
 
-fn service_env(name: &str, bootstrap: &str, registry_url: &str, db: &str, otlp: &str) -> Vec<(&'static str, String)> {
+/// What each service adds to the sandbox's environment: its spans, exported to `otlp`.
+fn otel_env(name: &str, otlp: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.into()),
-        ("SAGA_REGISTRY__URL", registry_url.into()),
-        ("SAGA_DATABASE__URL", db.into()),
-        ("SAGA_TOPICS__PREFIX", "trace".into()),
-        ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
-        ("SAGA_HTTP__BIND", String::new()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.into()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
@@ -134,16 +129,10 @@ fn leaf<'a>(trace: &'a [SpanRec], service: &str, message_type: &str) -> &'a Span
 
 #[test]
 fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let TestBroker { cluster, bootstrap, topics } = mock_broker("trace", 2);
-    let port = free_port();
-    let registry_url = format!("http://127.0.0.1:{port}");
-    let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (otlp, spans) = rt.block_on(receiver());
-    rt.block_on(seed(&db("inventory"), &db("payment")));
-    let registry = spawn_registry(port, dir.path());
-    let start = |name: &str| -> Proc { spawn(service_binary(name), &service_env(name, &bootstrap, &registry_url, &db(name), &otlp), dir.path()) };
+    let mut sandbox = Sandbox::start("trace", 2, &rt);
+    let start = |name: &str| -> Proc { sandbox.spawn(name, &otel_env(name, &otlp)) };
     let mut running: HashMap<&str, Proc> = ["order", "inventory", "payment", "orchestrator"].into_iter().map(|n| (n, start(n))).collect();
 
     // A traced client: its traceparent makes the saga part of the client's trace.
@@ -153,11 +142,11 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let (declined, _) = sample_order("trace", 6);
     let (after_restart, _) = sample_order("trace", 1);
 
-    let client = rt.block_on(OrderClient::connect(&registry_url, &bootstrap, &topics));
+    let client = rt.block_on(sandbox.client());
     let send = |order: PlaceOrder, traceparent: Option<String>| rt.block_on(client.place(order, traceparent.as_deref()));
     let wait_final = |id: &str| {
         rt.block_on(async {
-            let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
+            let orders = saga_store::Db::connect(&sandbox.db("order"), 1).await.unwrap();
             for _ in 0..600 {
                 // Until the order service has migrated its database, the table is missing.
                 if saga_order::get_order(&orders, id).await.ok().flatten().is_some_and(|o| o.status != OrderStatus::Pending) {
@@ -176,17 +165,14 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
 
     // The orchestrator stops; an order placed meanwhile waits for it, and its saga runs in the
     // restarted process.
-    terminate(running.remove("orchestrator").unwrap(), dir.path());
+    terminate(running.remove("orchestrator").unwrap(), sandbox.dir.path());
     send(after_restart.clone(), None);
     std::thread::sleep(Duration::from_secs(1));
     running.insert("orchestrator", start("orchestrator"));
     wait_final(&after_restart.order_id);
 
     // Stopping flushes each process's spans.
-    for (_, p) in running {
-        terminate(p, dir.path());
-    }
-    terminate(registry, dir.path());
+    sandbox.stop(running.into_values());
     let spans = spans.lock().unwrap().clone();
     let services = |trace: &[SpanRec]| trace.iter().map(|s| s.service.clone()).collect::<BTreeSet<_>>();
     let all: BTreeSet<String> = ["saga-inventory", "saga-orchestrator", "saga-order", "saga-payment"].into_iter().map(String::from).collect();
@@ -247,7 +233,7 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
         ]
     );
     let saga = rt.block_on(async {
-        let sagas = saga_store::Db::connect(&db("orchestrator"), 1).await.unwrap();
+        let sagas = saga_store::Db::connect(&sandbox.db("orchestrator"), 1).await.unwrap();
         saga_orchestrator::store::get_saga(&sagas, &declined.order_id).await.unwrap().unwrap()
     });
     assert_eq!(saga.trace_id(), Some(trace.as_str()), "the saga log keeps the saga's trace");
@@ -258,5 +244,4 @@ fn each_saga_is_one_trace_across_all_services_and_an_orchestrator_restart() {
     let chain = causal_chain(&members, leaf(&members, "saga-orchestrator", "OrderApproved"));
     assert_eq!(chain.first().map(String::as_str), Some("PlaceOrder"));
     assert_eq!(chain.len(), 10, "{chain:?}");
-    drop(cluster);
 }
