@@ -243,6 +243,14 @@ impl Sandbox {
         OrderClient::connect(&self.registry_url, &self.broker.bootstrap, &self.broker.topics).await
     }
 
+    /// Stops the registry with SIGTERM (a test of what the services do without it), checking it
+    /// exits 0.
+    pub fn stop_registry(&mut self) {
+        if let Some(registry) = self.registry.take() {
+            terminate(registry, self.dir.path());
+        }
+    }
+
     /// Stops each of `procs` and then the registry with SIGTERM, checking that each exits 0. The
     /// broker and the directory stay until the sandbox is dropped, so the databases can be read.
     pub fn stop(&mut self, procs: impl IntoIterator<Item = Proc>) {

@@ -9,52 +9,32 @@ use std::time::Duration;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
 use saga_integration_tests::procs::{
-    binary, free_port, http_get, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, try_http_get, OrderClient, Proc, TestBroker,
+    binary, free_port, http_get, mock_broker, seed, service_binary, spawn_registry, terminate, try_http_get, OrderClient, Proc, Sandbox, TestBroker,
 };
 use saga_order::domain::OrderStatus;
 
 #[test]
 fn services_run_as_separate_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let TestBroker { cluster, bootstrap, topics } = mock_broker("proc", 4);
-    let port = free_port();
-    let registry_url = format!("http://127.0.0.1:{port}");
-    let db = |name: &str| format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
-
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(seed(&db("inventory"), &db("payment")));
-
-    let registry = spawn_registry(port, dir.path());
+    let mut sandbox = Sandbox::start("proc", 4, &rt);
     let mut services = Vec::new();
     let mut health_ports = Vec::new();
     for name in ["order", "inventory", "payment", "orchestrator"] {
         let health_port = free_port();
         health_ports.push(health_port);
-        services.push(spawn(
-            service_binary(name),
-            &[
-                ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
-                ("SAGA_REGISTRY__URL", registry_url.clone()),
-                ("SAGA_DATABASE__URL", db(name)),
-                ("SAGA_TOPICS__PREFIX", "proc".into()),
-                // The mock cluster answers a fetch only at its deadline.
-                ("SAGA_KAFKA__FETCH_WAIT_MAX_MS", "2".into()),
-                ("SAGA_HTTP__BIND", format!("127.0.0.1:{health_port}")),
-            ],
-            dir.path(),
-        ));
+        services.push(sandbox.spawn(name, &[("SAGA_HTTP__BIND", format!("127.0.0.1:{health_port}"))]));
     }
 
     let n = 21;
     let statuses = rt.block_on(async {
-        let client = OrderClient::connect(&registry_url, &bootstrap, &topics).await;
+        let client = sandbox.client().await;
         let mut ids = Vec::new();
         for i in 0..n {
             let (order, _) = sample_order("proc", i);
             ids.push(order.order_id.clone());
             client.place(order, None).await;
         }
-        let orders = saga_store::Db::connect(&db("order"), 1).await.unwrap();
+        let orders = saga_store::Db::connect(&sandbox.db("order"), 1).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let mut done = Vec::new();
@@ -71,7 +51,7 @@ fn services_run_as_separate_processes() {
             if tokio::time::Instant::now() > deadline {
                 let logs: String = ["saga-order", "saga-orchestrator"]
                     .iter()
-                    .map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap_or_default())
+                    .map(|n| std::fs::read_to_string(sandbox.dir.path().join(format!("{n}.log"))).unwrap_or_default())
                     .collect();
                 panic!("{} of {n} orders finished; logs:\n{}", done.len(), &logs[logs.len().saturating_sub(4000)..]);
             }
@@ -97,7 +77,7 @@ fn services_run_as_separate_processes() {
     }
 
     // With the registry gone, readiness says so (and liveness does not change).
-    terminate(registry, dir.path());
+    sandbox.stop_registry();
     let mut not_ready = String::new();
     for _ in 0..100 {
         not_ready = http_get(health_ports[0], "/readyz");
@@ -109,10 +89,7 @@ fn services_run_as_separate_processes() {
     assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.contains(r#""registry":false"#), "/readyz without registry: {not_ready}");
     assert!(http_get(health_ports[0], "/healthz").ends_with("ok"));
 
-    for s in services {
-        terminate(s, dir.path());
-    }
-    drop(cluster);
+    sandbox.stop(services);
 }
 
 /// Sum of the samples of `metric` whose labels contain `label` (e.g. `topic="x"`), from a
