@@ -190,13 +190,14 @@ impl OrderClient {
 /// broker with the system's topics under one prefix, the participants' databases seeded, and the
 /// registry as a process. Services start from [`Sandbox::env`], which a test extends.
 pub struct Sandbox {
+    // Fields drop in order: the registry is killed before its directory goes.
+    registry: Option<Proc>,
     /// SQLite files and logs.
     pub dir: tempfile::TempDir,
     /// The broker and the topic names.
     pub broker: TestBroker,
     /// The registry's URL.
     pub registry_url: String,
-    registry: Option<Proc>,
     prefix: String,
 }
 

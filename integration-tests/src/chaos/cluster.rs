@@ -117,6 +117,8 @@ impl Cluster {
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         slot.starts += 1;
         writeln!(log, "=== chaos: start #{} of {} at +{:.1}s ===", slot.starts, spec.name, self.started.elapsed().as_secs_f64())?;
+        // What an earlier process logged (a panic it died of, say) is not this one's.
+        slot.log_read = log.metadata()?.len();
         // `ip netns exec` and setpriv each exec what follows them: the child's pid is the program's.
         let mut line: Vec<std::ffi::OsString> = Vec::new();
         if self.setpriv {

@@ -172,17 +172,19 @@ impl Injector {
                 tokio::time::sleep(*cut).await;
                 // Cut off, a service may still drain what it had fetched: count from the heal.
                 let hit = affected(target);
-                let before = futures::future::join_all(hit.iter().map(|s| self.consumed_by(s))).await;
+                let before = futures::future::join_all(hit.iter().map(|s| self.consumed_if_answering(s))).await;
                 links.iter().for_each(|l| l.cut(false));
                 self.injected.net_partitions.fetch_add(1, Ordering::Relaxed);
                 let after = format!("network partition ({target})");
-                futures::future::join_all(hit.iter().zip(before).map(|(s, before)| self.time_recovery(s, before, &after))).await;
+                // A service that did not answer (killed or paused meanwhile) is timed by that fault.
+                let timed = hit.iter().zip(before).filter_map(|(s, before)| Some((s, before?)));
+                futures::future::join_all(timed.map(|(s, before)| self.time_recovery(s, before, &after))).await;
             }
             Fault::NetDegrade { target, delay, loss, lasting } => {
                 let links = self.links_of(target)?;
-                links.iter().for_each(|l| l.degrade(*delay, *loss));
+                links.iter().for_each(|l| l.degrade(Some((*delay, *loss))));
                 tokio::time::sleep(*lasting).await;
-                links.iter().for_each(|l| l.degrade(Duration::ZERO, 0.0));
+                links.iter().for_each(|l| l.degrade(None));
                 self.injected.net_degrades.fetch_add(1, Ordering::Relaxed);
             }
             Fault::Duplicates { count } => self.duplicate(index, *count).await?,
@@ -210,6 +212,11 @@ impl Injector {
             Some(port) => consumed(port).await.unwrap_or(0.0),
             None => 0.0,
         }
+    }
+
+    /// What `target` has consumed so far, if it answers.
+    async fn consumed_if_answering(&self, target: &str) -> Option<f64> {
+        consumed(self.port_of(target)?).await
     }
 
     fn port_of(&self, target: &str) -> Option<u16> {

@@ -111,13 +111,19 @@ impl Netns {
         tokio::net::TcpStream::from_std(rx.await.map_err(|_| gone())??)
     }
 
-    /// Deletes namespaces named `{prefix}*` that no process uses any more: left by a harness that
-    /// was killed before it could delete its own.
-    pub fn sweep(prefix: &str) {
-        let (Ok(entries), Ok(ip_path)) = (std::fs::read_dir("/var/run/netns"), ip_command()) else { return };
-        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)) {
-            let pids = Command::new(ip_path).args(["netns", "pids", &name]).output();
-            if pids.is_ok_and(|o| o.status.success() && o.stdout.is_empty()) {
+    /// The name of a namespace of this process: `chaos-<pid>-<what>`, so [`Netns::sweep`] knows
+    /// whose it is.
+    pub fn name_for(what: &str) -> String {
+        format!("chaos-{}-{what}", std::process::id())
+    }
+
+    /// Deletes the namespaces of harnesses that are gone (killed before they could delete their
+    /// own): `chaos-<pid>-…` whose process no longer exists.
+    pub fn sweep() {
+        let (Ok(entries), Ok(_)) = (std::fs::read_dir("/var/run/netns"), ip_command()) else { return };
+        for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+            let Some(pid) = name.strip_prefix("chaos-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = ip(&["netns", "del", &name]);
             }
         }
@@ -143,7 +149,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "needs root and iproute2: cargo test -p saga-integration-tests --lib netns -- --ignored"]
     async fn a_namespace_has_a_loopback_of_its_own() {
-        let ns = Netns::create(&format!("chaos-test-{}", std::process::id())).expect("network namespaces (run as root with iproute2)");
+        let ns = Netns::create(&Netns::name_for("test")).expect("network namespaces (run as root with iproute2)");
         let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = host.local_addr().unwrap().port();
         assert!(ns.connect(port).await.is_err(), "the host's listener is not reachable inside the namespace");

@@ -33,6 +33,8 @@ pub struct Conditions {
     pub delay: Duration,
     /// Share of chunks that cost a retransmission, 0 to 1.
     pub loss: f64,
+    /// Degradations in force: `delay` and `loss` are the latest one's, until every one has ended.
+    pub degrades: u32,
 }
 
 /// The network between some processes and some servers, as the harness sets it.
@@ -52,11 +54,21 @@ impl Link {
         self.state.send_modify(|c| c.cuts = if on { c.cuts + 1 } else { c.cuts.saturating_sub(1) });
     }
 
-    /// Delays every chunk by `delay` and costs `loss` of them a retransmission; `(ZERO, 0.0)` heals.
-    pub fn degrade(&self, delay: Duration, loss: f64) {
-        self.state.send_modify(|c| {
-            c.delay = delay;
-            c.loss = loss.clamp(0.0, 1.0);
+    /// Delays every chunk by `delay` and costs `loss` of them a retransmission (`Some`), or ends
+    /// one such degradation (`None`): the link is healthy again when every one has ended.
+    pub fn degrade(&self, how: Option<(Duration, f64)>) {
+        self.state.send_modify(|c| match how {
+            Some((delay, loss)) => {
+                c.degrades += 1;
+                c.delay = delay;
+                c.loss = loss.clamp(0.0, 1.0);
+            }
+            None => {
+                c.degrades = c.degrades.saturating_sub(1);
+                if c.degrades == 0 {
+                    (c.delay, c.loss) = (Duration::ZERO, 0.0);
+                }
+            }
         });
     }
 
@@ -128,15 +140,18 @@ pub fn serve(listener: TcpListener, upstream: Upstream, link: Arc<Link>, seed: u
                 }
             };
             connections += 1;
-            let (upstream, state) = (upstream.clone(), link.state.subscribe());
-            let rng = Rng::new(seed, connections);
+            let (upstream, mut state) = (upstream.clone(), link.state.subscribe());
+            let (rng, back) = (Rng::new(seed, connections), Rng::new(seed, connections | 1 << 63));
             tokio::spawn(async move {
+                // Across a cut link a connection opens (the relay's side accepts it) but reaches
+                // nothing until the link heals.
+                if !healed(&mut state).await {
+                    return;
+                }
                 let Ok(outbound) = upstream.connect().await else { return };
                 let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                 let (from_client, to_client) = inbound.into_split();
                 let (from_server, to_server) = outbound.into_split();
-                let mut back = rng.clone();
-                back.next_u64();
                 tokio::join!(pump(from_client, to_server, state.clone(), rng), pump(from_server, to_client, state, back));
             });
         }
@@ -246,13 +261,15 @@ mod tests {
         let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
         let mut echo = [0u8; 2];
         let healthy = round_trip(&mut client, &mut echo).await;
-        proxy.link.degrade(Duration::from_millis(60), 0.0);
+        proxy.link.degrade(Some((Duration::from_millis(60), 0.0)));
         let delayed = round_trip(&mut client, &mut echo).await;
         assert!(delayed >= Duration::from_millis(120), "60 ms each way: {delayed:?} (healthy {healthy:?})");
-        proxy.link.degrade(Duration::ZERO, 1.0);
+        proxy.link.degrade(None);
+        proxy.link.degrade(Some((Duration::ZERO, 1.0)));
         let lost = round_trip(&mut client, &mut echo).await;
         assert!(lost >= 2 * RETRANSMISSION, "every chunk lost once each way: {lost:?}");
-        proxy.link.degrade(Duration::ZERO, 0.0);
+        proxy.link.degrade(None);
+        assert_eq!(proxy.link.conditions(), Conditions::default(), "every degradation ended: healthy");
         round_trip(&mut client, &mut echo).await;
         assert_eq!(&echo, b"hi");
     }

@@ -251,6 +251,12 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let base = opts.postgres_url.rsplit_once('/').map_or(opts.postgres_url.as_str(), |(b, _)| b).to_string();
     let db_urls: BTreeMap<&str, String> = SERVICES.iter().map(|s| (*s, format!("{base}/chaos_{run_id}_{s}"))).collect();
 
+    // Network faults need namespaces: find out before anything is created.
+    let network_faults = opts.netns || opts.net_partitions + opts.net_degrades > 0;
+    if network_faults {
+        Netns::sweep();
+        drop(Netns::create(&Netns::name_for(&format!("{run_id}-probe")))?);
+    }
     let admin = saga_store::Db::connect(&opts.postgres_url, 1).await.with_context(|| {
         format!(
             "no PostgreSQL at {}: start it with `pg_ctlcluster --skip-systemctl-redirect {pg_version} main start`",
@@ -264,7 +270,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     // With --db-partitions or network faults, the services reach PostgreSQL through relays the
     // harness can cut; the harness itself (seeding, the checker) connects directly. Without,
     // nothing stands between.
-    let network_faults = opts.netns || opts.net_partitions + opts.net_degrades > 0;
     let mut db_links = Vec::new();
     let mut service_db_urls = db_urls.clone();
     if opts.db_partitions > 0 || network_faults {
@@ -339,13 +344,12 @@ struct Ports {
 ///   service's configuration is unchanged); its HTTP port is relayed out to the harness, on no
 ///   link, so the harness sees it however its network fares.
 async fn network(run_id: &str, seed: u64, ports: &Ports, db_links: &[(&'static str, Proxy)], specs: &mut [Spec]) -> anyhow::Result<Network> {
-    Netns::sweep("chaos-");
     let loopback = |port| Upstream::Host(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let broker = Proxy::on(ports.broker, loopback(ports.broker_listener), Link::new(), seed).await?.link;
     let mut services = Vec::new();
     for (i, (s, http)) in SERVICES.iter().zip(ports.http).enumerate() {
         let name = crate::procs::service_binary(s);
-        let ns = Arc::new(Netns::create(&format!("chaos-{run_id}-{s}"))?);
+        let ns = Arc::new(Netns::create(&Netns::name_for(&format!("{run_id}-{s}")))?);
         let link = Link::new();
         let db = db_links.iter().find(|(n, _)| *n == name).map(|(_, p)| p.port).context("a PostgreSQL relay per service")?;
         for port in [ports.broker, ports.registry, db] {
