@@ -138,11 +138,11 @@ async fn rolling_upgrade_to_saga_v2_with_both_schema_versions_live(infra: Infra)
     for i in 0..instances {
         stack.restart_process(&name("payment", i), &[]).await.expect("payment restarts");
     }
-    let switch_started = saga_store::now_ms();
+    let switch_started = saga_contracts::now_ms();
     for i in 0..instances {
         stack.restart_process(&name("orchestrator", i), &[("SAGA_SAGA__ORDER_VERSION", "2".into())]).await.expect("orchestrator restarts on v2");
     }
-    let switch_done = saga_store::now_ms();
+    let switch_done = saga_contracts::now_ms();
     upgraded.notify_one();
     let orders = placing.await.expect("every order placed");
 

@@ -88,11 +88,11 @@ fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_
     let registry_url = format!("http://127.0.0.1:{registry_port}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let role = format!("saga_limited_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let admin_url = saga_store::testing::postgres_admin_url();
+    let admin_url = saga_sandbox::postgres_admin_url();
     let dbs: Vec<String> = rt.block_on(async {
         let mut urls = Vec::new();
         for _ in 0..4 {
-            urls.push(saga_store::testing::create_postgres_database().await.unwrap_or_else(|e| {
+            urls.push(saga_sandbox::create_postgres_database().await.unwrap_or_else(|e| {
                 panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
             }));
         }
@@ -202,9 +202,9 @@ fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_
         orders.close().await;
         inventory_admin.close().await;
         for url in &dbs {
-            let _ = saga_store::testing::drop_postgres_database(url).await;
+            let _ = saga_sandbox::drop_postgres_database(url).await;
         }
-        let admin = saga_store::Db::connect(&saga_store::testing::postgres_admin_url(), 1).await.unwrap();
+        let admin = saga_store::Db::connect(&saga_sandbox::postgres_admin_url(), 1).await.unwrap();
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).execute(admin.pool()).await;
     });
 }

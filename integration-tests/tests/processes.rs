@@ -127,10 +127,10 @@ fn service_databases(rt: &tokio::runtime::Runtime) -> Vec<String> {
     rt.block_on(async {
         let mut urls = Vec::new();
         for _ in 0..4 {
-            urls.push(saga_store::testing::create_postgres_database().await.unwrap_or_else(|e| {
+            urls.push(saga_sandbox::create_postgres_database().await.unwrap_or_else(|e| {
                 panic!(
                     "no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-                    saga_store::testing::postgres_admin_url()
+                    saga_sandbox::postgres_admin_url()
                 )
             }));
         }
@@ -267,7 +267,7 @@ fn two_instances_of_each_service_share_the_partitions() {
     terminate(registry, dir.path());
     rt.block_on(async {
         for url in &dbs {
-            let _ = saga_store::testing::drop_postgres_database(url).await;
+            let _ = saga_sandbox::drop_postgres_database(url).await;
         }
     });
     drop(cluster);
@@ -374,7 +374,7 @@ fn instances_join_and_leave_under_load() {
     terminate(registry, dir.path());
     rt.block_on(async {
         for url in &dbs {
-            let _ = saga_store::testing::drop_postgres_database(url).await;
+            let _ = saga_sandbox::drop_postgres_database(url).await;
         }
     });
     drop(cluster);

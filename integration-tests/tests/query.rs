@@ -143,7 +143,7 @@ async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
     let replica_dir = tempfile::tempdir().unwrap();
     let replica_url = match infra {
         Infra::Embedded => format!("sqlite://{}", replica_dir.path().join("replica.db").display()),
-        Infra::External => saga_store::testing::create_postgres_database().await.unwrap(),
+        Infra::External => saga_sandbox::create_postgres_database().await.unwrap(),
     };
     let replica_db = saga_runtime::service::open_database(&replica_url, 4, &saga_query::MIGRATIONS).await.unwrap();
     let mut settings = stack.settings.clone();
@@ -173,7 +173,7 @@ async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
     assert_eq!(snapshot(query).await, live, "rebuilt from history");
     replica_db.close().await;
     if let Infra::External = infra {
-        saga_store::testing::drop_postgres_database(&replica_url).await.unwrap();
+        saga_sandbox::drop_postgres_database(&replica_url).await.unwrap();
     }
     running.stop().await;
 }
@@ -301,7 +301,7 @@ async fn unreadable_records_are_dead_lettered_and_the_rest_applied(infra: Infra)
     stack.publish_raw(&events, Some(b"poison-q"), b"not avro").await.unwrap();
     // A valid event after it, on the same partition (same key).
     let created = saga_contracts::OrderCreated {
-        envelope: saga_runtime::testing::envelope("poison-q-created", saga_contracts::OrderCreated::FULL_NAME, "poison-q"),
+        envelope: saga_sandbox::envelope("poison-q-created", saga_contracts::OrderCreated::FULL_NAME, "poison-q"),
         order_id: "poison-q".into(),
         customer_id: "alice".into(),
         currency: "EUR".into(),

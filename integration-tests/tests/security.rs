@@ -105,7 +105,7 @@ async fn the_registry_refuses_requests_without_credentials_but_answers_probes() 
 #[tokio::test]
 #[ignore = "needs PostgreSQL with ssl = on at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
 async fn postgres_connections_use_tls_and_verify_the_server() {
-    let admin_url = saga_store::testing::postgres_admin_url();
+    let admin_url = saga_sandbox::postgres_admin_url();
     let admin = Db::connect(&admin_url, 1)
         .await
         .unwrap_or_else(|e| panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"));

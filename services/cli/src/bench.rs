@@ -286,7 +286,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
     let mut stack_options = StackOptions::embedded(dir.path().to_path_buf());
     if let BrokerChoice::External(_) = options.broker {
-        let run = format!("bench{}", saga_store::now_ms());
+        let run = format!("bench{}", saga_contracts::now_ms());
         stack_options.topic_prefix = run.clone();
         stack_options.group_suffix = format!("-{run}");
     }
@@ -313,7 +313,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
-    let run_id = format!("bench{}", saga_store::now_ms());
+    let run_id = format!("bench{}", saga_contracts::now_ms());
     // Warm up: the consumer groups form and the schemas are cached before the clock starts.
     let warmup = 20;
     for i in 0..warmup {
@@ -410,50 +410,76 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     if let Ok(stack) = Arc::try_unwrap(stack) {
         stack.stop().await;
     }
-    latencies.sort();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
+    let report = BenchReport::new(
+        &options,
+        if options.processes.is_some() { "processes" } else { "embedded" },
+        if options.postgres { "postgres" } else { "sqlite" },
+        latencies,
+        elapsed,
+        cpu.iter().sum::<f64>(),
+        peak_rss_mib("self"),
+    );
+    Ok(BenchReport { completed, compensated: report.sagas - completed, processes, stages, busy, projection, ..report })
+}
+
+impl BenchReport {
+    /// The figures of a run of `options` in `mode` on `database` whose sagas took `latencies`
+    /// (all "completed"), in `elapsed`, using `cpu_seconds` of CPU; no per-process, stage or
+    /// projection figures.
+    pub(crate) fn new(
+        options: &BenchOptions,
+        mode: &'static str,
+        database: &'static str,
+        mut latencies: Vec<Duration>,
+        elapsed: Duration,
+        cpu_seconds: f64,
+        peak_rss_mib: f64,
+    ) -> BenchReport {
+        latencies.sort();
+        let pct = |p: f64| -> f64 {
+            if latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i].as_secs_f64() * 1000.0
+        };
+        let (load, concurrency, rate) = match options.load {
+            Load::Closed { concurrency } => ("closed", concurrency, 0.0),
+            Load::Open { rate } => ("open", 0, rate),
+        };
+        BenchReport {
+            load,
+            concurrency,
+            rate,
+            sagas: latencies.len(),
+            completed: latencies.len(),
+            compensated: 0,
+            unfinished: options.sagas.saturating_sub(latencies.len()),
+            elapsed_s: elapsed.as_secs_f64(),
+            sagas_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+            p90_ms: pct(0.90),
+            p95_ms: pct(0.95),
+            p99_ms: pct(0.99),
+            p99_9_ms: pct(0.999),
+            max_ms: pct(1.0),
+            mode,
+            broker: match &options.broker {
+                BrokerChoice::Embedded => "embedded".to_string(),
+                BrokerChoice::External(bootstrap) => bootstrap.clone(),
+            },
+            database,
+            saga_version: options.saga_version,
+            partitions: options.partitions,
+            instances: options.instances,
+            cpu_cores: cpu_seconds / elapsed.as_secs_f64(),
+            peak_rss_mib,
+            processes: Vec::new(),
+            stages: Vec::new(),
+            busy: Vec::new(),
+            projection: None,
         }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1000.0
-    };
-    let (load, concurrency, rate) = match options.load {
-        Load::Closed { concurrency } => ("closed", concurrency, 0.0),
-        Load::Open { rate } => ("open", 0, rate),
-    };
-    Ok(BenchReport {
-        load,
-        concurrency,
-        rate,
-        sagas: latencies.len(),
-        completed,
-        compensated: latencies.len() - completed,
-        unfinished: options.sagas - latencies.len(),
-        elapsed_s: elapsed.as_secs_f64(),
-        sagas_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p90_ms: pct(0.90),
-        p95_ms: pct(0.95),
-        p99_ms: pct(0.99),
-        p99_9_ms: pct(0.999),
-        max_ms: pct(1.0),
-        mode: if options.processes.is_some() { "processes" } else { "embedded" },
-        broker: match &options.broker {
-            BrokerChoice::Embedded => "embedded".to_string(),
-            BrokerChoice::External(bootstrap) => bootstrap.clone(),
-        },
-        database: if options.postgres { "postgres" } else { "sqlite" },
-        saga_version: options.saga_version,
-        partitions: options.partitions,
-        instances: options.instances,
-        cpu_cores: cpu.iter().sum::<f64>() / elapsed.as_secs_f64(),
-        peak_rss_mib: peak_rss_mib("self"),
-        processes,
-        stages,
-        busy,
-        projection,
-    })
+    }
 }
 
 /// The read model's lag now, and how long it takes to reach 0 (measured every 20 ms, up to 60 s).
@@ -483,7 +509,7 @@ fn bench_seed() -> Seed {
 
 /// User and system CPU time of a process (`self` or a process id) so far, in seconds (0 where
 /// /proc is not there).
-fn process_cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
     // Fields 14 and 15 of /proc/self/stat, after the command name in parentheses, in clock ticks
     // of 1/100 s (USER_HZ, fixed at 100 on Linux).
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
@@ -496,7 +522,7 @@ fn process_cpu_seconds(pid: &str) -> f64 {
 
 /// Peak resident set (VmHWM) of a process (`self` or a process id), MiB (0 where /proc is not
 /// there).
-fn peak_rss_mib(pid: &str) -> f64 {
+pub(crate) fn peak_rss_mib(pid: &str) -> f64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0.0 };
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
 }

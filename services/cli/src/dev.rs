@@ -107,7 +107,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<DevSummary> {
 
     let mut watch = watch_outcomes(&stack.settings.kafka, stack.topic(TopicKind::OrderEvents), stack.codec())?;
 
-    let run_id = format!("dev{}", saga_store::now_ms() / 1000);
+    let run_id = format!("dev{}", saga_contracts::now_ms() / 1000);
     let mut expected: HashMap<String, Expect> = HashMap::new();
     say(format!("placing {} sample orders (5 in 7 should be approved, 1 runs out of stock, 1 is declined)", options.orders));
     let started = Instant::now();

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod definitions;
 pub mod dev;
 pub mod dlt;
+pub mod hops;
 pub mod orders;
 pub mod sagas;
 pub mod sample;

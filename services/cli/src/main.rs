@@ -438,10 +438,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => saga_cli::stack::BrokerChoice::Embedded,
             };
             let processes = match mode {
-                BenchMode::Embedded => None,
+                BenchMode::Embedded | BenchMode::Hops => None,
                 BenchMode::Processes => Some(std::env::current_exe()?.parent().context("sagactl's own directory")?.to_path_buf()),
             };
-            let report = bench::run(bench::BenchOptions {
+            let options = bench::BenchOptions {
                 sagas,
                 load,
                 partitions,
@@ -453,8 +453,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 query_api,
                 processes,
                 saga_version,
-            })
-            .await?;
+            };
+            let report = match mode {
+                BenchMode::Hops => saga_cli::hops::run(&options).await?,
+                BenchMode::Embedded | BenchMode::Processes => bench::run(options).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -475,6 +478,10 @@ enum BenchMode {
     Embedded,
     /// The registry and the services as processes of the shipped binaries.
     Processes,
+    /// No services: the broker alone under the saga's traffic (eight records per saga moved
+    /// along by four relays with the services' client settings; no database), the ceiling any
+    /// eight-hop saga reaches on this broker (see `saga_cli::hops`).
+    Hops,
 }
 
 /// A `--rate`: a positive number of sagas per second.

@@ -34,9 +34,9 @@ pub struct Operator(saga_orchestrator::operator::Operator);
 impl Operator {
     /// Reads the orchestrator's settings (file, then `SAGA_*` variables).
     pub fn from_config(file: Option<&Path>) -> anyhow::Result<Operator> {
-        let settings = saga_runtime::ServiceSettings::load("orchestrator", file)?;
+        let (settings, saga) = saga_runtime::ServiceSettings::load_with::<saga_orchestrator::SagaSettings>("orchestrator", file)?;
         let codec = Codec::connect(&settings.registry).with_context(|| format!("schema registry {}", settings.registry.url))?;
-        let orchestrator = Orchestrator::configured(&settings)?;
+        let orchestrator = Orchestrator::configured(&settings, &saga)?;
         Ok(Operator(saga_orchestrator::operator::Operator::new(orchestrator, codec, Topics::new(settings.topics.prefix.clone()))))
     }
 

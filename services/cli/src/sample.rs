@@ -37,7 +37,7 @@ pub fn place_order(order_id: &str, customer: &str, lines: Vec<OrderLine>) -> Pla
             saga_id: None,
             correlation_id: order_id.into(),
             causation_id: None,
-            occurred_at_ms: saga_contracts::envelope::now_ms(),
+            occurred_at_ms: saga_contracts::now_ms(),
         },
         order_id: order_id.into(),
         customer_id: customer.into(),

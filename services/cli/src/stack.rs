@@ -122,6 +122,8 @@ pub struct Stack {
     pub dbs: Databases,
     /// The settings the services were started with (without per-service overrides).
     pub settings: ServiceSettings,
+    /// The orchestrator's own settings (`saga.*`).
+    pub saga: saga_orchestrator::SagaSettings,
     /// The query API, when the query service runs as a process (`http://127.0.0.1:PORT`).
     pub query_url: Option<String>,
     /// What the query API reads, when the query service runs in this process.
@@ -164,10 +166,10 @@ impl Stack {
             let url = match &options.database {
                 DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
                 DatabaseChoice::Postgres => {
-                    let url = saga_store::testing::create_postgres_database().await.with_context(|| {
+                    let url = saga_sandbox::create_postgres_database().await.with_context(|| {
                         format!(
                             "PostgreSQL is not reachable at {}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
-                            saga_store::redact_url(&saga_store::testing::postgres_admin_url())
+                            saga_store::redact_url(&saga_sandbox::postgres_admin_url())
                         )
                     })?;
                     created_databases.push(url.clone());
@@ -219,7 +221,7 @@ impl Stack {
         options.seed.apply_accounts(&dbs.payment).await.context("seeding accounts")?;
 
         // Defaults plus `SAGA_*` variables, so librdkafka settings can be tuned (`SAGA_KAFKA_CLIENT_*`).
-        let mut settings = ServiceSettings::load("stack", None)?;
+        let (mut settings, mut saga) = ServiceSettings::load_with::<saga_orchestrator::SagaSettings>("stack", None)?;
         settings.kafka.bootstrap_servers = bootstrap.clone();
         settings.kafka.partitions = options.partitions;
         settings.kafka.create_topics = matches!(options.broker, BrokerChoice::External(_));
@@ -229,7 +231,7 @@ impl Stack {
         settings.topics.prefix = options.topic_prefix.clone();
         settings.consumer.batch_size = options.batch_size;
         if options.order_version > 0 {
-            settings.saga.order_version = options.order_version;
+            saga.order_version = options.order_version;
         }
         settings.validate()?;
 
@@ -258,7 +260,7 @@ impl Stack {
                         ("SAGA_TOPICS__PREFIX", options.topic_prefix.clone()),
                         ("SAGA_CONSUMER__BATCH_SIZE", options.batch_size.to_string()),
                         ("SAGA_HTTP__BIND", format!("127.0.0.1:{port}")),
-                        ("SAGA_SAGA__ORDER_VERSION", settings.saga.order_version.to_string()),
+                        ("SAGA_SAGA__ORDER_VERSION", saga.order_version.to_string()),
                     ]
                     .map(|(k, v)| (k.to_string(), v));
                     let mut env = env.to_vec();
@@ -280,7 +282,7 @@ impl Stack {
             services.push(spawn(&settings, &options.group_suffix, saga_order::OrderHandler, Ok, &dbs.order, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_inventory::InventoryHandler, Ok, &dbs.inventory, &shutdown).await?);
             services.push(spawn(&settings, &options.group_suffix, saga_payment::PaymentHandler, Ok, &dbs.payment, &shutdown).await?);
-            let orchestrator = saga_orchestrator::Orchestrator::configured(&settings)?;
+            let orchestrator = saga_orchestrator::Orchestrator::configured(&settings, &saga)?;
             orchestrator.check_in_flight(&dbs.orchestrator).await?;
             services.push(
                 spawn(&settings, &options.group_suffix, orchestrator, saga_orchestrator::Orchestrator::capabilities, &dbs.orchestrator, &shutdown).await?,
@@ -302,6 +304,7 @@ impl Stack {
             topics,
             dbs,
             settings,
+            saga,
             query_url,
             query,
             query_database_url: options.query.then(|| urls[5].clone()),
@@ -383,7 +386,7 @@ impl Stack {
         let metrics = self.metrics.clone();
         let links = saga_orchestrator::web::Links { query_url, trace_url: saga_orchestrator::web::Links::from_env().trace_url };
         // Retry and abort when an operator token is configured (SAGA_HTTP__OPERATOR_TOKEN).
-        let actions = saga_orchestrator::web_actions(&self.settings).unwrap_or_else(|e| {
+        let actions = saga_orchestrator::web_actions(&self.settings, &self.saga).unwrap_or_else(|e| {
             tracing::error!(error = %e, "the saga view's actions are off: they could not be set up");
             None
         });
@@ -444,7 +447,7 @@ impl Stack {
         }
         drop(self);
         for url in created {
-            if let Err(e) = saga_store::testing::drop_postgres_database(&url).await {
+            if let Err(e) = saga_sandbox::drop_postgres_database(&url).await {
                 tracing::warn!(error = %e, "could not drop a test database");
             }
         }
@@ -493,14 +496,15 @@ async fn spawn<H: Handler>(
 /// runtime of its own: librdkafka clients close synchronously (dropping a consumer blocks its
 /// thread until the group is left), and a broker on the services' runtime could then be starved
 /// of the threads it needs to answer them.
-struct EmbeddedBroker {
+pub(crate) struct EmbeddedBroker {
     bootstrap: String,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl EmbeddedBroker {
-    fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
+    /// Starts the broker with `topics` of `partitions` each.
+    pub(crate) fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -536,7 +540,13 @@ impl EmbeddedBroker {
         Ok(EmbeddedBroker { bootstrap, stop, thread })
     }
 
-    fn stop(self) {
+    /// Where clients reach it.
+    pub(crate) fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Stops the broker and waits for its thread.
+    pub(crate) fn stop(self) {
         self.stop.cancel();
         let _ = self.thread.join();
     }

@@ -130,7 +130,7 @@ fn header_names(m: &OwnedMessage) -> Vec<String> {
 #[tokio::test]
 async fn list_shows_each_dead_letter_with_its_origin_and_cause() {
     let kit = Kit::start();
-    let before = saga_store::now_ms();
+    let before = saga_contracts::now_ms();
     kit.dead_letter(TopicKind::OrderCommands, 41, "o-1", &[("traceparent", "00-aa-bb-01")], "malformed-avro", "avro body ended early").await;
     kit.dead_letter(TopicKind::PaymentEvents, 7, "o-2", &[], "handler-failed", "no saga o-2").await;
 

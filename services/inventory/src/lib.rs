@@ -67,7 +67,7 @@ async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, Handl
             ReservationStatus::Failed => failed(&m.envelope, &m.order_id, reason.unwrap_or_else(|| "reservation failed".into())),
         });
     }
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let lines: Vec<(String, i32)> = m.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect();
     let decision = match merge_lines(&lines) {
         Err(reason) => Err(reason),
@@ -104,7 +104,7 @@ async fn reserve(conn: &mut Conn<'_>, m: &ReserveStock) -> Result<Message, Handl
 }
 
 async fn release(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let released = match load_reservation(conn, order_id).await? {
         Some((ReservationStatus::Reserved, _)) => {
             let row = conn.fetch_one("SELECT lines FROM reservations WHERE order_id = $1", args![order_id]).await?;
@@ -184,7 +184,7 @@ async fn lock_stock(conn: &mut Conn<'_>, wanted: &BTreeMap<String, i64>) -> Resu
 /// Sets the units on hand of each sku (creating it when missing). Used by seeding and operators.
 pub async fn set_stock(db: &saga_store::Db, items: &[(String, i64)]) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     for (sku, on_hand) in items {
         sqlx::query(
             "INSERT INTO stock (sku, on_hand, reserved, updated_at_ms) VALUES ($1, $2, 0, $3) \

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use saga_contracts::{Message, ReleaseStock, ReserveStock, StockLine};
 use saga_inventory::{reservation_status, reserved_by_reservations, set_stock, stock_of, InventoryHandler, ReservationStatus};
 use saga_runtime::HandleError;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     reserves_every_line_and_moves_units_to_reserved,
     reserves_all_or_nothing,
     unknown_skus_and_bad_quantities_reserve_nothing,
@@ -28,13 +28,13 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    saga_runtime::testing::migrate(&test_db.db, &saga_inventory::MIGRATIONS).await;
+    saga_sandbox::migrate(&test_db.db, &saga_inventory::MIGRATIONS).await;
     &test_db.db
 }
 
 /// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    saga_runtime::testing::apply(db, &InventoryHandler, message).await
+    saga_sandbox::apply(db, &InventoryHandler, message).await
 }
 
 /// Applies a new message the handler accepts; returns its one reply.
@@ -50,7 +50,7 @@ async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     reply
 }
 
-use saga_runtime::testing::envelope;
+use saga_sandbox::envelope;
 
 fn reserve(message_id: &str, order_id: &str, lines: &[(&str, i32)]) -> ReserveStock {
     ReserveStock {
@@ -300,7 +300,7 @@ async fn a_stored_reservation_that_cannot_be_read_is_an_error_not_a_default(test
     seed(db, &[("A", 10)]).await;
     reply(db, reserve("o1:reserve_stock:do:1", "o1", &[("A", 3)])).await;
     reply(db, reserve("o2:reserve_stock:do:1", "o2", &[("A", 1)])).await;
-    saga_store::testing::write_past_status_check(db, "reservations", "UPDATE reservations SET status = 'ON_HOLD' WHERE order_id = 'o1'").await;
+    saga_sandbox::write_past_status_check(db, "reservations", "UPDATE reservations SET status = 'ON_HOLD' WHERE order_id = 'o1'").await;
     sqlx::query("UPDATE reservations SET lines = 'not json' WHERE order_id = 'o2'").execute(db.pool()).await.unwrap();
     let e = reservation_status(db, "o1").await.expect_err("an unknown status is an error").to_string();
     assert!(e.contains("order o1") && e.contains("\"ON_HOLD\""), "{e}");

@@ -24,6 +24,7 @@ pub mod definition;
 mod metrics;
 pub mod operator;
 pub mod saga;
+pub mod settings;
 pub mod store;
 pub mod web;
 
@@ -39,6 +40,7 @@ use crate::metrics::SagaMetrics;
 
 use crate::definition::{order_saga_versions, Action, Reply, SagaDefinition, Versions};
 use crate::saga::{Command, Outcome, Timing, Transition};
+pub use crate::settings::SagaSettings;
 use crate::store::{LogEntry, SagaData, SagaRecord};
 
 /// Migrations of the saga tables (versions 2300–2399).
@@ -54,7 +56,7 @@ pub struct Orchestrator {
     timer_interval: std::time::Duration,
     metrics: OnceLock<SagaMetrics>,
     /// The settings it was configured with (the saga view's actions are built from them).
-    settings: Option<saga_runtime::ServiceSettings>,
+    settings: Option<(saga_runtime::ServiceSettings, SagaSettings)>,
 }
 
 impl Default for Orchestrator {
@@ -150,7 +152,7 @@ impl Observed for Orchestrator {
     }
 
     fn http_routes(&self, db: &saga_store::Db) -> Option<axum::Router> {
-        let actions = match self.settings.as_ref().map(web_actions).transpose() {
+        let actions = match self.settings.as_ref().map(|(settings, saga)| web_actions(settings, saga)).transpose() {
             Ok(actions) => actions.flatten(),
             Err(e) => {
                 tracing::error!(error = %e, "the saga view's actions are off: they could not be set up");
@@ -162,25 +164,20 @@ impl Observed for Orchestrator {
 }
 
 impl Orchestrator {
-    /// An orchestrator with the definition version, deadlines and retry limits of `settings`
-    /// (`saga.*`). Fails, naming the key, when `saga.order_version` names a version this binary
-    /// does not know.
-    pub fn configured(settings: &saga_runtime::ServiceSettings) -> Result<Orchestrator, saga_runtime::ServiceError> {
-        let mut orchestrator = Orchestrator::default();
-        orchestrator.configure(settings)?;
-        Ok(orchestrator)
-    }
-
-    /// Takes the definition version new sagas start on, the deadlines and the retry limits of
-    /// `settings` (`saga.*`).
-    pub fn configure(&mut self, settings: &saga_runtime::ServiceSettings) -> Result<(), saga_runtime::ServiceError> {
-        let start = i32::try_from(settings.saga.order_version).ok().filter(|v| *v > 0);
-        self.versions = Versions::new(order_saga_versions(), start)
+    /// An orchestrator with the definition version, deadlines and retry limits of `saga`; the
+    /// saga view's actions use `settings` (registry, topics, operator token). Fails, naming the
+    /// key, when `saga.order_version` names a version this binary does not know.
+    pub fn configured(settings: &saga_runtime::ServiceSettings, saga: &SagaSettings) -> Result<Orchestrator, saga_runtime::ServiceError> {
+        let start = i32::try_from(saga.order_version).ok().filter(|v| *v > 0);
+        let versions = Versions::new(order_saga_versions(), start)
             .map_err(|why| saga_runtime::ServiceError::Refused(format!("saga.order_version (from SAGA_SAGA__ORDER_VERSION or the config file): {why}")))?;
-        self.timing = timing_of(&settings.saga);
-        self.timer_interval = std::time::Duration::from_millis(settings.saga.timer_interval_ms);
-        self.settings = Some(settings.clone());
-        Ok(())
+        Ok(Orchestrator {
+            versions,
+            timing: saga.timing(),
+            timer_interval: std::time::Duration::from_millis(saga.timer_interval_ms),
+            settings: Some((settings.clone(), saga.clone())),
+            ..Orchestrator::default()
+        })
     }
 
     /// Refuses to run beside unfinished sagas of a definition version this binary does not know
@@ -223,7 +220,7 @@ impl Orchestrator {
         }
         let definition = self.versions.starting();
         let transition = saga::start(definition);
-        let now = saga_store::now_ms();
+        let now = saga_contracts::now_ms();
         let record = SagaRecord {
             saga_id: saga_id.clone(),
             saga_type: definition.name.to_string(),
@@ -331,7 +328,7 @@ impl Orchestrator {
         let base = saga::deadline_in_ms(definition, state, &self.timing)?;
         let spread = base / 5;
         let jitter = if spread == 0 { 0 } else { std::collections::hash_map::RandomState::new().hash_one((saga_id, state.attempt)) % spread };
-        Some(saga_store::now_ms() + (base + jitter) as i64)
+        Some(saga_contracts::now_ms() + (base + jitter) as i64)
     }
 
     /// Stores `transition` of `saga` (optimistically: a concurrent change is a conflict, retried
@@ -356,7 +353,7 @@ impl Orchestrator {
         let detail = reason.or(transition.detail.as_deref());
         let entry = log_entry(saga.version + 1, Some(saga), definition.version, transition, cause, &commands, detail);
         store::append_log(conn, saga_id, &entry).await?;
-        let now = saga_store::now_ms();
+        let now = saga_contracts::now_ms();
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
         notes.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
         if transition.state.status.is_terminal() {
@@ -381,7 +378,7 @@ impl Orchestrator {
         }
         let entry = LogEntry {
             seq: saga.version + 1,
-            at_ms: saga_store::now_ms(),
+            at_ms: saga_contracts::now_ms(),
             definition_version: saga.definition_version,
             event: event.into(),
             step: None,
@@ -419,15 +416,6 @@ impl<'a> Cause<'a> {
     }
 }
 
-/// The orchestrator's timing from its settings.
-pub fn timing_of(settings: &saga_runtime::config::SagaSettings) -> Timing {
-    Timing {
-        timeout_override_ms: (settings.step_timeout_ms > 0).then_some(settings.step_timeout_ms),
-        max_delay_ms: settings.retry_max_delay_ms,
-        max_compensation_attempts: settings.compensation_max_attempts,
-    }
-}
-
 fn log_entry(
     seq: i64,
     before: Option<&SagaRecord>,
@@ -439,7 +427,7 @@ fn log_entry(
 ) -> LogEntry {
     LogEntry {
         seq,
-        at_ms: saga_store::now_ms(),
+        at_ms: saga_contracts::now_ms(),
         definition_version: i64::from(definition_version),
         event: transition.event.into(),
         step: Some(transition.step.into()),
@@ -487,7 +475,7 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
         saga_id: Some(saga.saga_id.clone()),
         correlation_id: saga.correlation_id.clone(),
         causation_id: causation_id.map(str::to_string),
-        occurred_at_ms: saga_store::now_ms(),
+        occurred_at_ms: saga_contracts::now_ms(),
     };
     let order_id = saga.data.order_id.clone();
     let reason = failure.unwrap_or("saga compensation").to_string();
@@ -520,11 +508,11 @@ pub fn build_command(command: &Command, saga: &SagaRecord, failure: Option<&str>
 
 /// The saga view's retry and abort for `settings`: `None` when no operator token is configured
 /// (the view is read-only).
-pub fn web_actions(settings: &saga_runtime::ServiceSettings) -> Result<Option<web::Actions>, String> {
+pub fn web_actions(settings: &saga_runtime::ServiceSettings, saga: &SagaSettings) -> Result<Option<web::Actions>, String> {
     if settings.http.operator_token.is_empty() {
         return Ok(None);
     }
-    let orchestrator = Orchestrator::configured(settings).map_err(|e| e.to_string())?;
+    let orchestrator = Orchestrator::configured(settings, saga).map_err(|e| e.to_string())?;
     let codec = saga_runtime::codec::Codec::connect(&settings.registry).map_err(|e| format!("schema registry {}: {e}", settings.registry.url))?;
     let operator = operator::Operator::new(orchestrator, codec, saga_contracts::Topics::new(settings.topics.prefix.clone()));
     Ok(Some(web::Actions { operator, token: settings.http.operator_token.clone() }))

@@ -4,9 +4,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    saga_runtime::service::service_main(
-        async |settings, db| {
-            let orchestrator = saga_orchestrator::Orchestrator::configured(settings)?;
+    saga_runtime::service::service_main_with(
+        async |settings, saga: saga_orchestrator::SagaSettings, db| {
+            let orchestrator = saga_orchestrator::Orchestrator::configured(settings, &saga)?;
             orchestrator.check_in_flight(db).await?;
             Ok(orchestrator)
         },

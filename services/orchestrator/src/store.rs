@@ -176,7 +176,7 @@ pub async fn update(conn: &mut Conn<'_>, saga_id: &str, version: i64, state: &Sa
                 &position,
                 state.attempt,
                 state.failure.as_deref(),
-                saga_store::now_ms(),
+                saga_contracts::now_ms(),
                 deadline_at_ms,
                 state.blocked.as_deref(),
                 saga_id,
@@ -254,7 +254,7 @@ pub async fn due(db: &saga_store::Db, cutoffs: &Cutoffs, limit: i64) -> Result<V
 pub async fn record_stray(conn: &mut Conn<'_>, message_id: &str, saga_id: &str, message_type: &str, reason: &str) -> Result<(), sqlx::Error> {
     conn.execute(
         "INSERT INTO stray_messages (message_id, saga_id, message_type, at_ms, reason) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING",
-        args![message_id, saga_id, message_type, saga_store::now_ms(), reason],
+        args![message_id, saga_id, message_type, saga_contracts::now_ms(), reason],
     )
     .await?;
     Ok(())
@@ -497,7 +497,7 @@ pub async fn keep_dead_letter(conn: &mut Conn<'_>, saga_id: &str, record: &saga_
     conn.execute(
         "INSERT INTO saga_dead_letters (dlt_topic, dlt_partition, dlt_offset, saga_id, seen_at_ms, record) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (dlt_topic, dlt_partition, dlt_offset) DO NOTHING",
-        args![&record.dlt_topic, i64::from(record.partition), record.offset, saga_id, saga_store::now_ms(), &json],
+        args![&record.dlt_topic, i64::from(record.partition), record.offset, saga_id, saga_contracts::now_ms(), &json],
     )
     .await?;
     Ok(())
@@ -531,7 +531,7 @@ pub async fn mark_redriven(conn: &mut Conn<'_>, topic: &str, partition: i32, off
         .execute(
             "UPDATE saga_dead_letters SET redriven_at_ms = $1, redriven_by = $2 \
              WHERE dlt_topic = $3 AND dlt_partition = $4 AND dlt_offset = $5 AND redriven_at_ms IS NULL",
-            args![saga_store::now_ms(), who, topic, i64::from(partition), offset],
+            args![saga_contracts::now_ms(), who, topic, i64::from(partition), offset],
         )
         .await?;
     Ok(done == 1)

@@ -473,7 +473,7 @@ async fn overview(State(View { db, .. }): State<View>, Query(q): Query<OverviewQ
     }
     let span_ms = minutes * 60_000;
     let bucket_ms = (span_ms / 60).max(1000);
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let since = (now - span_ms) / bucket_ms * bucket_ms;
     let (per_bucket, reasons) = match tokio::try_join!(store::finished_per_bucket(&db, since, bucket_ms), store::failure_reasons(&db, since, 200)) {
         Ok(r) => r,

@@ -12,12 +12,12 @@ use saga_orchestrator::Orchestrator;
 use saga_runtime::dlt::record::DeadLetterRecord;
 use saga_runtime::timers::{Cutoffs, DeadLetterSeen};
 use saga_runtime::{Deadlines, WatchesDeadLetters};
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::{Conn, Db};
 use sqlx::Acquire;
 use support::*;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     a_step_past_its_deadline_is_compensated_by_a_fresh_orchestrator,
     a_deadline_read_before_the_saga_moved_does_nothing,
     a_deadline_waits_until_its_partition_was_read_past_it,
@@ -36,7 +36,7 @@ fn fast(max_compensation_attempts: u32) -> Orchestrator {
 /// transaction each; returns what they sent.
 async fn fire_due(db: &Db, orch: &Orchestrator) -> Vec<Message> {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let mut sent = Vec::new();
     for due in orch.due(db, &read_through(now), 100).await.unwrap() {
         let mut conn = db.pool().acquire().await.unwrap();
@@ -58,7 +58,7 @@ fn ids(messages: &[Message]) -> Vec<String> {
 
 async fn started(test_db: &TestDb) -> (&Db, Message) {
     let db = migrated(test_db).await;
-    let mut out = saga_runtime::testing::apply(db, &fast(5), order_created("place-o1", "o1")).await.unwrap().unwrap();
+    let mut out = saga_sandbox::apply(db, &fast(5), order_created("place-o1", "o1")).await.unwrap().unwrap();
     (db, out.remove(0))
 }
 
@@ -86,7 +86,7 @@ async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
     let (db, reserve) = started(&test_db).await;
     let orch = fast(5);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let due = orch.due(db, &read_through(saga_store::now_ms()), 100).await.unwrap();
+    let due = orch.due(db, &read_through(saga_contracts::now_ms()), 100).await.unwrap();
     assert_eq!(due.len(), 1);
     // The reply lands between reading the deadline and firing it.
     feed(db, &stock_reserved(&reserve)).await;
@@ -103,7 +103,7 @@ async fn a_deadline_waits_until_its_partition_was_read_past_it(test_db: TestDb) 
     let (db, _reserve) = started(&test_db).await;
     let orch = &fast(5);
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let saga = get_saga(db, "o1").await.unwrap().unwrap();
     let (deadline, partition) = (saga.deadline_at_ms.unwrap(), saga.kafka_partition);
     assert_eq!(partition, Some(0), "the saga keeps the partition of the record that started it");
@@ -128,7 +128,7 @@ async fn a_deadline_waits_until_its_partition_was_read_past_it(test_db: TestDb) 
 async fn a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried(test_db: TestDb) {
     let (db, reserve) = started(&test_db).await;
     let orch = fast(2);
-    let feed_fast = |m: Message| saga_runtime::testing::apply(db, &orch, m);
+    let feed_fast = |m: Message| saga_sandbox::apply(db, &orch, m);
     let authorize = feed_fast(stock_reserved(&reserve)).await.unwrap().unwrap().remove(0);
     feed_fast(payment_declined(&authorize, "card declined")).await.unwrap().unwrap();
     assert_eq!(ids(&fire_due(db, &orch).await), vec!["o1:reserve_stock:undo:2"]);

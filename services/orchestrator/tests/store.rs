@@ -11,10 +11,10 @@ use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{count_by_status, get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::HandleError;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use support::*;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     starts_a_saga_and_reserves_stock,
     completes_the_happy_path,
     compensates_a_declined_payment,
@@ -310,9 +310,9 @@ async fn a_saga_keeps_its_version_and_an_unknown_version_is_never_guessed(test_d
     assert!(refused.contains("version 2: 1 saga(s), e.g. o2") && refused.contains("it knows 1"), "{refused}");
     upgraded.check_in_flight(db).await.expect("the upgraded binary knows every version in flight");
     // A start on a version this binary lacks is a configuration error that names its key.
-    let mut settings = saga_runtime::ServiceSettings::defaults_for("orchestrator");
-    settings.saga.order_version = 3;
-    let bad = Orchestrator::configured(&settings).err().expect("version 3 refused").to_string();
+    let settings = saga_runtime::ServiceSettings::defaults_for("orchestrator");
+    let saga = saga_orchestrator::SagaSettings { order_version: 3, ..Default::default() };
+    let bad = Orchestrator::configured(&settings, &saga).err().expect("version 3 refused").to_string();
     assert!(bad.contains("saga.order_version") && bad.contains("no version 3"), "{bad}");
 }
 

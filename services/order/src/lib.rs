@@ -54,7 +54,7 @@ async fn place(conn: &mut Conn<'_>, m: &PlaceOrder) -> Result<Vec<Message>, Hand
     // The saga of an order is identified by the order id.
     let mut cause = m.envelope.clone();
     cause.saga_id = Some(m.order_id.clone());
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let lines = serde_json::to_string(&m.lines).expect("order lines always serialize");
     match validate(&m.order_id, &m.customer_id, &m.currency, &m.lines) {
         Ok(total) => {
@@ -95,7 +95,7 @@ async fn finish(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str, target: O
         Decision::Apply(new) => {
             conn.execute(
                 "UPDATE orders SET status = $1, reason = $2, updated_at_ms = $3 WHERE order_id = $4",
-                args![new.as_str(), reason, saga_store::now_ms(), order_id],
+                args![new.as_str(), reason, saga_contracts::now_ms(), order_id],
             )
             .await?;
         }

@@ -7,10 +7,10 @@ use saga_contracts::{ApproveOrder, Envelope, Message, OrderLine, PlaceOrder, Rej
 use saga_order::domain::OrderStatus;
 use saga_order::{count_by_status, get_order, OrderHandler};
 use saga_runtime::HandleError;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     places_a_valid_order_as_pending,
     refuses_invalid_orders_with_a_reason,
     the_same_order_placed_again_changes_nothing,
@@ -26,13 +26,13 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    saga_runtime::testing::migrate(&test_db.db, &saga_order::MIGRATIONS).await;
+    saga_sandbox::migrate(&test_db.db, &saga_order::MIGRATIONS).await;
     &test_db.db
 }
 
 /// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    saga_runtime::testing::apply(db, &OrderHandler, message).await
+    saga_sandbox::apply(db, &OrderHandler, message).await
 }
 
 /// Applies a message the inbox has not seen and that the handler accepts.
@@ -77,11 +77,11 @@ fn valid_lines() -> Vec<OrderLine> {
 }
 
 fn approve(message_id: &str, order_id: &str) -> ApproveOrder {
-    ApproveOrder { envelope: saga_runtime::testing::envelope(message_id, ApproveOrder::FULL_NAME, order_id), order_id: order_id.into() }
+    ApproveOrder { envelope: saga_sandbox::envelope(message_id, ApproveOrder::FULL_NAME, order_id), order_id: order_id.into() }
 }
 
 fn reject(message_id: &str, order_id: &str, reason: &str) -> RejectOrder {
-    RejectOrder { envelope: saga_runtime::testing::envelope(message_id, RejectOrder::FULL_NAME, order_id), order_id: order_id.into(), reason: reason.into() }
+    RejectOrder { envelope: saga_sandbox::envelope(message_id, RejectOrder::FULL_NAME, order_id), order_id: order_id.into(), reason: reason.into() }
 }
 
 async fn status_of(db: &Db, order_id: &str) -> OrderStatus {
@@ -273,7 +273,7 @@ async fn a_stored_order_that_cannot_be_read_is_an_error_not_a_default(test_db: T
     let db = migrated(&test_db).await;
     applied(db, place("place-o1", "o1", valid_lines())).await;
     applied(db, place("place-o2", "o2", valid_lines())).await;
-    saga_store::testing::write_past_status_check(db, "orders", "UPDATE orders SET status = 'SHIPPED' WHERE order_id = 'o1'").await;
+    saga_sandbox::write_past_status_check(db, "orders", "UPDATE orders SET status = 'SHIPPED' WHERE order_id = 'o1'").await;
     sqlx::query("UPDATE orders SET lines = 'not json' WHERE order_id = 'o2'").execute(db.pool()).await.unwrap();
     let e = get_order(db, "o1").await.expect_err("an unknown status is not read as PENDING").to_string();
     assert!(e.contains("order o1") && e.contains("\"SHIPPED\""), "{e}");

@@ -91,7 +91,7 @@ async fn authorize(conn: &mut Conn<'_>, m: &AuthorizePayment) -> Result<Message,
         }
         None => None,
     };
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let authorization_id = format!("auth-{}", m.order_id);
     match decide_authorization(account.as_ref(), &m.customer_id, m.amount_minor, &m.currency) {
         Ok(()) => {
@@ -124,7 +124,7 @@ async fn check_risk(conn: &mut Conn<'_>, m: &CheckRisk) -> Result<Message, Handl
             let assessment = assess_risk(m.amount_minor, &m.currency);
             conn.execute(
                 "INSERT INTO risk_assessments (order_id, customer_id, amount_minor, currency, score, reason, assessed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                args![&m.order_id, &m.customer_id, m.amount_minor, &m.currency, assessment.score, assessment.rejected.as_deref(), saga_store::now_ms()],
+                args![&m.order_id, &m.customer_id, m.amount_minor, &m.currency, assessment.score, assessment.rejected.as_deref(), saga_contracts::now_ms()],
             )
             .await?;
             (assessment.score, assessment.rejected)
@@ -164,7 +164,7 @@ async fn save(
 }
 
 async fn void(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<Message, HandleError> {
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     let row = conn.fetch_optional("SELECT status, customer_id, amount_minor FROM authorizations WHERE order_id = $1", args![order_id]).await?;
     let status = row.as_ref().map(|r| read_status(order_id, &r.get::<String>("status")?)).transpose()?;
     let voided = match (row, status) {
@@ -200,7 +200,7 @@ async fn void(conn: &mut Conn<'_>, cause: &Envelope, order_id: &str) -> Result<M
 /// Creates or updates customer accounts: (customer id, currency, credit limit in minor units).
 pub async fn set_accounts(db: &saga_store::Db, accounts: &[(String, String, i64)]) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
-    let now = saga_store::now_ms();
+    let now = saga_contracts::now_ms();
     for (customer, currency, limit) in accounts {
         sqlx::query(
             "INSERT INTO accounts (customer_id, currency, credit_limit_minor, authorized_minor, updated_at_ms) VALUES ($1, $2, $3, 0, $4) \

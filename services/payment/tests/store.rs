@@ -6,10 +6,10 @@
 use saga_contracts::{AuthorizePayment, CheckRisk, Message, VoidPayment};
 use saga_payment::{authorization_of, authorized_total, set_accounts, AuthorizationStatus, PaymentHandler};
 use saga_runtime::HandleError;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     authorizes_within_the_limit,
     declines_what_the_rules_refuse,
     a_repeated_authorize_answers_from_the_authorization,
@@ -25,7 +25,7 @@ saga_store::backend_tests!(
 // Harness
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    saga_runtime::testing::migrate(&test_db.db, &saga_payment::MIGRATIONS).await;
+    saga_sandbox::migrate(&test_db.db, &saga_payment::MIGRATIONS).await;
     set_accounts(&test_db.db, &[("alice".into(), "EUR".into(), 10_000), ("bob".into(), "EUR".into(), 5_000), ("dave".into(), "USD".into(), 10_000)])
         .await
         .expect("seed accounts");
@@ -34,7 +34,7 @@ async fn migrated(test_db: &TestDb) -> &Db {
 
 /// Applies one message as the consume loop does. `Ok(None)`: the inbox already had its id.
 async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Message>>, HandleError> {
-    saga_runtime::testing::apply(db, &PaymentHandler, message).await
+    saga_sandbox::apply(db, &PaymentHandler, message).await
 }
 
 /// Applies a new message the handler accepts; returns its one reply.
@@ -50,7 +50,7 @@ async fn reply(db: &Db, message: impl Into<Message>) -> Message {
     reply
 }
 
-use saga_runtime::testing::envelope;
+use saga_sandbox::envelope;
 
 fn authorize(message_id: &str, order_id: &str, customer: &str, amount_minor: i64, currency: &str) -> AuthorizePayment {
     AuthorizePayment {
@@ -296,7 +296,7 @@ async fn a_risk_check_is_assessed_once_and_answered_alike(test_db: TestDb) {
 async fn a_stored_authorization_that_cannot_be_read_is_an_error_not_a_default(test_db: TestDb) {
     let db = migrated(&test_db).await;
     reply(db, authorize("o1:authorize_payment:do:1", "o1", "alice", 6_000, "EUR")).await;
-    saga_store::testing::write_past_status_check(db, "authorizations", "UPDATE authorizations SET status = 'CAPTURED' WHERE order_id = 'o1'").await;
+    saga_sandbox::write_past_status_check(db, "authorizations", "UPDATE authorizations SET status = 'CAPTURED' WHERE order_id = 'o1'").await;
     let e = authorization_of(db, "o1").await.expect_err("an unknown status is an error").to_string();
     assert!(e.contains("order o1") && e.contains("\"CAPTURED\""), "{e}");
     let e = apply(db, authorize("o1:authorize_payment:do:2", "o1", "alice", 6_000, "EUR")).await.expect_err("the handler refuses to guess");

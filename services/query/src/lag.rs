@@ -118,7 +118,7 @@ impl LagWatch {
                 return None;
             }
         };
-        let now = saga_store::now_ms();
+        let now = saga_contracts::now_ms();
         let partitions: Vec<PartitionLag> = ends
             .into_iter()
             .map(|(topic, partition, end_offset)| {

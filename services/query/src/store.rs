@@ -36,7 +36,7 @@ pub async fn apply(conn: &mut Conn<'_>, incoming: &Incoming) -> Result<(), sqlx:
                 incoming.partition,
                 incoming.offset,
                 envelope.occurred_at_ms,
-                saga_store::now_ms(),
+                saga_contracts::now_ms(),
                 envelope.saga_id.as_deref(),
                 envelope.causation_id.as_deref(),
                 &fact_json
@@ -299,7 +299,7 @@ pub async fn check_version(db: &Db) -> Result<(), VersionError> {
         None => {
             conn.execute(
                 "INSERT INTO projection_meta (name, version, built_at_ms) VALUES ('orders', $1, $2) ON CONFLICT (name) DO NOTHING",
-                args![PROJECTION_VERSION, saga_store::now_ms()],
+                args![PROJECTION_VERSION, saga_contracts::now_ms()],
             )
             .await?;
         }
@@ -313,7 +313,7 @@ pub async fn record_version(conn: &mut Conn<'_>) -> Result<(), sqlx::Error> {
     conn.execute(
         "INSERT INTO projection_meta (name, version, built_at_ms) VALUES ('orders', $1, $2) \
          ON CONFLICT (name) DO UPDATE SET version = excluded.version, built_at_ms = excluded.built_at_ms",
-        args![PROJECTION_VERSION, saga_store::now_ms()],
+        args![PROJECTION_VERSION, saga_contracts::now_ms()],
     )
     .await?;
     Ok(())

@@ -5,10 +5,10 @@
 use saga_contracts::{Envelope, Message, OrderCreated, OrderLine, OrderRejected, PaymentDeclined, PlaceOrder, RejectOrder, StockReleased, StockReserved};
 use saga_query::model::{PaymentState, Status, StockState};
 use saga_query::{store, QueryHandler};
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     every_arrival_order_with_duplicates_gives_the_same_view,
     history_as_of_and_rebuild_read_back_what_was_applied,
     a_stored_view_that_cannot_be_read_is_an_error,
@@ -16,7 +16,7 @@ saga_store::backend_tests!(
 );
 
 async fn migrated(test_db: &TestDb) -> &Db {
-    saga_runtime::testing::migrate(&test_db.db, &saga_query::MIGRATIONS).await;
+    saga_sandbox::migrate(&test_db.db, &saga_query::MIGRATIONS).await;
     store::check_version(&test_db.db).await.expect("a new model takes this version");
     &test_db.db
 }
@@ -78,7 +78,7 @@ fn compensated(order: &str) -> Vec<Message> {
 
 async fn apply_all(db: &Db, handler: &QueryHandler, messages: &[Message]) {
     for m in messages {
-        saga_runtime::testing::apply(db, handler, m.clone()).await.unwrap_or_else(|e| panic!("{}: {e}", m.short_name()));
+        saga_sandbox::apply(db, handler, m.clone()).await.unwrap_or_else(|e| panic!("{}: {e}", m.short_name()));
     }
 }
 
@@ -179,7 +179,7 @@ async fn two_instances_applying_facts_of_the_same_orders_lose_none(test_db: Test
                 for m in messages {
                     // A conflict or deadlock between the two is retried, as the consume loop does.
                     let mut tries = 0;
-                    while let Err(e) = saga_runtime::testing::apply(&db, &handler, m.clone()).await {
+                    while let Err(e) = saga_sandbox::apply(&db, &handler, m.clone()).await {
                         tries += 1;
                         assert!(tries < 50, "{}: {e}", m.short_name());
                         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

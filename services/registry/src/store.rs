@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use saga_store::{now_ms, Backend, Db};
+use saga_contracts::now_ms;
+use saga_store::{Backend, Db};
 use sqlx::{Any, Executor};
 
 use crate::compat::CompatibilityLevel;

@@ -7,7 +7,7 @@ mod support;
 
 use scenarios::*;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     registers_and_serves_schemas,
     looks_up_schemas_under_a_subject,
     rejects_malformed_requests,

@@ -22,6 +22,6 @@ pub mod schemas;
 pub mod topics;
 pub mod wire;
 
-pub use envelope::Envelope;
+pub use envelope::{now_ms, Envelope};
 pub use messages::*;
 pub use topics::{TopicKind, Topics};

@@ -11,12 +11,15 @@ use std::fmt;
 use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Provider as _};
 use serde::{Deserialize, Serialize};
 
-/// Settings every service reads.
+/// Settings every service reads. A service that reads more has a [`Section`] of its own (the
+/// orchestrator's `saga`), loaded beside these by [`ServiceSettings::load_with`].
+///
+/// Unknown keys inside a table are refused by serde; unknown tables by [`ServiceSettings::load`]
+/// (which knows the service's own sections), so this type does not deny them itself.
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
     /// Broker connection and consumer group.
     pub kafka: KafkaSettings,
@@ -32,26 +35,24 @@ pub struct ServiceSettings {
     pub relay: RelaySettings,
     /// Health and readiness endpoints.
     pub http: HttpSettings,
-    /// Step deadlines and retries (read by the orchestrator only).
-    pub saga: SagaSettings,
 }
 
-/// The orchestrator's deadlines and retries; the other services ignore them.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SagaSettings {
-    /// First-attempt timeout of every step and compensation, in milliseconds; 0 keeps each step's
-    /// own timeout from the saga definition (30 s for the order saga).
-    pub step_timeout_ms: u64,
-    /// Attempts of a compensation (or the final action) before the saga is STUCK.
-    pub compensation_max_attempts: u32,
-    /// Longest wait between attempts after exponential backoff, in milliseconds.
-    pub retry_max_delay_ms: u64,
-    /// How often due deadlines are looked for, in milliseconds.
-    pub timer_interval_ms: u64,
-    /// The order saga's definition version new sagas start on; 0 (the default) starts them on the
-    /// newest this binary knows. Sagas already running stay on the version they started with.
-    pub order_version: u32,
+/// The tables of [`ServiceSettings`].
+const SECTIONS: [&str; 7] = ["kafka", "registry", "database", "topics", "consumer", "relay", "http"];
+
+/// A table of the configuration that one service reads beside the [`ServiceSettings`] every
+/// service reads (the orchestrator's `saga`), from the same layers: its defaults, the file's
+/// `[NAME]` table, then `SAGA_<NAME>__*` variables. Unknown keys in it are refused when its type
+/// denies them (`#[serde(deny_unknown_fields)]`).
+pub trait Section: Serialize + serde::de::DeserializeOwned {
+    /// The table's name, e.g. `saga`.
+    const NAME: &'static str;
+
+    /// The values of the keys the file and the environment leave unset.
+    fn defaults() -> Self;
+
+    /// Checks values that parse but cannot work, naming the key (`saga.timer_interval_ms`).
+    fn validate(&self) -> Result<(), ConfigError>;
 }
 
 /// The service's HTTP endpoints: `/healthz` (alive) and `/readyz` (database, registry and broker
@@ -192,15 +193,42 @@ impl ServiceSettings {
             consumer: ConsumerSettings { batch_size: 500, inbox_retention_hours: 168, rejoin_after_ms: 8_000 },
             relay: RelaySettings { batch_size: 1000, poll_interval_ms: 100, orphan_after_ms: 10_000 },
             http: HttpSettings { bind: default_http_bind(service).into(), operator_token: String::new() },
-            saga: SagaSettings { step_timeout_ms: 0, compensation_max_attempts: 5, retry_max_delay_ms: 300_000, timer_interval_ms: 500, order_version: 0 },
         }
     }
 
-    /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables.
+    /// Loads defaults, then `file` (when given), then `SAGA_*` environment variables. A table in
+    /// the file that no setting of a service has stops startup, named.
     pub fn load(service: &str, file: Option<&Path>) -> Result<ServiceSettings, ConfigError> {
-        let sections = ["kafka", "registry", "database", "topics", "consumer", "relay", "http", "saga"];
-        let mut settings: ServiceSettings =
-            layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &sections).extract().map_err(ConfigError::from_figment)?;
+        Self::load_sections(service, file, &[])
+    }
+
+    /// Like [`ServiceSettings::load`], with the service's own [`Section`] `S` read from the same
+    /// file and environment.
+    pub fn load_with<S: Section>(service: &str, file: Option<&Path>) -> Result<(ServiceSettings, S), ConfigError> {
+        let settings = Self::load_sections(service, file, &[S::NAME])?;
+        // Focused on the table, so each error's path is prefixed with its name here (figment's
+        // `extract_inner` reports it after the key instead).
+        let own: S = layered(Serialized::default(S::NAME, S::defaults()), file, &[S::NAME]).focus(S::NAME).extract().map_err(|e| {
+            ConfigError::from_figment(e.into_iter().map(|mut e| {
+                e.path.insert(0, S::NAME.to_string());
+                e
+            }))
+        })?;
+        own.validate()?;
+        Ok((settings, own))
+    }
+
+    fn load_sections(service: &str, file: Option<&Path>, own: &[&str]) -> Result<ServiceSettings, ConfigError> {
+        let known: Vec<&str> = SECTIONS.iter().chain(own).copied().collect();
+        let figment = layered(Serialized::defaults(ServiceSettings::defaults_for(service)), file, &known);
+        // Only the file can bring a table of its own: `layered` takes variables of known tables.
+        for (_, table) in figment.data().map_err(ConfigError::from_figment)? {
+            if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
+                let from = file.map(|f| format!(" (from {})", f.display())).unwrap_or_default();
+                return Err(ConfigError::Parse(format!("unknown key {unknown:?}{from}; known keys: {}", known.join(", "))));
+            }
+        }
+        let mut settings: ServiceSettings = figment.extract().map_err(ConfigError::from_figment)?;
         settings.kafka.client.extend(kafka_client_from_env());
         settings.validate()?;
         Ok(settings)
@@ -262,15 +290,6 @@ impl ServiceSettings {
         }
         if !self.http.bind.is_empty() && self.http.bind.parse::<std::net::SocketAddr>().is_err() {
             return invalid("http.bind", "must be host:port with a numeric address, e.g. 127.0.0.1:9101, or empty");
-        }
-        if self.saga.compensation_max_attempts < 1 {
-            return invalid("saga.compensation_max_attempts", "must be at least 1");
-        }
-        if self.saga.retry_max_delay_ms < 1 {
-            return invalid("saga.retry_max_delay_ms", "must be at least 1");
-        }
-        if !(10..=60_000).contains(&self.saga.timer_interval_ms) {
-            return invalid("saga.timer_interval_ms", "must be between 10 and 60000");
         }
         Ok(())
     }
@@ -404,8 +423,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn from_figment(e: figment::Error) -> ConfigError {
-        ConfigError::Parse(e.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("; "))
+    fn from_figment(errors: impl IntoIterator<Item = figment::Error>) -> ConfigError {
+        ConfigError::Parse(errors.into_iter().map(|e| describe(&e)).collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -487,8 +506,6 @@ impl fmt::Debug for ServiceSettings {
             .field("relay.poll_interval_ms", &self.relay.poll_interval_ms)
             .field("relay.orphan_after_ms", &self.relay.orphan_after_ms)
             .field("http.bind", &self.http.bind)
-            .field("saga.step_timeout_ms", &self.saga.step_timeout_ms)
-            .field("saga.compensation_max_attempts", &self.saga.compensation_max_attempts)
             .finish()
     }
 }
@@ -555,14 +572,55 @@ mod tests {
         assert!(e.contains("kafka.partitions"), "{e}");
     }
 
+    /// A section of a service's own, as the orchestrator's `saga` is.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Own {
+        limit: u32,
+        name: String,
+    }
+
+    impl Section for Own {
+        const NAME: &'static str = "own";
+
+        fn defaults() -> Own {
+            Own { limit: 5, name: "n".into() }
+        }
+
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.limit < 1 {
+                return Err(ConfigError::Invalid { key: "own.limit".into(), reason: "must be at least 1".into() });
+            }
+            Ok(())
+        }
+    }
+
     #[test]
-    fn saga_timing_is_read_and_checked_with_the_key_named() {
-        let s = load("[saga]\nstep_timeout_ms = 1500\ncompensation_max_attempts = 2\n").unwrap();
-        assert_eq!((s.saga.step_timeout_ms, s.saga.compensation_max_attempts), (1500, 2));
-        let e = load("[saga]\ncompensation_max_attempts = 0\n").unwrap_err().to_string();
-        assert!(e.contains("saga.compensation_max_attempts"), "{e}");
-        let e = load("[saga]\ntimer_interval_ms = 1\n").unwrap_err().to_string();
-        assert!(e.contains("saga.timer_interval_ms"), "{e}");
+    fn a_services_own_section_is_read_from_the_same_layers_and_checked_with_the_key_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[kafka]\npartitions = 3\n[own]\nlimit = 7\n")?;
+            jail.set_env("SAGA_OWN__NAME", "from-env");
+            let (s, own) = ServiceSettings::load_with::<Own>("orchestrator", Some(Path::new("c.toml"))).unwrap();
+            assert_eq!((s.kafka.partitions, own.limit, own.name.as_str()), (3, 7, "from-env"));
+            jail.create_file("bad.toml", "[own]\nlimit = 0\n")?;
+            let e = ServiceSettings::load_with::<Own>("orchestrator", Some(Path::new("bad.toml"))).unwrap_err().to_string();
+            assert_eq!(e, "invalid configuration: own.limit must be at least 1");
+            jail.create_file("typo.toml", "[own]\nlimt = 2\n")?;
+            let e = ServiceSettings::load_with::<Own>("orchestrator", Some(Path::new("typo.toml"))).unwrap_err().to_string();
+            assert!(e.contains("unknown key \"limt\" in own") && e.contains("typo.toml"), "{e}");
+            jail.set_env("SAGA_OWN__LIMIT", "many");
+            let e = ServiceSettings::load_with::<Own>("orchestrator", None).unwrap_err().to_string();
+            assert!(e.contains("own.limit (from SAGA_OWN__LIMIT): expected a whole number"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_table_no_setting_of_the_service_has_is_refused_by_name() {
+        let e = load("[own]\nlimit = 2\n").unwrap_err().to_string();
+        assert!(e.contains("unknown key \"own\" (from c.toml)") && e.contains("known keys: kafka,"), "{e}");
+        let e = load("[kafk]\npartitions = 2\n").unwrap_err().to_string();
+        assert!(e.contains("unknown key \"kafk\""), "{e}");
     }
 
     #[test]

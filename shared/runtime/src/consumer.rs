@@ -207,7 +207,7 @@ impl<H: Handler> ConsumeLoop<H> {
 
     /// Processes one batch to the end; false when shutdown interrupted a retry.
     async fn process(self: &Arc<Self>, records: Vec<OwnedMessage>, held: &mut Held, shutdown: &CancellationToken) -> bool {
-        let now_ms = saga_store::now_ms();
+        let now_ms = saga_contracts::now_ms();
         let deliver = self.metrics.stage.with_label_values(&[Stage::Deliver.label()]);
         for record in &records {
             if let Some(at) = record.timestamp().to_millis() {

@@ -137,7 +137,7 @@ impl DeadLetters {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         let timestamp = letter.timestamp.map(|t| t.to_string());
-        let failed_at = saga_store::now_ms().to_string();
+        let failed_at = saga_contracts::now_ms().to_string();
         let mut h = OwnedHeaders::new_with_capacity(letter.original_headers.len() + 8);
         for (k, v) in &letter.original_headers {
             h = h.insert(Header { key: k, value: v.as_deref() });

@@ -197,9 +197,9 @@ impl ConsumerContext for LoggingContext {
         if let Some(r) = &self.read_through {
             match rebalance {
                 Rebalance::Assign(tpl) => {
-                    r.assigned(&tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), saga_store::now_ms())
+                    r.assigned(&tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>(), saga_contracts::now_ms())
                 }
-                Rebalance::Revoke(_) => r.assigned(&[], saga_store::now_ms()),
+                Rebalance::Revoke(_) => r.assigned(&[], saga_contracts::now_ms()),
                 Rebalance::Error(_) => {}
             }
         }

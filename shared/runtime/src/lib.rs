@@ -16,7 +16,6 @@
 //! - [`service`]: assembles a runnable [`Service`] from a handler.
 //! - [`read_through`]: how far each owned partition has been read, in time; deadlines wait for it.
 //! - [`timers`]: deadlines that fall due, and the dead-letter topics a handler may follow.
-//! - [`testing`]: apply messages to a handler without a broker, as the consume loop does.
 //!
 //! # Delivery guarantee
 //! At least once on the wire, exactly once in effect: a message's inbox row, its state change and
@@ -39,10 +38,9 @@ pub mod rejoin;
 pub mod relay;
 pub mod service;
 pub mod telemetry;
-pub mod testing;
 pub mod timers;
 
-pub use config::ServiceSettings;
+pub use config::{Section, ServiceSettings};
 pub use handler::{Deadlines, HandleError, Handler, Incoming, Observed, WatchesDeadLetters};
 pub use metrics::Metrics;
 /// The Prometheus client the runtime registers into, for handlers' own metrics.

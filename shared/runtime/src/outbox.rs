@@ -16,7 +16,7 @@ pub async fn record_in_inbox(conn: &mut Conn<'_>, message: &Message, topic: &str
         .execute(
             "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
-            args![&message.envelope().message_id, message.full_name(), topic, partition, offset, saga_store::now_ms()],
+            args![&message.envelope().message_id, message.full_name(), topic, partition, offset, saga_contracts::now_ms()],
         )
         .await?;
     Ok(done == 1)
@@ -55,7 +55,7 @@ pub async fn record_all_in_inbox(conn: &mut Conn<'_>, entries: &[InboxEntry<'_>]
                      SELECT r.message_id, r.message_type, r.topic, r.kafka_partition, r.kafka_offset, $2 \
                      FROM jsonb_to_recordset($1::jsonb) AS r(message_id text, message_type text, topic text, kafka_partition integer, kafka_offset bigint) \
                      ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                    args![&json, saga_store::now_ms()],
+                    args![&json, saga_contracts::now_ms()],
                 )
                 .await?;
             for row in inserted {
@@ -71,7 +71,7 @@ pub async fn record_all_in_inbox(conn: &mut Conn<'_>, entries: &[InboxEntry<'_>]
             .execute(
                 "INSERT INTO inbox (message_id, message_type, topic, kafka_partition, kafka_offset, received_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
-                args![e.message_id, e.message_type, e.topic, e.kafka_partition, e.kafka_offset, saga_store::now_ms()],
+                args![e.message_id, e.message_type, e.topic, e.kafka_partition, e.kafka_offset, saga_contracts::now_ms()],
             )
             .await?;
         fresh.push(done == 1);
@@ -219,7 +219,7 @@ pub async fn write_all_to_outbox(conn: &mut Conn<'_>, all: Vec<Outgoing>, owner:
                  SELECT r.message_id, r.message_type, r.topic, r.msg_key, decode(r.payload, 'hex'), r.headers, $2, $3 \
                  FROM jsonb_to_recordset($1::jsonb) AS r(i bigint, message_id text, message_type text, topic text, msg_key text, payload text, headers text) \
                  ORDER BY r.i RETURNING id, message_id",
-                args![&json, saga_store::now_ms(), owner],
+                args![&json, saga_contracts::now_ms(), owner],
             )
             .await?;
         let mut chunk = Vec::with_capacity(inserted.len());
@@ -279,7 +279,7 @@ pub async fn write_record_to_outbox(
         .fetch_one(
             "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            args![message_id, message_type, &record.topic, &record.key, &record.payload, &headers, saga_store::now_ms(), owner],
+            args![message_id, message_type, &record.topic, &record.key, &record.payload, &headers, saga_contracts::now_ms(), owner],
         )
         .await?
         .at(0)?;
@@ -316,5 +316,5 @@ pub async fn prune_inbox(db: &saga_store::Db, cutoff_ms: i64) -> Result<u64, sql
 /// Rows waiting in the outbox, and the age of the oldest in milliseconds.
 pub async fn backlog(db: &saga_store::Db) -> Result<(i64, i64), sqlx::Error> {
     let (count, oldest): (i64, Option<i64>) = sqlx::query_as("SELECT COUNT(*), MIN(created_at_ms) FROM outbox").fetch_one(db.pool()).await?;
-    Ok((count, oldest.map(|t| saga_store::now_ms() - t).unwrap_or(0)))
+    Ok((count, oldest.map(|t| saga_contracts::now_ms() - t).unwrap_or(0)))
 }

@@ -453,7 +453,7 @@ impl Relay {
         };
         let cutoff = match scan {
             Scan::NotMine => i64::MAX,
-            Scan::Others => saga_store::now_ms() - self.orphan_after.as_millis() as i64,
+            Scan::Others => saga_contracts::now_ms() - self.orphan_after.as_millis() as i64,
         };
         let sql = format!(
             "SELECT id, topic, msg_key, payload, headers FROM outbox \

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::codec::Codec;
-use crate::config::ServiceSettings;
+use crate::config::{Section, ServiceSettings};
 use crate::consumer::ConsumeLoop;
 use crate::dlt::DeadLetters;
 use crate::handler::{Deadlines, Handler, Observed, WatchesDeadLetters};
@@ -451,7 +451,7 @@ impl Supervisor {
 async fn prune_inbox_until(db: Db, retention: Duration, service: &'static str, stop: CancellationToken) {
     let every = (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(300));
     loop {
-        let cutoff = saga_store::now_ms() - retention.as_millis() as i64;
+        let cutoff = saga_contracts::now_ms() - retention.as_millis() as i64;
         match crate::outbox::prune_inbox(&db, cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(service, deleted = n, "pruned inbox rows past the dedupe window"),
@@ -486,7 +486,23 @@ pub async fn service_main<H: Handler>(
     migrations: &Migrations,
     add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
 ) -> std::process::ExitCode {
-    match run_service::<H>(make, migrations, add).await {
+    let load = |file: Option<&std::path::Path>| ServiceSettings::load(H::SERVICE, file).map(|s| (s, ()));
+    exit_code(run_service::<H, ()>(load, async |settings, (), db| make(settings, db).await, migrations, add).await)
+}
+
+/// Like [`service_main`], for a service with settings of its own (a [`Section`], read from the
+/// same file and variables), which `make` is given too.
+pub async fn service_main_with<H: Handler, S: Section>(
+    make: impl AsyncFnOnce(&ServiceSettings, S, &Db) -> Result<H, ServiceError>,
+    migrations: &Migrations,
+    add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
+) -> std::process::ExitCode {
+    let load = |file: Option<&std::path::Path>| ServiceSettings::load_with::<S>(H::SERVICE, file);
+    exit_code(run_service::<H, S>(load, make, migrations, add).await)
+}
+
+fn exit_code(ran: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let mut message = format!("error: {e}");
@@ -504,15 +520,16 @@ pub async fn service_main<H: Handler>(
     }
 }
 
-async fn run_service<H: Handler>(
-    make: impl AsyncFnOnce(&ServiceSettings, &Db) -> Result<H, ServiceError>,
+async fn run_service<H: Handler, S>(
+    load: impl FnOnce(Option<&std::path::Path>) -> Result<(ServiceSettings, S), crate::config::ConfigError>,
+    make: impl AsyncFnOnce(&ServiceSettings, S, &Db) -> Result<H, ServiceError>,
     migrations: &Migrations,
     add: impl FnOnce(Service<H>) -> Result<Service<H>, ServiceError>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     let args = ServiceArgs::parse();
     let _telemetry = crate::telemetry::init(H::SERVICE)?;
-    let settings = ServiceSettings::load(H::SERVICE, args.config.as_deref())?;
+    let (settings, own) = load(args.config.as_deref())?;
     tracing::info!(service = H::SERVICE, ?settings, "starting");
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -538,7 +555,7 @@ async fn run_service<H: Handler>(
             Err(e) => return Err(e.into()),
         }
     };
-    let handler = make(&settings, &db).await?;
+    let handler = make(&settings, own, &db).await?;
     let service = add(Service::build_with_db(settings, handler, db).await?)?;
     service.run_until_stopped(shutdown).await?;
     Ok(())

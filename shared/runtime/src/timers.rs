@@ -50,7 +50,7 @@ impl<H: Deadlines> Timers<H> {
     /// Fires due work every `interval` until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         loop {
-            let now = saga_store::now_ms();
+            let now = saga_contracts::now_ms();
             // Nothing fires while this instance owns no partition or has not read one through.
             let due = match self.read_through.cutoffs(now) {
                 Some(cutoffs) => self.handler.due(&self.db, &cutoffs, 200).await,

@@ -18,13 +18,13 @@ use saga_runtime::config::KafkaSettings;
 use saga_runtime::consumer::header;
 use saga_runtime::outbox::{backlog, outgoing, prune_inbox, record_all_in_inbox, record_in_inbox, write_all_to_outbox, write_to_outbox, InboxEntry, OutboxRow};
 use saga_runtime::relay::{HandOff, Relay, RelayError};
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::{Conn, Db};
 use sqlx::Acquire;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-saga_store::backend_tests!(
+saga_sandbox::backend_tests!(
     the_inbox_takes_a_message_id_once,
     the_inbox_takes_a_message_id_once_within_a_transaction,
     a_rolled_back_transaction_leaves_no_inbox_or_outbox_row,
@@ -160,7 +160,7 @@ impl Kit {
     }
 }
 
-use saga_runtime::testing::envelope;
+use saga_sandbox::envelope;
 
 /// Inventory events of assorted types, for orders o0, o1, …
 fn inventory_events(n: usize) -> Vec<Message> {
@@ -444,7 +444,7 @@ async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let cutoff = saga_store::now_ms() - 3_600_000;
+    let cutoff = saga_contracts::now_ms() - 3_600_000;
     assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 1, "only the row older than the window goes");
     assert_eq!(prune_inbox(db, cutoff).await.unwrap(), 0);
     // The forgotten id is accepted again; the remembered ones are still duplicates.

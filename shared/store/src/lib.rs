@@ -8,13 +8,11 @@
 //!   directly on a SQLite connection; [`Row`] reads columns by name, as an error when absent.
 //! - [`writer`]: [`Writer`], a SQLite connection on a thread of its own that runs whole batch
 //!   transactions handed to it (one hand-over per batch instead of one per statement).
-//! - [`testing`]: fresh databases for tests, one scenario run against every backend.
 //!
 //! SQL in this workspace is written once, with `$1`-style placeholders that both drivers accept.
 //! Where the dialects differ (row locks, identity columns), code asks [`Db::backend`].
 
 pub mod sql;
-pub mod testing;
 pub mod writer;
 
 /// The SQLite bindings the writer runs on, for code that takes its connection.
@@ -266,11 +264,6 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// Milliseconds since the Unix epoch, the one timestamp format stored in every table.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

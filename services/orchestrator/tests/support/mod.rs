@@ -10,11 +10,11 @@ use saga_orchestrator::saga::{Position, Status};
 use saga_orchestrator::store::{get_saga, saga_log};
 use saga_orchestrator::Orchestrator;
 use saga_runtime::HandleError;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 
 pub async fn migrated(test_db: &TestDb) -> &Db {
-    saga_runtime::testing::migrate(&test_db.db, &saga_orchestrator::MIGRATIONS).await;
+    saga_sandbox::migrate(&test_db.db, &saga_orchestrator::MIGRATIONS).await;
     &test_db.db
 }
 
@@ -26,7 +26,7 @@ pub async fn apply(db: &Db, message: &Message) -> Result<Option<Vec<Message>>, H
 
 /// Applies one message as the consume loop does, with `orchestrator`.
 pub async fn apply_with(db: &Db, orchestrator: &Orchestrator, message: &Message) -> Result<Option<Vec<Message>>, HandleError> {
-    saga_runtime::testing::apply(db, orchestrator, message.clone()).await
+    saga_sandbox::apply(db, orchestrator, message.clone()).await
 }
 
 /// An orchestrator that knows every definition version and starts new sagas on v1.

@@ -1,6 +1,6 @@
 //! Compatibility levels: enforced on register, dry-run checks, and their configuration.
 
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use serde_json::json;
 
 use crate::support::*;

@@ -1,6 +1,6 @@
 //! Operating concerns: database outages, several instances on one database, and a real client.
 
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! Registering, reading, looking up and deleting schemas; malformed requests.
 
 use reqwest::header::CONTENT_TYPE;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use serde_json::{json, Value};
 
 use crate::support::*;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use reqwest::header::CONTENT_TYPE;
 use saga_registry::Registry;
-use saga_store::testing::TestDb;
+use saga_sandbox::TestDb;
 use saga_store::Db;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;

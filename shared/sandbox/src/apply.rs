@@ -4,11 +4,11 @@ use saga_contracts::{Envelope, Message, Topics};
 use saga_store::{Db, Migrations};
 use sqlx::Acquire;
 
-use crate::handler::{apply_once, HandleError, Handler, Incoming};
+use saga_runtime::handler::{apply_once, HandleError, Handler, Incoming};
 
 /// Runs the inbox/outbox migrations and the service's own on `db`.
 pub async fn migrate(db: &Db, service: &Migrations) {
-    db.migrate(&crate::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
+    db.migrate(&saga_runtime::outbox::MIGRATIONS).await.expect("migrate inbox and outbox");
     db.migrate(service).await.expect("migrate the service's tables");
 }
 

@@ -4,7 +4,7 @@
 //! create a database with a random name there and drop it when the [`TestDb`] is dropped. When the server cannot be
 //! reached they fail with a message that says how to start it; they never pass silently.
 
-use crate::{Db, StoreError};
+use saga_store::{Db, StoreError};
 
 /// Runs `update`, which writes what the CHECK constraint on `table`'s `status` refuses, as a
 /// newer schema would allow (SQLite: the connection ignores CHECK constraints; PostgreSQL: the
@@ -56,7 +56,7 @@ impl TestDb {
                 "PostgreSQL is not reachable at {} ({e}). Start it with \
                  `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
                  or point SAGA_TEST_POSTGRES_URL at a server",
-                crate::redact_url(&postgres_admin_url())
+                saga_store::redact_url(&postgres_admin_url())
             )
         });
         let db = Db::connect(&url, 4).await.expect("open postgres test database");
@@ -119,7 +119,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::testing::TestDb::sqlite().await).await
+                    super::$name($crate::TestDb::sqlite().await).await
                 }
             )*
         }
@@ -127,7 +127,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::testing::TestDb::sqlite_pooled().await).await
+                    super::$name($crate::TestDb::sqlite_pooled().await).await
                 }
             )*
         }
@@ -136,7 +136,7 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[ignore = "needs PostgreSQL (SAGA_TEST_POSTGRES_URL); .ci/run runs it with --ignored"]
                 async fn $name() {
-                    super::$name($crate::testing::TestDb::postgres().await).await
+                    super::$name($crate::TestDb::postgres().await).await
                 }
             )*
         }

@@ -1,16 +1,18 @@
 //! The deployment artifacts (docker-compose.yml, deploy/k8s) may set only the variables listed in
 //! `deploy/config/env-vars.txt`, and `deploy/validate.sh` checks them against that list. This test
 //! keeps the list honest: its `[services]` section names exactly the keys the configuration
-//! loader accepts, so a renamed or new setting fails here until the list (and with it the
-//! manifests) follows.
+//! loader accepts (the settings every service reads, and the orchestrator's own `saga` table), so
+//! a renamed or new setting fails here until the list (and with it the manifests) follows.
 
 use std::collections::BTreeSet;
 
-use saga_runtime::ServiceSettings;
+use saga_orchestrator::SagaSettings;
+use saga_runtime::{Section, ServiceSettings};
 
 /// The dotted keys of the settings, from their serialized defaults (maps are one key).
 fn config_keys() -> BTreeSet<String> {
-    let value = serde_json::to_value(ServiceSettings::defaults_for("order")).unwrap();
+    let mut value = serde_json::to_value(ServiceSettings::defaults_for("order")).unwrap();
+    value[SagaSettings::NAME] = serde_json::to_value(SagaSettings::default()).unwrap();
     let mut keys = BTreeSet::new();
     for (section, table) in value.as_object().unwrap() {
         for key in table.as_object().unwrap().keys() {
@@ -48,9 +50,9 @@ fn the_listed_service_variables_are_exactly_the_configuration_keys() {
         } else {
             // Read outside the configuration loader; each is named in the code that reads it.
             let read_by = match var.as_str() {
-                "SAGA_CONFIG" => include_str!("../src/service.rs"),
-                "SAGA_LOG_FORMAT" => include_str!("../src/telemetry.rs"),
-                "SAGA_KAFKA_CLIENT_*" => include_str!("../src/config.rs"),
+                "SAGA_CONFIG" => include_str!("../../../shared/runtime/src/service.rs"),
+                "SAGA_LOG_FORMAT" => include_str!("../../../shared/runtime/src/telemetry.rs"),
+                "SAGA_KAFKA_CLIENT_*" => include_str!("../../../shared/runtime/src/config.rs"),
                 other => panic!("{other} is listed for the services, but nothing there reads it"),
             };
             let name = var.trim_end_matches('*');
