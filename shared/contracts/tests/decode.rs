@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use apache_avro::schema::{Name, Schema};
 use apache_avro::types::Value;
 use proptest::prelude::*;
-use saga_contracts::wire::{decode_body, limit_allocations, reader_schemas, split, Poison};
+use saga_contracts::wire::{decode_body, decode_own_body, limit_allocations, own_type_of, reader_schemas, split, Poison};
 use saga_contracts::{Message, TopicKind};
 
 /// Classifies `bytes` as if read from `topic`, with the writer schema of message type `type_index`.
@@ -17,7 +17,16 @@ fn classify(type_index: usize, topic: TopicKind, bytes: &[u8]) -> Result<Message
     let name = Message::FULL_NAMES[type_index % Message::FULL_NAMES.len()];
     let writer = Message::schema_of(name).unwrap();
     let (id, body) = split(Some(bytes))?;
-    decode_body(&readers, &writer, id, topic, body)
+    let resolved = decode_body(&readers, &writer, id, topic, body);
+    // The services' fast path for a writer schema that is exactly ours must agree with it.
+    let own = own_type_of(&writer).unwrap_or_else(|| panic!("{name}: our own schema is not recognised as ours"));
+    let fast = decode_own_body(own, id, topic, body);
+    match (&resolved, &fast) {
+        (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{name}: the two decoders read different messages"),
+        (Err(a), Err(b)) => assert_eq!(a.class, b.class, "{name}: {a} against {b}"),
+        _ => panic!("{name}: the two decoders disagree: {resolved:?} against {fast:?}"),
+    }
+    resolved
 }
 
 fn is_poison(r: &Result<Message, Poison>) -> bool {
@@ -145,5 +154,23 @@ proptest! {
             let r = classify(type_index, topic, &whole);
             prop_assert!(is_poison(&r), "trailing bytes accepted: {:?}", r);
         }
+    }
+}
+
+#[test]
+fn records_written_with_the_registered_schema_files_decode_the_same_on_both_paths() {
+    // What the services' encoder writes: the body per the schema file registered for the type.
+    let readers = reader_schemas();
+    for (i, name) in Message::FULL_NAMES.iter().enumerate() {
+        let file = Schema::parse_str(saga_contracts::schemas::schema_file(name).unwrap()).unwrap();
+        let (topic, derived_bytes) = valid(i);
+        let message = decode_body(&readers, &Message::schema_of(name).unwrap(), 7, topic, &derived_bytes[5..]).unwrap();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&file).build().unwrap();
+        let body = writer.write_value_to_vec(message.to_avro_value().unwrap()).unwrap();
+        let resolved = decode_body(&readers, &file, 7, topic, &body).unwrap();
+        let own = own_type_of(&file).unwrap_or_else(|| panic!("{name}: the schema file is not recognised as ours"));
+        let fast = decode_own_body(own, 7, topic, &body).unwrap();
+        assert_eq!(resolved, message, "{name}");
+        assert_eq!(fast, resolved, "{name}");
     }
 }

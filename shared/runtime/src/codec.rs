@@ -99,6 +99,10 @@ pub struct Codec {
     /// Reader schemas, derived from the Rust types: every record is resolved against these, so a
     /// record written with an older or newer compatible schema still decodes.
     readers: HashMap<&'static str, Schema>,
+    /// Per schema id: the message type whose reader schema it is exactly, if any. Such records
+    /// (all of them while writers and readers run one version) decode without resolving a schema
+    /// per record ([`saga_contracts::wire::decode_own_body`]).
+    own: std::sync::RwLock<HashMap<u32, Option<&'static str>>>,
 }
 
 impl Codec {
@@ -118,7 +122,7 @@ impl Codec {
         }
         let settings = builder.build_with(http)?;
         let readers = reader_schemas();
-        Ok(Codec { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), readers })
+        Ok(Codec { encoder: AvroEncoder::new(settings.clone()), decoder: AvroDecoder::new(settings), readers, own: Default::default() })
     }
 
     fn strategy(full_name: &'static str) -> SubjectNameStrategy {
@@ -165,7 +169,16 @@ impl Codec {
                 }
             },
         };
-        Ok(saga_contracts::wire::decode_body(&self.readers, &writer.parsed, id, topic, body)?)
+        let known = self.own.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).copied();
+        let own = known.unwrap_or_else(|| {
+            let own = saga_contracts::wire::own_type_of(&writer.parsed);
+            self.own.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, own);
+            own
+        });
+        Ok(match own {
+            Some(full_name) => saga_contracts::wire::decode_own_body(full_name, id, topic, body)?,
+            None => saga_contracts::wire::decode_body(&self.readers, &writer.parsed, id, topic, body)?,
+        })
     }
 }
 
