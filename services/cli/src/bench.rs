@@ -348,27 +348,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             });
         }
     };
-    let started = Instant::now();
-    let mut next = 0;
-    let scheduler = match options.load {
-        Load::Closed { concurrency } => {
-            while next < concurrency.min(options.sagas) {
-                send(next, Instant::now());
-                next += 1;
-            }
-            None
-        }
-        Load::Open { rate } => {
-            let (sagas, send) = (options.sagas, send.clone());
-            Some(tokio::spawn(async move {
-                for i in 0..sagas {
-                    let due = started + Duration::from_secs_f64(i as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                    send(i, due);
-                }
-            }))
-        }
-    };
+    let mut driver = Driver::start(options.load, options.sagas, send);
     let mut latencies = Vec::with_capacity(options.sagas);
     let mut completed = 0;
     let wait = Duration::from_secs(60);
@@ -381,12 +361,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         let Some(at) = sent_at.lock().expect("sent_at").remove(&outcome.order_id) else { continue };
         latencies.push(outcome.seen_at.duration_since(at));
         completed += usize::from(outcome.approved);
-        if matches!(options.load, Load::Closed { .. }) && next < options.sagas {
-            send(next, Instant::now());
-            next += 1;
-        }
+        driver.finished();
     }
-    let elapsed = started.elapsed();
+    let elapsed = driver.started.elapsed();
     let projection = if options.query { Some(projection_catch_up(&stack).await) } else { None };
     let cpu: Vec<f64> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
     let processes: Vec<ProcessFigure> = if pids.is_empty() {
@@ -402,9 +379,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let metrics_after = stack.metrics_text().await?;
     let stages = stage_figures(&metrics_before, &metrics_after);
     let busy = loop_busy(&metrics_before, &metrics_after, elapsed.as_secs_f64());
-    if let Some(scheduler) = scheduler {
-        scheduler.abort();
-    }
+    driver.stop();
     watch.close().await;
     api_stop.cancel();
     if let Ok(stack) = Arc::try_unwrap(stack) {
@@ -420,6 +395,61 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         peak_rss_mib("self"),
     );
     Ok(BenchReport { completed, compensated: report.sagas - completed, processes, stages, busy, projection, ..report })
+}
+
+/// Starts sagas as the load says: a closed loop starts `concurrency` at once and one more for each
+/// that finishes ([`Driver::finished`]); an open loop starts them on schedule from a task of its
+/// own, whatever happens to them. `send(i, at)` starts saga `i`, due at `at`.
+pub(crate) struct Driver<F> {
+    send: F,
+    load: Load,
+    sagas: usize,
+    next: usize,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
+    /// When the first saga was started: the run's clock.
+    pub(crate) started: Instant,
+}
+
+impl<F: Fn(usize, Instant) + Clone + Send + 'static> Driver<F> {
+    /// Starts the first sagas of a closed loop, or the schedule of an open one.
+    pub(crate) fn start(load: Load, sagas: usize, send: F) -> Driver<F> {
+        let started = Instant::now();
+        let mut driver = Driver { send, load, sagas, next: 0, scheduler: None, started };
+        match load {
+            Load::Closed { concurrency } => {
+                while driver.next < concurrency.min(sagas) {
+                    (driver.send)(driver.next, Instant::now());
+                    driver.next += 1;
+                }
+            }
+            Load::Open { rate } => {
+                let send = driver.send.clone();
+                driver.scheduler = Some(tokio::spawn(async move {
+                    for i in 0..sagas {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        send(i, due);
+                    }
+                }));
+            }
+        }
+        driver
+    }
+
+    /// A saga finished: a closed loop starts the next one.
+    pub(crate) fn finished(&mut self) {
+        if matches!(self.load, Load::Closed { .. }) && self.next < self.sagas {
+            (self.send)(self.next, Instant::now());
+            self.next += 1;
+        }
+    }
+
+    /// Stops an open loop's schedule.
+    pub(crate) fn stop(self) {
+        if let Some(s) = self.scheduler {
+            s.abort();
+        }
+    }
 }
 
 impl BenchReport {

@@ -21,7 +21,7 @@ use rdkafka::Message as _;
 use saga_runtime::config::ServiceSettings;
 use saga_runtime::CancellationToken;
 
-use crate::bench::{peak_rss_mib, process_cpu_seconds, BenchOptions, BenchReport, Load};
+use crate::bench::{peak_rss_mib, process_cpu_seconds, BenchOptions, BenchReport, Driver};
 use crate::stack::{BrokerChoice, EmbeddedBroker};
 
 /// Records per saga, as in the benchmark's saga (PlaceOrder .. OrderApproved).
@@ -119,27 +119,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             start_chain(key);
         }
     };
-    let started = Instant::now();
-    let mut next = 0;
-    let scheduler = match options.load {
-        Load::Closed { concurrency } => {
-            while next < concurrency.min(options.sagas) {
-                send(next, Instant::now());
-                next += 1;
-            }
-            None
-        }
-        Load::Open { rate } => {
-            let (sagas, send) = (options.sagas, send.clone());
-            Some(tokio::spawn(async move {
-                for i in 0..sagas {
-                    let due = started + Duration::from_secs_f64(i as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                    send(i, due);
-                }
-            }))
-        }
-    };
+    let mut driver = Driver::start(options.load, options.sagas, send);
     let mut latencies = Vec::with_capacity(options.sagas);
     while latencies.len() < options.sagas {
         let (key, at) = tokio::select! {
@@ -148,16 +128,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         };
         let Some(sent) = sent_at.lock().expect("sent_at").remove(&key) else { continue };
         latencies.push(at.duration_since(sent));
-        if matches!(options.load, Load::Closed { .. }) && next < options.sagas {
-            send(next, Instant::now());
-            next += 1;
-        }
+        driver.finished();
     }
-    let elapsed = started.elapsed();
+    let elapsed = driver.started.elapsed();
     let cpu = process_cpu_seconds("self") - cpu_before;
-    if let Some(s) = scheduler {
-        s.abort();
-    }
+    driver.stop();
     stop.cancel();
     let _ = watching.await;
     for r in relays {
