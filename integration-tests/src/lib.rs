@@ -5,7 +5,6 @@
 //! `SAGA_TEST_POSTGRES_URL`; when either cannot be reached they fail and say how to start it.
 
 pub mod chaos;
-pub mod procs;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -14,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use saga_cli::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 use saga_order::domain::OrderStatus;
+use saga_sandbox::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 
 /// Which infrastructure a scenario runs on.
 #[derive(Debug, Clone, Copy)]

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use saga_cli::sample::sample_order;
-use saga_integration_tests::procs::{await_saga, saga_status, Sandbox};
 use saga_orchestrator::saga::Status;
+use saga_sandbox::procs::{await_saga, saga_status, Sandbox};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(8);
 const JUMP: Duration = Duration::from_secs(5);

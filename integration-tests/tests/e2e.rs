@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use saga_cli::sample::{line, place_order};
-use saga_cli::seed::{Customer, Seed, StockItem};
-use saga_cli::stack::Stack;
 use saga_contracts::{ApproveOrder, Envelope, Message, ReleaseStock, ReserveStock, StockLine, StockReleased, TopicKind, VoidPayment};
 use saga_integration_tests::{header, in_inbox, options, read_topic, wait_for_orders, Infra};
 use saga_order::domain::OrderStatus;
 use saga_runtime::dlt::headers as dlt;
+use saga_sandbox::seed::{Customer, Seed, StockItem};
+use saga_sandbox::stack::Stack;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -45,7 +45,7 @@ fn envelope(id: &str, full_name: &str, order_id: &str) -> Envelope {
 }
 
 /// `event step` of each entry of a saga's log.
-async fn log_steps(stack: &saga_cli::stack::Stack, saga_id: &str) -> Vec<String> {
+async fn log_steps(stack: &saga_sandbox::stack::Stack, saga_id: &str) -> Vec<String> {
     let log = saga_orchestrator::store::saga_log(&stack.dbs.orchestrator, saga_id).await.unwrap();
     log.into_iter().map(|e| format!("{} {}", e.event, e.step.unwrap_or_default())).collect()
 }

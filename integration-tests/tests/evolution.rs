@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use saga_cli::sample::{sample_order, Expect};
-use saga_cli::stack::{DatabaseChoice, Stack};
 use saga_contracts::{Message, PlaceOrder, TopicKind};
 use saga_integration_tests::chaos::checker::{self, Dbs, Snapshot};
 use saga_integration_tests::chaos::load::Placed;
 use saga_integration_tests::{options, Infra};
+use saga_sandbox::stack::{DatabaseChoice, Stack};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
@@ -88,7 +88,7 @@ fn order(i: usize) -> (PlaceOrder, Expect, Writer) {
 async fn rolling_upgrade_to_saga_v2_with_both_schema_versions_live(infra: Infra) {
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(infra, dir.path());
-    let bins = saga_integration_tests::procs::binary("saga-orchestrator").parent().unwrap().to_path_buf();
+    let bins = saga_sandbox::procs::binary("saga-orchestrator").parent().unwrap().to_path_buf();
     o.processes = Some(bins);
     // The configuration before the upgrade: new sagas start on v1.
     o.order_version = 1;

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use saga_cli::sample::{line, place_order};
-use saga_cli::stack::Stack;
 use saga_integration_tests::{options, wait_for_orders, Infra};
 use saga_order::domain::OrderStatus;
+use saga_sandbox::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_a_missing_table_halts_the_consumer_without_dead_letters_and_it_resumes() {
@@ -80,25 +80,15 @@ async fn a_missing_table_halts_the_consumer_without_dead_letters_and_it_resumes(
 #[test]
 #[ignore = "needs PostgreSQL at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
 fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_again() {
-    use saga_integration_tests::procs::{free_port, http_get, mock_broker, seed, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
+    use saga_sandbox::procs::{free_port, http_get, mock_broker, service_binary, spawn, spawn_registry, terminate, OrderClient, TestBroker};
 
     let dir = tempfile::tempdir().unwrap();
     let TestBroker { cluster, bootstrap, topics } = mock_broker("grant", 2);
-    let registry_port = free_port();
+    let registry_port = free_port().expect("a free port");
     let registry_url = format!("http://127.0.0.1:{registry_port}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let role = format!("saga_limited_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let admin_url = saga_sandbox::postgres_admin_url();
-    let dbs: Vec<String> = rt.block_on(async {
-        let mut urls = Vec::new();
-        for _ in 0..4 {
-            urls.push(saga_sandbox::create_postgres_database().await.unwrap_or_else(|e| {
-                panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-            }));
-        }
-        seed(&urls[1], &urls[2]).await;
-        urls
-    });
+    let dbs: Vec<String> = rt.block_on(saga_sandbox::procs::service_databases());
     // Inventory's database (migrated and seeded above, as its owner) is used by a role that may
     // read and write its tables (and create in its schema, as sqlx's migrator checks its own
     // table with CREATE TABLE IF NOT EXISTS), nothing more.
@@ -115,7 +105,7 @@ fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_
     let mut services = Vec::new();
     let mut inventory_port = 0;
     for (name, url) in ["order", "inventory", "payment", "orchestrator"].into_iter().zip([&dbs[0], &inventory_url, &dbs[2], &dbs[3]]) {
-        let port = free_port();
+        let port = free_port().expect("a free port");
         if name == "inventory" {
             inventory_port = port;
         }
@@ -157,7 +147,7 @@ fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_
     let wait_ready = |want: &str, what: &str| -> String {
         let mut last = String::new();
         for _ in 0..300 {
-            last = saga_integration_tests::procs::try_http_get(inventory_port, "/readyz").unwrap_or_default();
+            last = saga_sandbox::procs::try_http_get(inventory_port, "/readyz").unwrap_or_default();
             if last.starts_with(want) {
                 return last;
             }
@@ -201,10 +191,8 @@ fn a_revoked_grant_halts_the_service_and_readiness_says_why_until_it_is_granted_
     rt.block_on(async {
         orders.close().await;
         inventory_admin.close().await;
-        for url in &dbs {
-            let _ = saga_sandbox::drop_postgres_database(url).await;
-        }
-        let admin = saga_store::Db::connect(&saga_sandbox::postgres_admin_url(), 1).await.unwrap();
+        saga_sandbox::drop_postgres_databases(&dbs).await;
+        let admin = saga_sandbox::postgres_admin().await.unwrap_or_else(|e| panic!("{e}"));
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).execute(admin.pool()).await;
     });
 }

@@ -46,7 +46,7 @@ async fn a_scrape_after_a_run_counts_what_happened() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(Infra::Embedded, dir.path());
     o.query = true;
-    let stack = saga_cli::stack::Stack::start(o).await.expect("stack starts");
+    let stack = saga_sandbox::stack::Stack::start(o).await.expect("stack starts");
     let orders: Vec<_> = (0..7).map(|i| sample_order("metrics", i).0).collect();
     let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
     for o in &orders {

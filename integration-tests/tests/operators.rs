@@ -14,8 +14,8 @@ use std::time::Duration;
 use rdkafka::producer::FutureRecord;
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
-use saga_integration_tests::procs::{binary, free_port, http_post, Sandbox};
 use saga_orchestrator::saga::Status;
+use saga_sandbox::procs::{binary, free_port, http_post, Sandbox};
 
 /// Runs sagactl; returns (success, stdout + stderr).
 fn sagactl(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
@@ -49,7 +49,7 @@ fn operators_find_stuck_and_parked_sagas_and_retry_or_abort_them() {
     });
 
     // The orchestrator serves the saga view, with retry and abort for holders of this token.
-    let (view_port, token) = (free_port(), "ops-token-0123456789".to_string());
+    let (view_port, token) = (free_port().expect("a free port"), "ops-token-0123456789".to_string());
     let env = |name: &str| {
         let view = if name == "orchestrator" { format!("127.0.0.1:{view_port}") } else { String::new() };
         let token = if name == "orchestrator" { token.clone() } else { String::new() };

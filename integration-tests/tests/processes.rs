@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use saga_cli::sample::sample_order;
 use saga_contracts::TopicKind;
-use saga_integration_tests::procs::{
-    binary, free_port, http_get, mock_broker, seed, service_binary, spawn_registry, terminate, try_http_get, OrderClient, Proc, Sandbox, TestBroker,
-};
 use saga_order::domain::OrderStatus;
+use saga_sandbox::procs::{
+    binary, free_port, http_get, mock_broker, service_binary, spawn_registry, terminate, try_http_get, OrderClient, Proc, Sandbox, TestBroker,
+};
 
 #[test]
 fn services_run_as_separate_processes() {
@@ -20,7 +20,7 @@ fn services_run_as_separate_processes() {
     let mut services = Vec::new();
     let mut health_ports = Vec::new();
     for name in ["order", "inventory", "payment", "orchestrator"] {
-        let health_port = free_port();
+        let health_port = free_port().expect("a free port");
         health_ports.push(health_port);
         services.push(sandbox.spawn(name, &[("SAGA_HTTP__BIND", format!("127.0.0.1:{health_port}"))]));
     }
@@ -100,7 +100,7 @@ fn metric_sum(response: &str, metric: &str, label: &str) -> f64 {
 
 /// Starts instance `i` of `service` on PostgreSQL database `db`; returns it and its HTTP port.
 fn spawn_instance(service: &str, i: usize, db: &str, bootstrap: &str, registry_url: &str, prefix: &str, dir: &std::path::Path) -> (Proc, u16) {
-    let http_port = free_port();
+    let http_port = free_port().expect("a free port");
     let bin = service_binary(service);
     let log_name: &'static str = Box::leak(format!("{bin}-{i}").into_boxed_str());
     let log = std::fs::File::create(dir.join(format!("{log_name}.log"))).unwrap();
@@ -122,23 +122,6 @@ fn spawn_instance(service: &str, i: usize, db: &str, bootstrap: &str, registry_u
     (Proc { name: log_name, child }, http_port)
 }
 
-/// One PostgreSQL database per service, with the development seed in inventory and payment.
-fn service_databases(rt: &tokio::runtime::Runtime) -> Vec<String> {
-    rt.block_on(async {
-        let mut urls = Vec::new();
-        for _ in 0..4 {
-            urls.push(saga_sandbox::create_postgres_database().await.unwrap_or_else(|e| {
-                panic!(
-                    "no PostgreSQL at {}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-                    saga_sandbox::postgres_admin_url()
-                )
-            }));
-        }
-        seed(&urls[1], &urls[2]).await;
-        urls
-    })
-}
-
 /// Scale-out: two processes of each service in one consumer group per service, on PostgreSQL
 /// (one database per service, shared by its instances). Each instance must own a share of its
 /// topics' partitions and do part of the work, and every saga must finish.
@@ -149,12 +132,12 @@ fn two_instances_of_each_service_share_the_partitions() {
     const INSTANCES: usize = 2;
     let dir = tempfile::tempdir().unwrap();
     let TestBroker { cluster, bootstrap, topics } = mock_broker("scale", PARTITIONS);
-    let port = free_port();
+    let port = free_port().expect("a free port");
     let registry_url = format!("http://127.0.0.1:{port}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let names = ["order", "inventory", "payment", "orchestrator"];
-    let dbs = service_databases(&rt);
+    let dbs = rt.block_on(saga_sandbox::procs::service_databases());
 
     let registry = spawn_registry(port, dir.path());
     // (service, process, metrics port)
@@ -265,11 +248,7 @@ fn two_instances_of_each_service_share_the_partitions() {
         terminate(p, dir.path());
     }
     terminate(registry, dir.path());
-    rt.block_on(async {
-        for url in &dbs {
-            let _ = saga_sandbox::drop_postgres_database(url).await;
-        }
-    });
+    rt.block_on(saga_sandbox::drop_postgres_databases(&dbs));
     drop(cluster);
 }
 
@@ -281,11 +260,11 @@ fn two_instances_of_each_service_share_the_partitions() {
 fn instances_join_and_leave_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let TestBroker { cluster, bootstrap, topics } = mock_broker("churn", 4);
-    let port = free_port();
+    let port = free_port().expect("a free port");
     let registry_url = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let names = ["order", "inventory", "payment", "orchestrator"];
-    let dbs = service_databases(&rt);
+    let dbs = rt.block_on(saga_sandbox::procs::service_databases());
     let registry = spawn_registry(port, dir.path());
     let start = |i: usize| -> Vec<Proc> {
         names.iter().zip(&dbs).map(|(name, db)| spawn_instance(name, i, db, &bootstrap, &registry_url, "churn", dir.path()).0).collect()
@@ -372,10 +351,6 @@ fn instances_join_and_leave_under_load() {
         terminate(p, dir.path());
     }
     terminate(registry, dir.path());
-    rt.block_on(async {
-        for url in &dbs {
-            let _ = saga_sandbox::drop_postgres_database(url).await;
-        }
-    });
+    rt.block_on(saga_sandbox::drop_postgres_databases(&dbs));
     drop(cluster);
 }

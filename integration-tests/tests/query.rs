@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use saga_cli::sample::sample_order;
-use saga_cli::stack::Stack;
 use saga_contracts::TopicKind;
 use saga_integration_tests::{options, read_topic, wait_for_orders, Infra};
 use saga_inventory::ReservationStatus;
 use saga_payment::AuthorizationStatus;
 use saga_query::model::{PaymentState, Status, StockState};
+use saga_sandbox::stack::Stack;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -143,7 +143,7 @@ async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
     let replica_dir = tempfile::tempdir().unwrap();
     let replica_url = match infra {
         Infra::Embedded => format!("sqlite://{}", replica_dir.path().join("replica.db").display()),
-        Infra::External => saga_sandbox::create_postgres_database().await.unwrap(),
+        Infra::External => saga_sandbox::create_postgres_database().await.unwrap_or_else(|e| panic!("{e}")),
     };
     let replica_db = saga_runtime::service::open_database(&replica_url, 4, &saga_query::MIGRATIONS).await.unwrap();
     let mut settings = stack.settings.clone();
@@ -173,7 +173,7 @@ async fn read_model_equals_write_side_and_a_replay_rebuilds_it(infra: Infra) {
     assert_eq!(snapshot(query).await, live, "rebuilt from history");
     replica_db.close().await;
     if let Infra::External = infra {
-        saga_sandbox::drop_postgres_database(&replica_url).await.unwrap();
+        saga_sandbox::drop_postgres_database(&replica_url).await.unwrap_or_else(|e| panic!("{e}"));
     }
     running.stop().await;
 }

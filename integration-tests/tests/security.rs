@@ -16,10 +16,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message as _;
 use saga_contracts::{Message, PlaceOrder};
-use saga_integration_tests::procs::free_port;
 use saga_integration_tests::tls::Pki;
 use saga_runtime::codec::Codec;
 use saga_runtime::config::{KafkaSettings, RegistrySettings, ServiceSettings};
+use saga_sandbox::procs::free_port;
 use saga_store::Db;
 
 // ---------------------------------------------------------------------------------------------
@@ -106,9 +106,7 @@ async fn the_registry_refuses_requests_without_credentials_but_answers_probes() 
 #[ignore = "needs PostgreSQL with ssl = on at SAGA_TEST_POSTGRES_URL; .ci/run runs it with --ignored"]
 async fn postgres_connections_use_tls_and_verify_the_server() {
     let admin_url = saga_sandbox::postgres_admin_url();
-    let admin = Db::connect(&admin_url, 1)
-        .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {admin_url}: {e}. Start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"));
+    let admin = saga_sandbox::postgres_admin().await.unwrap_or_else(|e| panic!("{e}"));
     let ssl: String = sqlx::query_scalar("SELECT current_setting('ssl')").fetch_one(admin.pool()).await.unwrap();
     assert_eq!(ssl, "on", "the test server must have ssl = on (Debian's default, with its snakeoil certificate)");
     let cert_file: String = sqlx::query_scalar("SELECT current_setting('ssl_cert_file')").fetch_one(admin.pool()).await.unwrap();
@@ -186,7 +184,7 @@ impl Drop for Tansu {
 
 /// Starts tansu on a free port, advertising `advertised` (host:port) to clients.
 fn start_tansu(advertised: Option<&str>, authentication: bool) -> Tansu {
-    start_tansu_in(tempfile::tempdir().unwrap(), free_port(), advertised, authentication)
+    start_tansu_in(tempfile::tempdir().unwrap(), free_port().expect("a free port"), advertised, authentication)
 }
 
 /// Starts tansu in `dir` (its SQLite storage lives there) on `port`.
@@ -248,7 +246,7 @@ async fn the_broker_is_reached_over_tls() {
     let pki = Pki::generate();
     // tansu speaks plain TCP; a TLS proxy in front of it is the address it advertises, so every
     // connection the client makes, bootstrap and broker, goes through TLS.
-    let tls_port = free_port();
+    let tls_port = free_port().expect("a free port");
     let tansu = start_tansu(Some(&format!("localhost:{tls_port}")), false);
     let listener = pki.proxy_to_port(tansu.addr, tls_port).await;
     let bootstrap = format!("localhost:{}", listener.port());

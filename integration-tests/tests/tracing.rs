@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::routing::post;
 use saga_cli::sample::sample_order;
 use saga_contracts::PlaceOrder;
-use saga_integration_tests::procs::{terminate, Proc, Sandbox};
 use saga_order::domain::OrderStatus;
+use saga_sandbox::procs::{terminate, Proc, Sandbox};
 use serde_json::Value;
 
 #[derive(Debug, Clone)]

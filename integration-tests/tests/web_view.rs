@@ -85,7 +85,7 @@ fn timeline_events(dom: &str) -> Vec<String> {
 async fn the_saga_view_shows_completed_and_compensated_sagas_in_a_browser() {
     telemetry();
     let dir = tempfile::tempdir().unwrap();
-    let stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
+    let stack = saga_sandbox::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
     let (completed, _) = sample_order("view", 0);
     let (compensated, _) = sample_order("view", 6);
     let ids = [completed.order_id.clone(), compensated.order_id.clone()];
@@ -158,7 +158,7 @@ async fn api_page(base: &str, query: &str) -> (Vec<String>, Option<String>) {
 async fn a_thousand_sagas_are_found_paged_and_drawn_in_a_browser() {
     telemetry();
     let dir = tempfile::tempdir().unwrap();
-    let stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
+    let stack = saga_sandbox::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
     let n = 1000;
     let mut ids = Vec::new();
     for i in 0..n {
@@ -264,7 +264,7 @@ impl ChromeDriver {
             std::path::Path::new(&path).exists(),
             "{path} is missing: install Debian's chromium-driver (`apt-get install chromium-driver`) or set SAGA_TEST_CHROMEDRIVER"
         );
-        let port = saga_integration_tests::procs::free_port();
+        let port = saga_sandbox::procs::free_port().expect("a free port");
         let child = Command::new(&path)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
@@ -344,7 +344,7 @@ async fn dead_letters_shown(c: &fantoccini::Client) -> Vec<(String, String)> {
 async fn an_operator_redrives_and_aborts_a_parked_saga_by_clicking_in_a_browser() {
     telemetry();
     let dir = tempfile::tempdir().unwrap();
-    let mut stack = saga_cli::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
+    let mut stack = saga_sandbox::stack::Stack::start(options(Infra::Embedded, dir.path())).await.expect("stack starts");
     let token = "click-token-0123456789";
     stack.settings.http.operator_token = token.into();
     let wait = Duration::from_secs(60);

@@ -417,7 +417,7 @@ fn pick_consumed(kafka: &KafkaSettings, topics: &Topics, mut rng: Rng, count: us
 /// The records a service has consumed (`saga_records_consumed_total`, every topic), from its
 /// `/metrics`; `None` while it does not answer.
 async fn consumed(port: u16) -> Option<f64> {
-    let response = tokio::task::spawn_blocking(move || crate::procs::try_http_get(port, "/metrics")).await.ok()?.ok()?;
+    let response = tokio::task::spawn_blocking(move || saga_sandbox::procs::try_http_get(port, "/metrics")).await.ok()?.ok()?;
     if !response.starts_with("HTTP/1.1 200") {
         return None;
     }

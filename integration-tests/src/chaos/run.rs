@@ -16,7 +16,7 @@ use super::load::{self, Client, Placed};
 use super::netns::Netns;
 use super::proxy::{Link, Proxy, Upstream};
 use super::schedule::{self, Amounts};
-use crate::procs::free_port;
+use saga_sandbox::procs::free_port;
 
 const SERVICES: [&str; 4] = ["order", "inventory", "payment", "orchestrator"];
 
@@ -276,10 +276,15 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
         for s in SERVICES {
             let (url, link) = linked(&db_urls[s]).await?;
             service_db_urls.insert(s, url);
-            db_links.push((crate::procs::service_binary(s), link));
+            db_links.push((saga_sandbox::procs::service_binary(s), link));
         }
     }
-    let ports = Ports { broker: free_port(), broker_listener: free_port(), registry: free_port(), http: SERVICES.map(|_| free_port()) };
+    let mut http = [0; SERVICES.len()];
+    for port in &mut http {
+        *port = free_port().context("finding a free port")?;
+    }
+    let port = || free_port().context("finding a free port");
+    let ports = Ports { broker: port()?, broker_listener: port()?, registry: port()?, http };
     let prefix = "chaos".to_string();
     let mut specs = specs(&dir, &bins, &tansu, &ports, &service_db_urls, &prefix, opts.static_membership);
     for spec in specs.iter_mut().filter(|s| s.name.starts_with("saga-") && s.name != "saga-registry") {
@@ -348,7 +353,7 @@ async fn network(run_id: &str, seed: u64, ports: &Ports, db_links: &[(&'static s
     let broker = Proxy::on(ports.broker, loopback(ports.broker_listener), Link::new(), seed).await?.link;
     let mut services = Vec::new();
     for (i, (s, http)) in SERVICES.iter().zip(ports.http).enumerate() {
-        let name = crate::procs::service_binary(s);
+        let name = saga_sandbox::procs::service_binary(s);
         let ns = Arc::new(Netns::create(&Netns::name_for(&format!("{run_id}-{s}")))?);
         let link = Link::new();
         let db = db_links.iter().find(|(n, _)| *n == name).map(|(_, p)| p.port).context("a PostgreSQL relay per service")?;
@@ -391,12 +396,12 @@ async fn body(
     cluster.start("tansu").await?;
     let all_topics = topics.all_with_dlts();
     retry("creating topics", || saga_runtime::kafka::create_topics(&kafka, &all_topics)).await?;
-    let seed = saga_cli::seed::Seed::dev();
-    crate::procs::seed(&db_urls["inventory"], &db_urls["payment"]).await;
+    let seed = saga_sandbox::seed::Seed::dev();
+    saga_sandbox::procs::seed(&db_urls["inventory"], &db_urls["payment"]).await;
     let initial_stock: BTreeMap<String, i64> = seed.stock.iter().map(|s| (s.sku.clone(), s.on_hand)).collect();
     cluster.start("saga-registry").await?;
     for s in SERVICES {
-        cluster.start(crate::procs::service_binary(s)).await?;
+        cluster.start(saga_sandbox::procs::service_binary(s)).await?;
     }
     wait_ready(&ports.http).await?;
     let watcher = tokio::spawn(cluster.clone().watch());
@@ -433,7 +438,7 @@ async fn body(
         pg_admin_url: opts.postgres_url.clone(),
         run_dir: dir.to_path_buf(),
         injected: Default::default(),
-        service_ports: SERVICES.iter().map(|s| crate::procs::service_binary(s)).zip(ports.http).collect(),
+        service_ports: SERVICES.iter().map(|s| saga_sandbox::procs::service_binary(s)).zip(ports.http).collect(),
         db_links,
         network,
     });
@@ -570,7 +575,7 @@ async fn wait_ready(ports: &[u16]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     for port in ports {
         loop {
-            let response = crate::procs::try_http_get(*port, "/readyz").unwrap_or_default();
+            let response = saga_sandbox::procs::try_http_get(*port, "/readyz").unwrap_or_default();
             if response.starts_with("HTTP/1.1 200") {
                 break;
             }
@@ -617,7 +622,7 @@ fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMa
         },
     ];
     for (s, http) in SERVICES.iter().zip(ports.http) {
-        let name = crate::procs::service_binary(s);
+        let name = saga_sandbox::procs::service_binary(s);
         let mut env = vec![
             log.clone(),
             ("SAGA_KAFKA__BOOTSTRAP_SERVERS".into(), format!("127.0.0.1:{}", ports.broker)),

@@ -10,9 +10,9 @@ use serde::Serialize;
 use saga_contracts::PlaceOrder;
 
 use crate::sample::{place_order, sample_order, Expect};
-use crate::seed::Seed;
-use crate::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 use crate::watch::watch_outcomes;
+use saga_sandbox::seed::Seed;
+use saga_sandbox::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
 
 /// How load is offered.
 #[derive(Debug, Clone, Copy)]

@@ -9,8 +9,8 @@ use saga_contracts::TopicKind;
 use serde::Serialize;
 
 use crate::sample::{sample_order, Expect};
-use crate::stack::{Stack, StackOptions};
 use crate::watch::{watch_outcomes, Settled};
+use saga_sandbox::stack::{Stack, StackOptions};
 
 /// Options of `sagactl dev`.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use saga_runtime::config::ServiceSettings;
 use saga_runtime::CancellationToken;
 
 use crate::bench::{peak_rss_mib, process_cpu_seconds, BenchOptions, BenchReport, Driver};
-use crate::stack::{BrokerChoice, EmbeddedBroker};
+use saga_sandbox::stack::{BrokerChoice, EmbeddedBroker};
 
 /// Records per saga, as in the benchmark's saga (PlaceOrder .. OrderApproved).
 pub const HOPS: usize = 8;

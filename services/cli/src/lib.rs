@@ -1,8 +1,9 @@
 //! `sagactl`: run the whole system in one process, create topics, seed data, benchmark.
 //!
+//! The stack these commands run (broker, registry, the services) and the seed it loads are
+//! `saga-sandbox`'s, shared with the end-to-end tests.
+//!
 //! # Layout
-//! - [`stack`]: broker + registry + four services in one process (`dev`, `bench`, tests).
-//! - [`seed`]: stock and accounts from a TOML file.
 //! - [`sample`]: the deterministic mix of sample orders.
 //! - [`watch`]: a consumer of order outcomes.
 //! - [`dev`], [`bench`], [`sagas`]: the commands of the same names.
@@ -16,6 +17,4 @@ pub mod hops;
 pub mod orders;
 pub mod sagas;
 pub mod sample;
-pub mod seed;
-pub mod stack;
 pub mod watch;

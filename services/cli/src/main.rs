@@ -318,7 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Seed { file, inventory_db, payment_db } => {
-            let seed = saga_cli::seed::Seed::read(&file)?;
+            let seed = saga_sandbox::seed::Seed::read(&file)?;
             let inventory = saga_runtime::service::open_database(&inventory_db, 2, &saga_inventory::MIGRATIONS).await?;
             seed.apply_stock(&inventory).await?;
             let payment = saga_runtime::service::open_database(&payment_db, 2, &saga_payment::MIGRATIONS).await?;
@@ -434,8 +434,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let broker = match broker {
                 Some(b) if b.trim().is_empty() => anyhow::bail!("--broker: expected HOST:PORT of a Kafka-protocol broker, found an empty value"),
-                Some(b) => saga_cli::stack::BrokerChoice::External(b),
-                None => saga_cli::stack::BrokerChoice::Embedded,
+                Some(b) => saga_sandbox::stack::BrokerChoice::External(b),
+                None => saga_sandbox::stack::BrokerChoice::Embedded,
             };
             let processes = match mode {
                 BenchMode::Embedded | BenchMode::Hops => None,

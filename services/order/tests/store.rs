@@ -37,9 +37,7 @@ async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Messag
 
 /// Applies a message the inbox has not seen and that the handler accepts.
 async fn applied(db: &Db, message: impl Into<Message>) -> Vec<Message> {
-    let message = message.into();
-    let id = message.envelope().message_id.clone();
-    apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
+    saga_sandbox::applied(db, &OrderHandler, message).await
 }
 
 /// Applies a message the handler must refuse; returns the reason.

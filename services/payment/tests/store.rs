@@ -37,17 +37,9 @@ async fn apply(db: &Db, message: impl Into<Message>) -> Result<Option<Vec<Messag
     saga_sandbox::apply(db, &PaymentHandler, message).await
 }
 
-/// Applies a new message the handler accepts; returns its one reply.
+/// Applies a new command the handler accepts; returns its one reply.
 async fn reply(db: &Db, message: impl Into<Message>) -> Message {
-    let message = message.into();
-    let id = message.envelope().message_id.clone();
-    let mut out = apply(db, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"));
-    assert_eq!(out.len(), 1, "{id}: one reply per command, got {out:?}");
-    let reply = out.remove(0);
-    let short = reply.short_name();
-    assert_eq!(reply.envelope().message_id, format!("{id}/{short}"), "the reply's id derives from its cause");
-    assert_eq!(reply.envelope().causation_id.as_deref(), Some(id.as_str()));
-    reply
+    saga_sandbox::reply(db, &PaymentHandler, message).await
 }
 
 use saga_sandbox::envelope;
@@ -223,17 +215,7 @@ async fn concurrent_authorizations_never_exceed_the_limit(test_db: TestDb) {
             tokio::spawn(async move {
                 let order = format!("o{i}");
                 let cmd = authorize(&format!("{order}:a:1"), &order, "alice", 1_000, "EUR");
-                for _ in 0..50 {
-                    match apply(&db, cmd.clone()).await {
-                        Ok(Some(mut out)) => return out.remove(0),
-                        Ok(None) => panic!("{order} was taken for a duplicate"),
-                        Err(HandleError::Conflict(_)) => {}
-                        Err(HandleError::Store(e)) if saga_store::is_transient(&e) => {}
-                        Err(e) => panic!("{order} failed: {e}"),
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-                panic!("{order} kept conflicting")
+                saga_sandbox::applied_retrying(&db, &PaymentHandler, cmd).await.remove(0)
             })
         })
         .collect();

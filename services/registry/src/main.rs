@@ -32,44 +32,12 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Logs go to stderr; stdout carries only the line announcing the URL.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    saga_runtime::telemetry::init_logging();
     let settings = RegistrySettings { bind: args.bind, database_url: args.database_url };
     let mut registry = Registry::build(&settings).await.with_context(|| format!("start schema registry on {}", settings.bind))?;
     if let (Some(user), Some(password)) = (&args.basic_auth_username, &args.basic_auth_password) {
         registry = registry.with_basic_auth(user, password);
     }
     println!("schema registry listening on {}", registry.url());
-    registry.run_until_stopped(shutdown_signal()).await.context("run schema registry")
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down schema registry");
+    registry.run_until_stopped(saga_runtime::telemetry::shutdown_signal()).await.context("run schema registry")
 }

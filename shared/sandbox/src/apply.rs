@@ -40,6 +40,56 @@ pub async fn apply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>
     Ok(out)
 }
 
+/// Applies a message the inbox has not seen and that the handler accepts; returns what it emitted.
+///
+/// # Panics
+/// When the handler fails or the inbox takes the message for a duplicate.
+pub async fn applied<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Vec<Message> {
+    let message = message.into();
+    let id = message.envelope().message_id.clone();
+    apply(db, handler, message).await.unwrap_or_else(|e| panic!("{id} failed: {e}")).unwrap_or_else(|| panic!("{id} was taken for a duplicate"))
+}
+
+/// Applies a new command the handler accepts and returns its one reply, checking that the reply's
+/// id and causation derive from the command (what makes a redelivered command answer alike).
+///
+/// # Panics
+/// As [`applied`], and when the command gave no reply, several, or one whose ids do not derive.
+pub async fn reply<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Message {
+    let message = message.into();
+    let id = message.envelope().message_id.clone();
+    let mut out = applied(db, handler, message).await;
+    assert_eq!(out.len(), 1, "{id}: one reply per command, got {out:?}");
+    let reply = out.remove(0);
+    let short = reply.short_name();
+    assert_eq!(reply.envelope().message_id, format!("{id}/{short}"), "the reply's id derives from its cause");
+    assert_eq!(reply.envelope().causation_id.as_deref(), Some(id.as_str()));
+    reply
+}
+
+/// Applies a new message as the consume loop does under contention: a conflict or a transient
+/// database failure rolls back and is tried again with the same message (up to 50 times, 5 ms
+/// apart). Returns what the handler emitted.
+///
+/// # Panics
+/// When the handler refuses the message, the inbox takes it for a duplicate, or it still conflicts
+/// after the last try.
+pub async fn applied_retrying<H: Handler>(db: &Db, handler: &H, message: impl Into<Message>) -> Vec<Message> {
+    let message = message.into();
+    let id = message.envelope().message_id.clone();
+    for _ in 0..50 {
+        match apply(db, handler, message.clone()).await {
+            Ok(Some(out)) => return out,
+            Ok(None) => panic!("{id} was taken for a duplicate"),
+            Err(HandleError::Conflict(_)) => {}
+            Err(HandleError::Store(e)) if saga_store::is_transient(&e) => {}
+            Err(e) => panic!("{id} failed: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("{id} kept conflicting")
+}
+
 /// An envelope for a test message in the saga of `order_id`.
 pub fn envelope(message_id: &str, full_name: &str, order_id: &str) -> Envelope {
     Envelope {

@@ -22,6 +22,32 @@ pub fn postgres_admin_url() -> String {
     std::env::var("SAGA_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// The PostgreSQL test server did not do what a test asked: where it was looked for, why, and how
+/// to start it (the usual cause is a server that is not running).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the PostgreSQL test server at {server} failed: {source}; if it is not running, start it with \
+     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or point SAGA_TEST_POSTGRES_URL at one"
+)]
+pub struct TestServerError {
+    /// The server's URL, its password redacted.
+    pub server: String,
+    /// What failed.
+    #[source]
+    pub source: StoreError,
+}
+
+impl TestServerError {
+    fn new(source: StoreError) -> TestServerError {
+        TestServerError { server: saga_store::redact_url(&postgres_admin_url()), source }
+    }
+}
+
+/// A connection to the test server's administrative database.
+pub async fn postgres_admin() -> Result<Db, TestServerError> {
+    Db::connect(&postgres_admin_url(), 1).await.map_err(TestServerError::new)
+}
+
 /// A database that lives as long as the test; a PostgreSQL one is dropped with it.
 pub struct TestDb {
     /// The database under test.
@@ -51,14 +77,7 @@ impl TestDb {
 
     /// A new, empty PostgreSQL database on the test server.
     pub async fn postgres() -> TestDb {
-        let url = create_postgres_database().await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                 or point SAGA_TEST_POSTGRES_URL at a server",
-                saga_store::redact_url(&postgres_admin_url())
-            )
-        });
+        let url = create_postgres_database().await.unwrap_or_else(|e| panic!("{e}"));
         let db = Db::connect(&url, 4).await.expect("open postgres test database");
         TestDb { db, url, _dir: None }
     }
@@ -82,23 +101,34 @@ impl Drop for TestDb {
 }
 
 /// Drops a database made by [`create_postgres_database`], closing its remaining connections.
-pub async fn drop_postgres_database(url: &str) -> Result<(), StoreError> {
+pub async fn drop_postgres_database(url: &str) -> Result<(), TestServerError> {
     let Some(name) = url.rsplit('/').next().filter(|n| n.starts_with("saga_test_") && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) else {
         return Ok(());
     };
-    let admin = Db::connect(&postgres_admin_url(), 1).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin.pool()).await?;
+    let admin = postgres_admin().await?;
+    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin.pool()).await;
     admin.close().await;
-    Ok(())
+    dropped.map(drop).map_err(|e| TestServerError::new(e.into()))
+}
+
+/// Drops each of `urls` ([`drop_postgres_database`]); one that cannot be dropped is reported on
+/// stderr and the rest are still dropped.
+pub async fn drop_postgres_databases(urls: &[String]) {
+    for url in urls {
+        if let Err(e) = drop_postgres_database(url).await {
+            eprintln!("could not drop test database {}: {e}", saga_store::redact_url(url));
+        }
+    }
 }
 
 /// Creates a database with a random name on the test server and returns its URL.
-pub async fn create_postgres_database() -> Result<String, StoreError> {
+pub async fn create_postgres_database() -> Result<String, TestServerError> {
     let admin_url = postgres_admin_url();
-    let admin = Db::connect(&admin_url, 1).await?;
+    let admin = postgres_admin().await?;
     let name = format!("saga_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await?;
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await;
     admin.close().await;
+    created.map_err(|e| TestServerError::new(e.into()))?;
     let base = match admin_url.rfind('/') {
         Some(i) if i > "postgres://".len() => &admin_url[..i],
         _ => admin_url.as_str(),

@@ -21,6 +21,7 @@ use saga_runtime::{CancellationToken, Handler};
 use saga_store::{Db, Migrations};
 use tokio::task::JoinHandle;
 
+use crate::procs::free_port;
 use crate::seed::Seed;
 
 /// Where the broker comes from.
@@ -166,12 +167,7 @@ impl Stack {
             let url = match &options.database {
                 DatabaseChoice::Sqlite(dir) => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
                 DatabaseChoice::Postgres => {
-                    let url = saga_sandbox::create_postgres_database().await.with_context(|| {
-                        format!(
-                            "PostgreSQL is not reachable at {}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`",
-                            saga_store::redact_url(&saga_sandbox::postgres_admin_url())
-                        )
-                    })?;
+                    let url = crate::db::create_postgres_database().await?;
                     created_databases.push(url.clone());
                     url
                 }
@@ -187,7 +183,7 @@ impl Stack {
         let registry_stop = CancellationToken::new();
         let (registry_url, registry_task) = match (&options.processes, &log_dir) {
             (Some(bin_dir), Some(logs)) => {
-                let port = free_port()?;
+                let port = free_port().context("finding a free port")?;
                 let env = [("SAGA_REGISTRY_BIND".to_string(), format!("127.0.0.1:{port}")), ("SAGA_REGISTRY_DATABASE_URL".to_string(), urls[0].clone())];
                 let registry = ServiceProcess::spawn(bin_dir, "saga-registry", "registry", &env, port, logs.path())?;
                 registry.wait_ready(Duration::from_secs(30)).await?;
@@ -249,7 +245,7 @@ impl Stack {
             }
             for instance in 0..options.instances.max(1) {
                 for &(service, url) in &databases {
-                    let port = free_port()?;
+                    let port = free_port().context("finding a free port")?;
                     let env = [
                         ("SAGA_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
                         ("SAGA_KAFKA__GROUP_ID", format!("saga-{service}{}", options.group_suffix)),
@@ -446,11 +442,7 @@ impl Stack {
             db.close().await;
         }
         drop(self);
-        for url in created {
-            if let Err(e) = saga_sandbox::drop_postgres_database(&url).await {
-                tracing::warn!(error = %e, "could not drop a test database");
-            }
-        }
+        crate::db::drop_postgres_databases(&created).await;
         if let Some(b) = broker {
             b.stop();
         }
@@ -496,7 +488,7 @@ async fn spawn<H: Handler>(
 /// runtime of its own: librdkafka clients close synchronously (dropping a consumer blocks its
 /// thread until the group is left), and a broker on the services' runtime could then be starved
 /// of the threads it needs to answer them.
-pub(crate) struct EmbeddedBroker {
+pub struct EmbeddedBroker {
     bootstrap: String,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
@@ -504,7 +496,7 @@ pub(crate) struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts the broker with `topics` of `partitions` each.
-    pub(crate) fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
+    pub fn start(partitions: i32, topics: Vec<String>) -> anyhow::Result<EmbeddedBroker> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -541,20 +533,15 @@ impl EmbeddedBroker {
     }
 
     /// Where clients reach it.
-    pub(crate) fn bootstrap(&self) -> &str {
+    pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
 
     /// Stops the broker and waits for its thread.
-    pub(crate) fn stop(self) {
+    pub fn stop(self) {
         self.stop.cancel();
         let _ = self.thread.join();
     }
-}
-
-/// A port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
 }
 
 /// One of the shipped binaries running as a child process, its stderr in a log file.

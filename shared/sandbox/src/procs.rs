@@ -27,8 +27,8 @@ pub fn mock_broker(prefix: &str, partitions: i32) -> TestBroker {
 }
 
 /// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Path of a workspace binary next to the running test.
@@ -139,11 +139,26 @@ pub fn service_binary(service: &str) -> &'static str {
 /// Loads the development seed (stock, accounts) into the databases the services will open;
 /// migrations are idempotent, so the services migrate them again harmlessly.
 pub async fn seed(inventory_url: &str, payment_url: &str) {
-    let seed = saga_cli::seed::Seed::dev();
+    let seed = crate::seed::Seed::dev();
     let inventory = saga_runtime::service::open_database(inventory_url, 1, &saga_inventory::MIGRATIONS).await.unwrap();
     seed.apply_stock(&inventory).await.unwrap();
     let payment = saga_runtime::service::open_database(payment_url, 1, &saga_payment::MIGRATIONS).await.unwrap();
     seed.apply_accounts(&payment).await.unwrap();
+}
+
+/// One database per service (order, inventory, payment, orchestrator, in that order) on the
+/// PostgreSQL test server, with the development seed in inventory and payment. Drop them with
+/// [`crate::db::drop_postgres_databases`].
+///
+/// # Panics
+/// When the test server cannot be reached, with how to start it.
+pub async fn service_databases() -> Vec<String> {
+    let mut urls = Vec::new();
+    for _ in 0..4 {
+        urls.push(crate::db::create_postgres_database().await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    seed(&urls[1], &urls[2]).await;
+    urls
 }
 
 /// Places orders as any application would: Confluent wire format through the registry, keyed
@@ -207,7 +222,7 @@ impl Sandbox {
     pub fn start(prefix: &str, partitions: i32, rt: &tokio::runtime::Runtime) -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
         let broker = mock_broker(prefix, partitions);
-        let port = free_port();
+        let port = free_port().expect("a free port");
         let registry = spawn_registry(port, dir.path());
         let sandbox = Sandbox { dir, broker, registry_url: format!("http://127.0.0.1:{port}"), registry: Some(registry), prefix: prefix.to_string() };
         rt.block_on(seed(&sandbox.db("inventory"), &sandbox.db("payment")));
