@@ -4,8 +4,10 @@
 //! `RUST_LOG` (default `info`). Every line written while a message is handled carries that
 //! message's span fields: trace id, saga id, order id, topic, partition and offset.
 //!
-//! Traces: every span goes through OpenTelemetry, so trace ids exist and propagate (W3C
-//! `traceparent`/`tracestate` record headers) whether or not they are exported. Export is on when
+//! Traces: trace ids exist and propagate (W3C `traceparent`/`tracestate` record headers) whether
+//! or not spans are exported. When they are, every span goes through OpenTelemetry's SDK; when
+//! not, a layer that only keeps each span's trace context ([`context`]) stands in for it, so
+//! spans that nobody reads cost nothing beyond their ids. Export is on when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, over OTLP/HTTP
 //! (`OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf`, the default, or `http/json`); the service name
 //! is `OTEL_SERVICE_NAME`, else `saga-<service>`; `OTEL_SDK_DISABLED=true` turns it off.
@@ -19,6 +21,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+mod context;
 
 /// W3C trace context header names, as carried on Kafka records and in outbox rows.
 pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
@@ -36,12 +40,13 @@ pub struct TelemetryError {
 /// Flushes and stops trace export when dropped: keep it alive for the life of `main`.
 #[must_use = "dropping the guard stops trace export"]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    /// The SDK's provider, when spans are exported.
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Some(Err(e)) = self.provider.as_ref().map(SdkTracerProvider::shutdown) {
             eprintln!("flushing traces at shutdown failed: {e}");
         }
     }
@@ -55,25 +60,25 @@ pub fn init(service: &str) -> Result<Telemetry, TelemetryError> {
 /// Like [`init`], with another level when `RUST_LOG` is unset.
 pub fn init_with_default(service: &str, level: &str) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("saga-{service}"));
-    let mut provider = SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(name).build());
-    if export_configured() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TelemetryError { key: "OTEL_EXPORTER_OTLP_PROTOCOL", reason: e.to_string() })?;
-        provider = provider.with_batch_exporter(exporter);
-    }
-    let provider = provider.build();
-    let tracer = provider.tracer("saga");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = std::env::var("SAGA_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
     // Each layer filters for itself: a quiet log level must not switch off the spans that carry
     // trace context from record to record.
-    let traces =
-        tracing_opentelemetry::layer().with_tracer(tracer).with_error_records_to_exceptions(true).with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let (traces, provider) = if export_configured() {
+        let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("saga-{service}"));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TelemetryError { key: "OTEL_EXPORTER_OTLP_PROTOCOL", reason: e.to_string() })?;
+        let provider = SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(name).build()).with_batch_exporter(exporter).build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("saga")).with_error_records_to_exceptions(true).boxed();
+        (layer, Some(provider))
+    } else {
+        (context::ContextLayer::new().boxed(), None)
+    };
+    let traces = traces.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces).try_init();
     Ok(Telemetry { provider })
 }
@@ -121,14 +126,19 @@ impl Injector for Collect {
 /// Makes `span` a child of the trace context in `headers` (W3C `traceparent`), if any.
 pub fn set_parent_from(span: &tracing::Span, headers: &[(String, String)]) {
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Pairs(headers)));
-    if cx.span().span_context().is_valid() {
+    if cx.span().span_context().is_valid() && !context::set_parent(span, &cx) {
         let _ = span.set_parent(cx);
     }
 }
 
+/// The trace context of `span`: [`context`]'s, or the OpenTelemetry layer's.
+fn context_of(span: &tracing::Span) -> opentelemetry::Context {
+    context::context_of(span).unwrap_or_else(|| span.context())
+}
+
 /// The W3C headers that make a record a child of `span`; empty without tracing.
 pub fn headers_of(span: &tracing::Span) -> Vec<(String, String)> {
-    let cx = span.context();
+    let cx = context_of(span);
     if !cx.span().span_context().is_valid() {
         return Vec::new();
     }
@@ -139,7 +149,7 @@ pub fn headers_of(span: &tracing::Span) -> Vec<(String, String)> {
 
 /// The trace id of `span` (32 hex digits), or `None` without tracing.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
+    let cx = context_of(span);
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
