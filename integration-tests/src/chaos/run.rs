@@ -103,6 +103,13 @@ pub struct Options {
     /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
     #[arg(long)]
     pub tansu: Option<PathBuf>,
+    /// tansu's storage: SQLite in the run's directory [default], or tansu's PostgreSQL storage
+    /// given as `postgres://…/<template>`: a database holding tansu's schema (its
+    /// `etc/initdb.d/010-schema.sql`), from which the run makes a fresh database of its own (and
+    /// drops it after). Put it on a server `--db-restarts` does not restart (another cluster), or
+    /// the services' database faults take the broker's storage away too.
+    #[arg(long)]
+    pub broker_storage: Option<String>,
     /// Availability: fail (exit 1) when more than this percentage of sagas ended otherwise than
     /// their order was built for (an order that should have been approved compensated by a
     /// deadline, say), even with no violation. A system that stays consistent but compensates
@@ -266,6 +273,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     for s in SERVICES {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
     }
+    let broker_storage = BrokerStorage::prepare(opts.broker_storage.as_deref(), &run_id).await?;
 
     // With --db-partitions or network faults, the services reach PostgreSQL through relays the
     // harness can cut; the harness itself (seeding, the checker) connects directly. Without,
@@ -286,7 +294,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let port = || free_port().context("finding a free port");
     let ports = Ports { broker: port()?, broker_listener: port()?, registry: port()?, http };
     let prefix = "chaos".to_string();
-    let mut specs = specs(&dir, &bins, &tansu, &ports, &service_db_urls, &prefix, opts.static_membership);
+    let mut specs = specs(&dir, &bins, &tansu, &broker_storage.url, &ports, &service_db_urls, &prefix, opts.static_membership);
     for spec in specs.iter_mut().filter(|s| s.name.starts_with("saga-") && s.name != "saga-registry") {
         spec.env.extend(opts.service_env.iter().cloned());
     }
@@ -301,6 +309,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
     let failed = result.as_ref().map_or(true, |r| r.failure().is_some());
     if opts.keep {
         println!("kept databases {} and {}", db_urls.values().map(|u| saga_store::redact_url(u)).collect::<Vec<_>>().join(", "), dir.display());
+        println!("the broker's storage: {}", saga_store::redact_url(&broker_storage.url));
     } else {
         for s in SERVICES {
             let drop = format!("DROP DATABASE IF EXISTS chaos_{run_id}_{s} WITH (FORCE)");
@@ -308,6 +317,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 eprintln!("chaos: dropping database chaos_{run_id}_{s}: {e}");
             }
         }
+        broker_storage.drop().await;
         if failed {
             println!("logs kept in {}", dir.display());
         } else {
@@ -588,16 +598,67 @@ async fn wait_ready(ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn specs(dir: &Path, bins: &Path, tansu: &Path, ports: &Ports, db_urls: &BTreeMap<&str, String>, prefix: &str, static_membership: bool) -> Vec<Spec> {
+/// Where tansu keeps its data: SQLite in the run's directory, or a database of the run's own on a
+/// PostgreSQL server, made from a template holding tansu's schema.
+struct BrokerStorage {
+    /// tansu's `--storage-engine`.
+    url: String,
+    /// With PostgreSQL: the server's administrative connection and the run's database name.
+    postgres: Option<(saga_store::Db, String)>,
+}
+
+impl BrokerStorage {
+    async fn prepare(given: Option<&str>, run_id: &str) -> anyhow::Result<BrokerStorage> {
+        let Some(template_url) = given.filter(|u| u.starts_with("postgres://")) else {
+            if let Some(other) = given.filter(|u| *u != "sqlite://tansu.db") {
+                bail!("--broker-storage {other}: expected a postgres:// URL of a template database holding tansu's schema (or nothing, for SQLite)");
+            }
+            return Ok(BrokerStorage { url: "sqlite://tansu.db".into(), postgres: None });
+        };
+        let (server, template) = template_url.rsplit_once('/').context("--broker-storage: a postgres:// URL ends with /<template database>")?;
+        anyhow::ensure!(
+            !template.is_empty() && template.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "--broker-storage: the template database's name ({template:?}) must be letters, digits and _"
+        );
+        let admin = saga_store::Db::connect(&format!("{server}/postgres"), 1)
+            .await
+            .with_context(|| format!("--broker-storage: no PostgreSQL at {}", saga_store::redact_url(server)))?;
+        let name = format!("chaos_{run_id}_broker");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} TEMPLATE {template}")))
+            .execute(admin.pool())
+            .await
+            .with_context(|| format!("--broker-storage: making the run's broker database from template {template}"))?;
+        Ok(BrokerStorage { url: format!("{server}/{name}"), postgres: Some((admin, name)) })
+    }
+
+    async fn drop(self) {
+        if let Some((admin, name)) = self.postgres {
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin.pool()).await {
+                eprintln!("chaos: dropping the broker's database {name}: {e}");
+            }
+            admin.close().await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn specs(
+    dir: &Path,
+    bins: &Path,
+    tansu: &Path,
+    storage: &str,
+    ports: &Ports,
+    db_urls: &BTreeMap<&str, String>,
+    prefix: &str,
+    static_membership: bool,
+) -> Vec<Spec> {
     let log = ("RUST_LOG".to_string(), "info".to_string());
     let listener = format!("tcp://127.0.0.1:{}", ports.broker);
     let mut specs = vec![
         Spec {
             name: "tansu",
             program: tansu.to_path_buf(),
-            args: ["broker", "--listener-url", &listener, "--advertised-listener-url", &listener, "--storage-engine", "sqlite://tansu.db"]
-                .map(String::from)
-                .to_vec(),
+            args: ["broker", "--listener-url", &listener, "--advertised-listener-url", &listener, "--storage-engine", storage].map(String::from).to_vec(),
             // tansu logs every span at info: gigabytes per run. A backtrace says where its storage
             // panicked.
             env: vec![("RUST_LOG".into(), "warn".into()), ("RUST_BACKTRACE".into(), "1".into())],
