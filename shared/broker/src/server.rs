@@ -49,6 +49,9 @@ impl Default for BrokerConfig {
 struct Topic {
     id: uuid::Uuid,
     partitions: Vec<Mutex<PartitionLog>>,
+    /// Bumped on every append to the topic: fetches waiting on it look again. One per topic, so
+    /// an append wakes only the fetches of its topic, not every consumer's.
+    appended: watch::Sender<u64>,
 }
 
 impl Topic {
@@ -62,8 +65,6 @@ struct State {
     addr: SocketAddr,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     groups: Coordinator,
-    /// Bumped on every append: waiting fetches look again.
-    appended: watch::Sender<u64>,
     next_producer_id: Mutex<i64>,
 }
 
@@ -78,14 +79,7 @@ impl Broker {
     pub async fn start(config: BrokerConfig) -> std::io::Result<Broker> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State {
-            config,
-            addr,
-            topics: RwLock::new(HashMap::new()),
-            groups: Coordinator::default(),
-            appended: watch::channel(0).0,
-            next_producer_id: Mutex::new(1000),
-        });
+        let state = Arc::new(State { config, addr, topics: RwLock::new(HashMap::new()), groups: Coordinator::default(), next_producer_id: Mutex::new(1000) });
         let stop = CancellationToken::new();
         tokio::spawn(accept(listener, state.clone(), stop.clone()));
         let (expiry_state, expiry_stop) = (state.clone(), stop.clone());
@@ -302,7 +296,7 @@ impl State {
             return Err(Code::TopicAlreadyExists);
         }
         let partitions = (0..partitions).map(|_| Mutex::new(PartitionLog::default())).collect();
-        topics.insert(name.to_string(), Arc::new(Topic { id: uuid::Uuid::new_v4(), partitions }));
+        topics.insert(name.to_string(), Arc::new(Topic { id: uuid::Uuid::new_v4(), partitions, appended: watch::channel(0).0 }));
         Ok(())
     }
 
@@ -366,9 +360,9 @@ impl State {
 
     fn produce(&self, r: ProduceRequest) -> ProduceResponse {
         let mut out = ProduceResponse::default();
-        let mut appended = false;
         for td in r.topic_data {
             let topic = self.topic(td.name.0.as_str(), true);
+            let mut appended = false;
             let mut tr = produce_response::TopicProduceResponse::default();
             tr.name = td.name.clone();
             for pd in td.partition_data {
@@ -395,10 +389,10 @@ impl State {
                 }
                 tr.partition_responses.push(pr);
             }
+            if let Some(topic) = topic.filter(|_| appended) {
+                topic.appended.send_modify(|n| *n += 1);
+            }
             out.responses.push(tr);
-        }
-        if appended {
-            self.appended.send_modify(|n| *n += 1);
         }
         out
     }
@@ -409,13 +403,22 @@ impl State {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::try_from(r.max_wait_ms).unwrap_or(0));
         let min_bytes = usize::try_from(r.min_bytes).unwrap_or(0).max(1);
         loop {
-            let mut appended = self.appended.subscribe();
+            // Subscribed before reading, so an append in between is not missed. A topic that does
+            // not exist makes the read answer at once with an error.
+            let mut appended: Vec<watch::Receiver<u64>> =
+                r.topics.iter().filter_map(|ft| self.topic(ft.topic.0.as_str(), false)).map(|t| t.appended.subscribe()).collect();
             let (response, bytes, errors) = self.read_fetch(&r);
             if bytes >= min_bytes || errors {
                 return response;
             }
+            if appended.is_empty() {
+                // A fetch of no topics has nothing to wait for but its deadline.
+                tokio::time::sleep_until(deadline).await;
+                return self.read_fetch(&r).0;
+            }
+            let any_append = futures::future::select_all(appended.iter_mut().map(|a| Box::pin(a.changed())));
             tokio::select! {
-                changed = appended.changed() => if changed.is_err() { return response },
+                (changed, _, _) = any_append => if changed.is_err() { return response },
                 _ = tokio::time::sleep_until(deadline) => return self.read_fetch(&r).0,
             }
         }

@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use saga_broker::{Broker, BrokerConfig, Code};
 
 async fn broker() -> Broker {
@@ -81,9 +82,11 @@ async fn produced_records_are_consumed_in_order_per_partition_and_offsets_resume
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_fetch_returns_when_a_record_arrives() {
+async fn a_waiting_fetch_returns_when_a_record_arrives_on_any_of_its_topics() {
     let b = broker().await;
     b.create_topic("t", 1).unwrap();
+    b.create_topic("u", 1).unwrap();
+    b.create_topic("elsewhere", 1).unwrap();
     let c = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap_servers())
         .set("group.id", "g")
@@ -93,15 +96,27 @@ async fn a_waiting_fetch_returns_when_a_record_arrives() {
         .set("socket.timeout.ms", "60000")
         .create::<StreamConsumer>()
         .unwrap();
-    c.subscribe(&["t"]).unwrap();
+    // Both partitions assigned at offset 0, which needs no lookup, so every fetch names both from
+    // the start. (As in Kafka, a fetch waits only for the partitions it names: one that became
+    // fetchable while a fetch of the other waited would join the next fetch, after 30 s here.)
+    let mut both = TopicPartitionList::new();
+    both.add_partition_offset("t", 0, Offset::Offset(0)).unwrap();
+    both.add_partition_offset("u", 0, Offset::Offset(0)).unwrap();
+    c.assign(&both).unwrap();
     let p = producer(&b);
     send(&p, "t", "k", "first").await;
     assert_eq!(next(&c).await.0, "first");
-    // The consumer is now parked in a 30 s fetch; the next record must end it.
+    // The consumer is now parked in a 30 s fetch of both topics; a record on a topic it does not
+    // read leaves it there, the next record on either of its own must end it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    send(&p, "t", "k", "second").await;
+    send(&p, "elsewhere", "k", "not for it").await;
+    send(&p, "u", "k", "second").await;
     let got = tokio::time::timeout(Duration::from_secs(5), next(&c)).await.expect("delivered long before the fetch deadline");
     assert_eq!(got.0, "second");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&p, "t", "k", "third").await;
+    let got = tokio::time::timeout(Duration::from_secs(5), next(&c)).await.expect("delivered long before the fetch deadline");
+    assert_eq!(got.0, "third");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
