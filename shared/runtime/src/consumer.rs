@@ -506,7 +506,7 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
     let envelope = incoming.message.envelope();
     let span = tracing::info_span!(
         "process",
-        otel.name = %format!("{} process", incoming.topic),
+        otel.name = tracing::field::Empty,
         otel.kind = "consumer",
         messaging.system = "kafka",
         messaging.operation.type = "process",
@@ -521,6 +521,7 @@ pub fn process_span(service: &'static str, group: &str, incoming: &Incoming) -> 
         service,
         trace_id = tracing::field::Empty,
     );
+    crate::telemetry::name_for_export(&span, || format!("{} process", incoming.topic));
     crate::telemetry::set_parent_from(&span, &incoming.trace);
     if let Some(id) = crate::telemetry::trace_id_of(&span) {
         span.record("trace_id", id);

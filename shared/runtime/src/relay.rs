@@ -408,7 +408,7 @@ impl Relay {
         let span = tracing::info_span!(
             parent: None,
             "publish",
-            otel.name = %format!("{} publish", row.topic),
+            otel.name = tracing::field::Empty,
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
@@ -421,6 +421,7 @@ impl Relay {
             messaging.message.id = message_id,
             service = self.service,
         );
+        crate::telemetry::name_for_export(&span, || format!("{} publish", row.topic));
         crate::telemetry::set_parent_from(&span, pairs);
         span
     }

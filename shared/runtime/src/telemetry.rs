@@ -78,9 +78,21 @@ pub fn init_with_default(service: &str, level: &str) -> Result<Telemetry, Teleme
     } else {
         (context::ContextLayer::new().boxed(), None)
     };
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     let traces = traces.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(traces).try_init();
     Ok(Telemetry { provider })
+}
+
+/// Whether [`init`] installed an exporter: spans then carry what only an exporter reads.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Names `span` for OpenTelemetry (`otel.name`, declared empty) when spans are exported; without
+/// an exporter nothing reads the name, so the string is not built.
+pub fn name_for_export(span: &tracing::Span, name: impl FnOnce() -> String) {
+    if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        span.record("otel.name", name());
+    }
 }
 
 fn export_configured() -> bool {

@@ -48,33 +48,31 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for ContextLayer {
     }
 }
 
-/// Runs `f` on the context [`ContextLayer`] gave `span`; `None` when the layer is not installed
-/// (the OpenTelemetry layer is, or nothing) or the span is disabled.
-fn with_context<T>(span: &tracing::Span, f: impl FnOnce(&mut SpanContext) -> T) -> Option<T> {
-    span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-        let data = registry.span(id)?;
-        let mut extensions = data.extensions_mut();
-        extensions.get_mut::<SpanContext>().map(f)
-    })
-    .flatten()
+/// Runs `f` on the registry's data of `span`; `None` when the layer is not installed (the
+/// OpenTelemetry layer is, or nothing) or the span is disabled.
+fn with_span<T>(span: &tracing::Span, f: impl FnOnce(tracing_subscriber::registry::SpanRef<'_, tracing_subscriber::Registry>) -> Option<T>) -> Option<T> {
+    span.with_subscriber(|(id, dispatch)| f(dispatch.downcast_ref::<tracing_subscriber::Registry>()?.span(id)?)).flatten()
 }
 
 /// Makes `span` part of the trace in `remote` (a context extracted from a record): its trace id,
 /// flags and state, keeping its own span id. `false` when the layer does not hold the span.
 pub(crate) fn set_parent(span: &tracing::Span, remote: &opentelemetry::Context) -> bool {
     let remote = remote.span().span_context().clone();
-    with_context(span, |own| {
+    with_span(span, |data| {
+        let mut extensions = data.extensions_mut();
+        let own = extensions.get_mut::<SpanContext>()?;
         if remote.is_valid() {
             *own = SpanContext::new(remote.trace_id(), own.span_id(), remote.trace_flags(), false, remote.trace_state().clone());
         }
+        Some(())
     })
     .is_some()
 }
 
 /// The context of `span`, as an OpenTelemetry context to inject into headers.
 pub(crate) fn context_of(span: &tracing::Span) -> Option<opentelemetry::Context> {
-    with_context(span, |own| opentelemetry::Context::new().with_remote_span_context(own.clone()))
+    // Read only: the shared borrow of the span's extensions.
+    with_span(span, |data| data.extensions().get::<SpanContext>().map(|own| opentelemetry::Context::new().with_remote_span_context(own.clone())))
 }
 
 #[cfg(test)]
