@@ -270,46 +270,55 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
             saga_store::redact_url(&opts.postgres_url)
         )
     })?;
-    for s in SERVICES {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
-    }
-    let broker_storage = BrokerStorage::prepare(opts.broker_storage.as_deref(), &run_id).await?;
-
-    // With --db-partitions or network faults, the services reach PostgreSQL through relays the
-    // harness can cut; the harness itself (seeding, the checker) connects directly. Without,
-    // nothing stands between.
-    let mut db_links = Vec::new();
-    let mut service_db_urls = db_urls.clone();
-    if opts.db_partitions > 0 || network_faults {
+    // From the first database made on, whatever fails reaches the clean-up below: nothing of the
+    // run is left behind unless --keep asks for it.
+    let mut broker_storage = None;
+    let result = async {
         for s in SERVICES {
-            let (url, link) = linked(&db_urls[s]).await?;
-            service_db_urls.insert(s, url);
-            db_links.push((saga_sandbox::procs::service_binary(s), link));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE chaos_{run_id}_{s}"))).execute(admin.pool()).await?;
         }
+        let storage = broker_storage.insert(BrokerStorage::prepare(opts.broker_storage.as_deref(), &run_id).await?);
+
+        // With --db-partitions or network faults, the services reach PostgreSQL through relays the
+        // harness can cut; the harness itself (seeding, the checker) connects directly. Without,
+        // nothing stands between.
+        let mut db_links = Vec::new();
+        let mut service_db_urls = db_urls.clone();
+        if opts.db_partitions > 0 || network_faults {
+            for s in SERVICES {
+                let (url, link) = linked(&db_urls[s]).await?;
+                service_db_urls.insert(s, url);
+                db_links.push((saga_sandbox::procs::service_binary(s), link));
+            }
+        }
+        let mut http = [0; SERVICES.len()];
+        for port in &mut http {
+            *port = free_port().context("finding a free port")?;
+        }
+        let port = || free_port().context("finding a free port");
+        let ports = Ports { broker: port()?, broker_listener: port()?, registry: port()?, http };
+        let prefix = "chaos".to_string();
+        let mut specs = specs(&dir, &bins, &tansu, &storage.url, &ports, &service_db_urls, &prefix, opts.static_membership);
+        for spec in specs.iter_mut().filter(|s| s.name.starts_with("saga-") && s.name != "saga-registry") {
+            spec.env.extend(opts.service_env.iter().cloned());
+        }
+        let network = if network_faults { Some(network(&run_id, opts.seed, &ports, &db_links, &mut specs).await?) } else { None };
+        let cluster = Arc::new(Cluster::new(dir.clone(), specs));
+        let body = body(&opts, &cluster, &ports, &db_urls, db_links, network, &prefix, &pg_version, &dir, started);
+        let result = tokio::select! {
+            r = body => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        cluster.stop_all().await;
+        result
     }
-    let mut http = [0; SERVICES.len()];
-    for port in &mut http {
-        *port = free_port().context("finding a free port")?;
-    }
-    let port = || free_port().context("finding a free port");
-    let ports = Ports { broker: port()?, broker_listener: port()?, registry: port()?, http };
-    let prefix = "chaos".to_string();
-    let mut specs = specs(&dir, &bins, &tansu, &broker_storage.url, &ports, &service_db_urls, &prefix, opts.static_membership);
-    for spec in specs.iter_mut().filter(|s| s.name.starts_with("saga-") && s.name != "saga-registry") {
-        spec.env.extend(opts.service_env.iter().cloned());
-    }
-    let network = if network_faults { Some(network(&run_id, opts.seed, &ports, &db_links, &mut specs).await?) } else { None };
-    let cluster = Arc::new(Cluster::new(dir.clone(), specs));
-    let body = body(&opts, &cluster, &ports, &db_urls, db_links, network, &prefix, &pg_version, &dir, started);
-    let result = tokio::select! {
-        r = body => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    cluster.stop_all().await;
+    .await;
     let failed = result.as_ref().map_or(true, |r| r.failure().is_some());
     if opts.keep {
         println!("kept databases {} and {}", db_urls.values().map(|u| saga_store::redact_url(u)).collect::<Vec<_>>().join(", "), dir.display());
-        println!("the broker's storage: {}", saga_store::redact_url(&broker_storage.url));
+        if let Some(storage) = &broker_storage {
+            println!("the broker's storage: {}", saga_store::redact_url(&storage.url));
+        }
     } else {
         for s in SERVICES {
             let drop = format!("DROP DATABASE IF EXISTS chaos_{run_id}_{s} WITH (FORCE)");
@@ -317,7 +326,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
                 eprintln!("chaos: dropping database chaos_{run_id}_{s}: {e}");
             }
         }
-        broker_storage.drop().await;
+        if let Some(storage) = broker_storage {
+            storage.drop().await;
+        }
         if failed {
             println!("logs kept in {}", dir.display());
         } else {
