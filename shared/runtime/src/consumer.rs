@@ -276,18 +276,17 @@ impl<H: Handler> ConsumeLoop<H> {
         }
 
         // 3. Everything up to here is durable: store the offsets.
-        let mut last: HashMap<(&str, i32), (i64, Option<i64>)> = HashMap::new();
+        let mut last: HashMap<(&str, i32), i64> = HashMap::new();
         for r in &records {
-            let e = last.entry((r.topic(), r.partition())).or_insert((r.offset(), None));
-            e.0 = e.0.max(r.offset());
-            e.1 = e.1.max(r.timestamp().to_millis());
+            let e = last.entry((r.topic(), r.partition())).or_insert(r.offset());
+            *e = (*e).max(r.offset());
         }
-        for ((topic, partition), (offset, written_ms)) in last {
+        for ((topic, partition), offset) in last {
             if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
                 // The partition was revoked meanwhile; its new owner re-reads and dedupes.
                 tracing::debug!(service = H::SERVICE, topic, partition, offset, error = %e, "could not store offset");
             }
-            self.read_through.handled(topic, partition, offset, written_ms);
+            self.read_through.handled(topic, partition, offset);
         }
         true
     }

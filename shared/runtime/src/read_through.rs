@@ -9,10 +9,16 @@
 //! that passed meanwhile fired before the replies were read).
 //!
 //! So each assigned partition has a *read-through* time: everything written to it before that time
-//! has been handled (its transaction committed). It is the later of
-//! - the timestamp of the last record handled on it, and
-//! - when librdkafka's statistics last showed nothing left to read (handled up to the partition's
-//!   high watermark), less the age that high watermark may have (one fetch wait and a margin).
+//! has been handled (its transaction committed). librdkafka's statistics (every second) give each
+//! partition's high watermark, the offset the next record written gets: a report taken at `t`
+//! whose high watermark the partition has since been handled up to means everything written
+//! before `t`, less the age that watermark may have (one fetch wait and a margin), is handled. The
+//! read-through time is the latest such time: a report whose watermark is still ahead of what was
+//! handled is kept as a mark and counts once the consume loop gets past it, so the time moves under
+//! a steady load as well as on an idle partition.
+//!
+//! Only this instance's own clock takes part. Record timestamps (the producers' clocks) do not: a
+//! participant whose clock ran ahead would make deadlines fire early by as much.
 //!
 //! A saga's deadline fires only once the read-through time of its partition (the least over this
 //! instance's topics with that partition number: the saga's replies, keyed by its order id, land
@@ -27,13 +33,10 @@
 //! old one), and the partition's leader was up and had sent something within that wait (a leader
 //! that cannot be reached leaves its high watermark frozen).
 //!
-//! Record timestamps are the producers' clocks: a participant whose clock runs ahead by s can make
-//! a deadline fire up to s early, as an orchestrator clock that is off moves every deadline (keep
-//! clocks synchronized).
+//! An orchestrator clock that is off moves every deadline by as much (keep it synchronized).
 //!
-//! The cost: on a healthy idle instance a deadline fires up to about 2.5 s later than its time (a
-//! statistics interval, the report's whole-second date, the margin); step deadlines are tens of
-//! seconds.
+//! The cost: a deadline fires up to about 2.5 s later than its time (a statistics interval, the
+//! report's whole-second date, the margin), loaded or idle; step deadlines are tens of seconds.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,8 +47,12 @@ use rdkafka::statistics::Statistics;
 /// How often librdkafka reports its statistics, which say how far each partition's end is.
 pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Marks kept per partition at most: with one report a second this is a minute of backlog; a
+/// report finding the list full is skipped (a later one marks again once the loop catches up).
+const MAX_MARKS: usize = 64;
+
 /// What this instance read of one partition.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Partition {
     /// When the group gave it to this instance, ms since epoch.
     assigned_ms: i64,
@@ -53,6 +60,21 @@ struct Partition {
     handled_next: Option<i64>,
     /// Everything written before this time, ms since epoch, has been handled.
     through_ms: Option<i64>,
+    /// Reports not yet caught up with: (high watermark, the time it was seen), both increasing.
+    marks: std::collections::VecDeque<(i64, i64)>,
+}
+
+impl Partition {
+    /// Everything up to `next` is handled: the marks it reached count.
+    fn reached(&mut self, next: i64) {
+        while let Some(&(high, seen_at)) = self.marks.front() {
+            if high > next {
+                break;
+            }
+            self.through_ms = Some(self.through_ms.map_or(seen_at, |t| t.max(seen_at)));
+            self.marks.pop_front();
+        }
+    }
 }
 
 /// The read-through times of the partitions this instance owns; shared by the consume loop (which
@@ -102,21 +124,20 @@ impl ReadThrough {
         }
     }
 
-    /// The consume loop handled records of `topic`/`partition` up to `offset`, the last written at
-    /// `timestamp_ms` (the producer's clock).
-    pub fn handled(&self, topic: &str, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
+    /// The consume loop handled records of `topic`/`partition` up to `offset`.
+    pub fn handled(&self, topic: &str, partition: i32, offset: i64) {
         let mut owned = self.owned.lock().expect("read-through lock");
         // A record of a partition revoked meanwhile: its new owner reads it again.
         let Some(p) = owned.get_mut(&(topic.to_string(), partition)) else { return };
-        p.handled_next = Some(p.handled_next.map_or(offset + 1, |n| n.max(offset + 1)));
-        if let Some(ts) = timestamp_ms {
-            p.through_ms = Some(p.through_ms.map_or(ts, |t| t.max(ts)));
-        }
+        let next = p.handled_next.map_or(offset + 1, |n| n.max(offset + 1));
+        p.handled_next = Some(next);
+        p.reached(next);
     }
 
     /// librdkafka's statistics: a partition handled up to its high watermark (or whose committed
-    /// offset is there) was read through the time that watermark was seen. Only partitions whose
-    /// leader is up and sent something within the staleness count.
+    /// offset is there) was read through the time that watermark was seen; one not there yet will
+    /// be once handled that far. Only partitions whose leader is up and sent something within the
+    /// staleness count.
     pub fn observe(&self, statistics: &Statistics) {
         // `time` is the report's wall clock in whole seconds (rounded down: never later than the
         // report).
@@ -147,9 +168,22 @@ impl ReadThrough {
         }
         let next = p.handled_next.unwrap_or(-1).max(end.committed);
         let empty = end.low >= 0 && end.high <= end.low;
-        if next >= end.high || empty {
+        if empty {
             p.through_ms = Some(p.through_ms.map_or(seen_at, |t| t.max(seen_at)));
+            return;
         }
+        match p.marks.back() {
+            // A watermark that went back (the topic was made anew): the old marks could never be
+            // reached.
+            Some(&(high, _)) if end.high < high => {
+                p.marks.clear();
+                p.marks.push_back((end.high, seen_at));
+            }
+            Some(&(_, at)) if seen_at <= at => {}
+            _ if p.marks.len() >= MAX_MARKS => {}
+            _ => p.marks.push_back((end.high, seen_at)),
+        }
+        p.reached(next);
     }
 
     /// Up to when each owned partition number was read, at `now_ms`; `None` while this instance
@@ -193,23 +227,53 @@ mod tests {
     fn nothing_is_read_through_until_every_topic_of_a_partition_number_was_read() {
         let r = owning(&[("a", 0), ("b", 0), ("a", 1), ("b", 1)]);
         assert_eq!(r.cutoffs(10_000), None, "freshly assigned partitions are unread");
-        r.handled("a", 0, 5, Some(7_000));
+        r.handled("a", 0, 5);
+        r.observe_partition("a", 0, end(-1001, 0, 6), 7_600);
         assert_eq!(r.cutoffs(10_000), None, "b/0 is still unread");
-        r.handled("b", 0, 2, Some(8_000));
+        r.observe_partition("b", 0, end(-1001, 0, 3), 8_600);
+        r.handled("b", 0, 2);
         assert_eq!(
             r.cutoffs(10_000),
             Some(Cutoffs { by_partition: vec![(0, 7_000)], floor: i64::MIN }),
             "the least over the topics; partition 1 unread, so nothing of unknown partition fires"
         );
-        r.handled("a", 1, 0, Some(9_000));
-        r.handled("b", 1, 0, Some(8_500));
+        r.handled("a", 1, 0);
+        r.handled("b", 1, 0);
+        r.observe_partition("a", 1, end(-1001, 0, 1), 9_600);
+        r.observe_partition("b", 1, end(-1001, 0, 1), 9_100);
         assert_eq!(r.cutoffs(10_000), Some(Cutoffs { by_partition: vec![(0, 7_000), (1, 8_500)], floor: 7_000 }));
+    }
+
+    #[test]
+    fn under_a_steady_load_a_report_counts_once_the_loop_gets_past_its_watermark() {
+        let r = owning(&[("a", 0)]);
+        r.handled("a", 0, 99);
+        // Always a little behind the end when a report comes.
+        r.observe_partition("a", 0, end(-1001, 0, 110), 10_000);
+        r.observe_partition("a", 0, end(-1001, 0, 220), 11_000);
+        assert_eq!(r.cutoffs(20_000), None, "nothing reached yet");
+        r.handled("a", 0, 150);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 9_400, "past 110: read through the first report's time");
+        r.observe_partition("a", 0, end(-1001, 0, 330), 12_000);
+        r.handled("a", 0, 400);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 11_400, "past both later ones");
+    }
+
+    #[test]
+    fn a_watermark_that_went_back_drops_the_marks_it_left_unreachable() {
+        let r = owning(&[("a", 0)]);
+        r.handled("a", 0, 4);
+        r.observe_partition("a", 0, end(-1001, 0, 500), 10_000);
+        // The topic was made anew: its end is 7 now.
+        r.observe_partition("a", 0, end(-1001, 0, 7), 11_000);
+        r.handled("a", 0, 6);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 10_400);
     }
 
     #[test]
     fn statistics_showing_the_end_handled_read_a_partition_through_their_time_less_the_staleness() {
         let r = owning(&[("a", 0), ("b", 0)]);
-        r.handled("a", 0, 9, Some(1_000));
+        r.handled("a", 0, 9);
         // a/0: handled up to 10 = its end; b/0: committed at its end, nothing handled since the assignment.
         r.observe_partition("a", 0, end(-1001, 0, 10), 20_000);
         r.observe_partition("b", 0, end(4, 0, 4), 20_000);
@@ -239,20 +303,23 @@ mod tests {
     }
 
     #[test]
-    fn a_cutoff_is_never_later_than_now() {
+    fn a_cutoff_is_never_later_than_now_and_record_timestamps_play_no_part() {
         let r = owning(&[("a", 0)]);
-        // A producer whose clock runs ahead.
-        r.handled("a", 0, 0, Some(50_000));
+        // However far ahead a producer's clock runs, only this instance's reports move the time.
+        r.handled("a", 0, 0);
+        assert_eq!(r.cutoffs(10_000), None);
+        r.observe_partition("a", 0, end(-1001, 0, 1), 50_000);
         assert_eq!(r.cutoffs(10_000).unwrap().floor, 10_000);
     }
 
     #[test]
     fn a_new_assignment_starts_unread_and_records_of_revoked_partitions_are_ignored() {
         let r = owning(&[("a", 0)]);
-        r.handled("a", 0, 0, Some(1_000));
+        r.handled("a", 0, 0);
+        r.observe_partition("a", 0, end(-1001, 0, 1), 1_600);
         assert!(r.cutoffs(2_000).is_some());
         r.assigned(&[("a".into(), 1)], 1_800);
-        r.handled("a", 0, 1, Some(1_500));
+        r.handled("a", 0, 1);
         assert_eq!(r.cutoffs(2_000), None);
         r.assigned(&[], 1_900);
         assert_eq!(r.cutoffs(2_000), None, "an instance that owns nothing fires nothing");
