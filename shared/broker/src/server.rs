@@ -412,7 +412,9 @@ impl State {
                 return response;
             }
             if appended.is_empty() {
-                // A fetch of no topics has nothing to wait for but its deadline.
+                // A fetch of no topics has nothing to wait for but its deadline (nor has one whose
+                // topics were all made between the subscription and the read, a window of
+                // microseconds that the embedded stack never meets: it makes its topics first).
                 tokio::time::sleep_until(deadline).await;
                 return self.read_fetch(&r).0;
             }

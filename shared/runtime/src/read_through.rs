@@ -10,12 +10,16 @@
 //!
 //! So each assigned partition has a *read-through* time: everything written to it before that time
 //! has been handled (its transaction committed). librdkafka's statistics (every second) give each
-//! partition's high watermark, the offset the next record written gets: a report taken at `t`
-//! whose high watermark the partition has since been handled up to means everything written
-//! before `t`, less the age that watermark may have (one fetch wait and a margin), is handled. The
-//! read-through time is the latest such time: a report whose watermark is still ahead of what was
-//! handled is kept as a mark and counts once the consume loop gets past it, so the time moves under
-//! a steady load as well as on an idle partition.
+//! partition's high watermark, the offset the next record written gets:
+//! - a report taken at `t` that finds the partition handled up to its watermark reads it through
+//!   `t` less the age that watermark may have (one fetch wait and a margin: with nothing of the
+//!   partition queued, librdkafka keeps fetching it);
+//! - under a load the loop is always a little behind the watermark, and then the watermark may be
+//!   older (librdkafka stops fetching while its queue is full and shows the last one it saw). A
+//!   watermark that moved since the previous report came in a fetch answered after that report,
+//!   so it is kept as a mark dated by the previous report (less the margin) and counts once the
+//!   consume loop gets past it. A watermark that stands still while the loop is behind counts for
+//!   nothing.
 //!
 //! Only this instance's own clock takes part. Record timestamps (the producers' clocks) do not: a
 //! participant whose clock ran ahead would make deadlines fire early by as much.
@@ -35,8 +39,15 @@
 //!
 //! An orchestrator clock that is off moves every deadline by as much (keep it synchronized).
 //!
-//! The cost: a deadline fires up to about 2.5 s later than its time (a statistics interval, the
-//! report's whole-second date, the margin), loaded or idle; step deadlines are tens of seconds.
+//! The cost: on an idle instance a deadline fires up to about 2.5 s later than its time (a
+//! statistics interval, the report's whole-second date, the margin); under a load, its
+//! consumer's lag plus up to about 3.5 s (one more interval); step deadlines are tens of seconds.
+//!
+//! Not covered: a partition written by a transactional producer (its commit markers keep the
+//! watermark past the last record the loop sees, so it is read through only by its committed
+//! offset; the services' producers are idempotent, not transactional), and a topic deleted and
+//! made anew under a running consumer (the offsets handled of the old one count against the new
+//! one until the next assignment).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -62,6 +73,8 @@ struct Partition {
     through_ms: Option<i64>,
     /// Reports not yet caught up with: (high watermark, the time it was seen), both increasing.
     marks: std::collections::VecDeque<(i64, i64)>,
+    /// The previous report's high watermark and time.
+    last_report: Option<(i64, i64)>,
 }
 
 impl Partition {
@@ -168,20 +181,32 @@ impl ReadThrough {
         }
         let next = p.handled_next.unwrap_or(-1).max(end.committed);
         let empty = end.low >= 0 && end.high <= end.low;
-        if empty {
+        let previous = p.last_report.replace((end.high, taken_ms));
+        if empty || next >= end.high {
+            // Handled to the end: librdkafka has nothing of this partition queued, so it fetches
+            // it, and the watermark is at most one fetch wait old.
+            p.reached(next);
             p.through_ms = Some(p.through_ms.map_or(seen_at, |t| t.max(seen_at)));
             return;
         }
-        match p.marks.back() {
-            // A watermark that went back (the topic was made anew): the old marks could never be
-            // reached.
-            Some(&(high, _)) if end.high < high => {
-                p.marks.clear();
-                p.marks.push_back((end.high, seen_at));
+        // Behind the end. The watermark may be older than a fetch wait: librdkafka stops fetching
+        // while its queue is full (and then keeps the last watermark it saw). One that moved since
+        // the previous report came in a fetch answered after that report, so everything written
+        // before that report's time, less the margin, is below it.
+        if let Some((_, previous_ms)) = previous.filter(|(high, _)| *high != end.high) {
+            let mark_at = previous_ms - staleness;
+            match p.marks.back() {
+                _ if mark_at < p.assigned_ms => {}
+                // A watermark that went back (the topic was made anew): the old marks could
+                // never be reached.
+                Some(&(high, _)) if end.high < high => {
+                    p.marks.clear();
+                    p.marks.push_back((end.high, mark_at));
+                }
+                Some(&(_, at)) if mark_at <= at => {}
+                _ if p.marks.len() >= MAX_MARKS => {}
+                _ => p.marks.push_back((end.high, mark_at)),
             }
-            Some(&(_, at)) if seen_at <= at => {}
-            _ if p.marks.len() >= MAX_MARKS => {}
-            _ => p.marks.push_back((end.high, seen_at)),
         }
         p.reached(next);
     }
@@ -230,8 +255,8 @@ mod tests {
         r.handled("a", 0, 5);
         r.observe_partition("a", 0, end(-1001, 0, 6), 7_600);
         assert_eq!(r.cutoffs(10_000), None, "b/0 is still unread");
-        r.observe_partition("b", 0, end(-1001, 0, 3), 8_600);
         r.handled("b", 0, 2);
+        r.observe_partition("b", 0, end(-1001, 0, 3), 8_600);
         assert_eq!(
             r.cutoffs(10_000),
             Some(Cutoffs { by_partition: vec![(0, 7_000)], floor: i64::MIN }),
@@ -245,29 +270,49 @@ mod tests {
     }
 
     #[test]
-    fn under_a_steady_load_a_report_counts_once_the_loop_gets_past_its_watermark() {
+    fn under_a_steady_load_a_moving_watermark_counts_from_the_report_before_once_the_loop_gets_past_it() {
         let r = owning(&[("a", 0)]);
         r.handled("a", 0, 99);
         // Always a little behind the end when a report comes.
         r.observe_partition("a", 0, end(-1001, 0, 110), 10_000);
         r.observe_partition("a", 0, end(-1001, 0, 220), 11_000);
-        assert_eq!(r.cutoffs(20_000), None, "nothing reached yet");
         r.handled("a", 0, 150);
-        assert_eq!(r.cutoffs(20_000).unwrap().floor, 9_400, "past 110: read through the first report's time");
+        assert_eq!(r.cutoffs(20_000), None, "the first report has no earlier one to date its watermark by");
         r.observe_partition("a", 0, end(-1001, 0, 330), 12_000);
+        r.handled("a", 0, 250);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 9_400, "past 220, seen after the report of 10 s");
         r.handled("a", 0, 400);
-        assert_eq!(r.cutoffs(20_000).unwrap().floor, 11_400, "past both later ones");
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 10_400, "past 330 too");
+    }
+
+    #[test]
+    fn a_watermark_that_stands_still_while_behind_counts_for_nothing() {
+        // librdkafka stopped fetching (its queue is full): the watermark it shows grows old.
+        let r = owning(&[("a", 0)]);
+        r.handled("a", 0, 99);
+        for at in [10_000, 11_000, 12_000, 13_000] {
+            r.observe_partition("a", 0, end(-1001, 0, 500), at);
+        }
+        r.handled("a", 0, 600);
+        assert_eq!(r.cutoffs(20_000), None, "nothing dates the watermark 500");
+        // Fetching again: the watermark moves, and counts from the report before.
+        r.observe_partition("a", 0, end(-1001, 0, 900), 14_000);
+        r.handled("a", 0, 700);
+        assert_eq!(r.cutoffs(20_000), None);
+        r.handled("a", 0, 899);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 12_400);
     }
 
     #[test]
     fn a_watermark_that_went_back_drops_the_marks_it_left_unreachable() {
         let r = owning(&[("a", 0)]);
         r.handled("a", 0, 4);
+        r.observe_partition("a", 0, end(-1001, 0, 400), 9_000);
         r.observe_partition("a", 0, end(-1001, 0, 500), 10_000);
         // The topic was made anew: its end is 7 now.
         r.observe_partition("a", 0, end(-1001, 0, 7), 11_000);
         r.handled("a", 0, 6);
-        assert_eq!(r.cutoffs(20_000).unwrap().floor, 10_400);
+        assert_eq!(r.cutoffs(20_000).unwrap().floor, 9_400);
     }
 
     #[test]

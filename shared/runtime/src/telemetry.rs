@@ -88,7 +88,8 @@ pub fn init_with_default(service: &str, level: &str) -> Result<Telemetry, Teleme
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Names `span` for OpenTelemetry (`otel.name`, declared empty) when spans are exported; without
-/// an exporter nothing reads the name, so the string is not built.
+/// an exporter nothing reads the name, so the string is not built. Call it before the span is
+/// entered: tracing-opentelemetry ignores a new name once the span has started.
 pub fn name_for_export(span: &tracing::Span, name: impl FnOnce() -> String) {
     if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
         span.record("otel.name", name());
