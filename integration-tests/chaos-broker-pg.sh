@@ -11,8 +11,8 @@
 #   cargo run --release -p saga-integration-tests --bin chaos -- \
 #       --broker-storage postgres://postgres@127.0.0.1:5433/tansu_template ...
 #
-# The schema is tansu's own file (its repository, tag v0.6.0), not carried here. Stop the server
-# with: su saga-pg -c "$PGBIN/pg_ctl -D $DATA stop" (the script prints the command).
+# The schema is tansu's own file (its repository, tag v0.6.0), not carried here. The script's last
+# line is the command that stops the server. Run again, it reuses the server and the template.
 set -euo pipefail
 
 schema="${1:?usage: $0 <tansu schema: etc/initdb.d/010-schema.sql> [port]}"
@@ -41,9 +41,15 @@ if ! "$bin/pg_isready" -h 127.0.0.1 -p "$port" -q; then
   su "$user" -s /bin/sh -c "'$bin/pg_ctl' -D '$data' -l '$data/log' -w -o '-p $port -c listen_addresses=127.0.0.1 -c ssl=off -c max_connections=200' start"
 fi
 psql="psql -h 127.0.0.1 -p $port -U postgres -v ON_ERROR_STOP=1 -q"
+# Whatever answers on the port must be new enough for tansu (another server may hold it).
+version=$($psql -d postgres -tAc "SHOW server_version_num")
+[ "$version" -ge 160000 ] || { echo "the server on port $port is PostgreSQL $version; tansu needs 16 or later: pick another port" >&2; exit 2; }
 if ! $psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tansu_template'" | grep -q 1; then
   $psql -d postgres -c "CREATE DATABASE tansu_template"
-  $psql -d tansu_template -f "$schema"
+fi
+# Loaded in one transaction, and checked by a table of tansu's, so a failed load is redone.
+if ! $psql -d tansu_template -tAc "SELECT 1 FROM pg_tables WHERE tablename = 'record'" | grep -q 1; then
+  $psql -d tansu_template -1 -f "$schema"
 fi
 echo "tansu storage template: postgres://postgres@127.0.0.1:$port/tansu_template"
 echo "stop: su $user -s /bin/sh -c \"'$bin/pg_ctl' -D '$data' stop\""
