@@ -100,7 +100,8 @@ pub struct Options {
     /// `SAGA_KAFKA_CLIENT_DEBUG=cgrp` to see a consumer group's protocol in the logs.
     #[arg(long, value_parser = key_value)]
     pub service_env: Vec<(String, String)>,
-    /// The tansu executable [default: tansu on PATH, else ~/.cargo/bin/tansu].
+    /// The tansu executable, or nisshi's (tansu's next release, renamed; same command line), whose
+    /// group coordinator survives a network partition [default: tansu on PATH, else ~/.cargo/bin/tansu].
     #[arg(long)]
     pub tansu: Option<PathBuf>,
     /// tansu's storage: SQLite in the run's directory [default], or tansu's PostgreSQL storage
