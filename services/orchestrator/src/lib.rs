@@ -4,6 +4,7 @@
 //! - [`definition`]: saga definitions as data (steps, kinds, compensations), every version.
 //! - [`saga`]: the interpreter, a pure state machine over a definition.
 //! - [`store`]: the `sagas` table, the append-only `saga_log`, and stray replies.
+//! - `cache`: the running sagas as last committed, so a reply need not read its saga back.
 //! - [`control`]: inputs that are not replies: deadlines, dead letters, operator commands.
 //! - [`operator`]: operators' retry and abort with their commands through the outbox (the CLI's
 //!   and the saga view's).
@@ -19,6 +20,7 @@
 //! version it does not know ([`Orchestrator::check_in_flight`]), and holds still rather than
 //! guess when a reply of such a saga reaches it ([`saga_runtime::HandleError::Unsupported`]).
 
+mod cache;
 pub mod control;
 pub mod definition;
 mod metrics;
@@ -33,7 +35,7 @@ use saga_contracts::{
 };
 use saga_runtime::{Deadlines, HandleError, Handler, Incoming, Observed, WatchesDeadLetters};
 use saga_store::Conn;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub use crate::metrics::Observation;
 use crate::metrics::SagaMetrics;
@@ -57,12 +59,21 @@ pub struct Orchestrator {
     metrics: OnceLock<SagaMetrics>,
     /// The settings it was configured with (the saga view's actions are built from them).
     settings: Option<(saga_runtime::ServiceSettings, SagaSettings)>,
+    /// Running sagas as last committed: a reply's saga without a read.
+    cache: cache::SagaCache,
 }
 
 impl Default for Orchestrator {
     fn default() -> Self {
         let versions = Versions::new(order_saga_versions(), None).expect("the built-in saga definitions are well formed");
-        Orchestrator { versions, timing: Timing::default(), timer_interval: std::time::Duration::from_millis(500), metrics: OnceLock::new(), settings: None }
+        Orchestrator {
+            versions,
+            timing: Timing::default(),
+            timer_interval: std::time::Duration::from_millis(500),
+            metrics: OnceLock::new(),
+            settings: None,
+            cache: cache::SagaCache::default(),
+        }
     }
 }
 
@@ -99,6 +110,11 @@ impl Handler for Orchestrator {
     }
 
     fn committed(&self, notes: Vec<Observation>) {
+        for o in &notes {
+            if let Observation::Saved(saga) = o {
+                self.cache.committed(saga);
+            }
+        }
         if let Some(m) = self.metrics.get() {
             for o in &notes {
                 m.count(self.versions.starting().name, o);
@@ -213,11 +229,6 @@ impl Orchestrator {
 impl Orchestrator {
     async fn start(&self, conn: &mut Conn<'_>, created: &OrderCreated, partition: i32, notes: &mut Vec<Observation>) -> Result<Vec<Message>, HandleError> {
         let saga_id = created.order_id.clone();
-        if store::load(conn, &saga_id).await?.is_some() {
-            let why = "a saga for this order already exists";
-            store::record_stray(conn, &created.envelope.message_id, &saga_id, OrderCreated::FULL_NAME, why).await?;
-            return Ok(vec![]);
-        }
         let definition = self.versions.starting();
         let transition = saga::start(definition);
         let now = saga_contracts::now_ms();
@@ -242,12 +253,17 @@ impl Orchestrator {
             kafka_partition: Some(partition),
         };
         let record = SagaRecord { deadline_at_ms: self.deadline_at(definition, &record.saga_id, &transition.state), ..record };
-        store::insert(conn, &record).await?;
+        if !store::insert(conn, &record).await? {
+            let why = "a saga for this order already exists";
+            store::record_stray(conn, &created.envelope.message_id, &saga_id, OrderCreated::FULL_NAME, why).await?;
+            return Ok(vec![]);
+        }
         let cause = Cause::message(&created.envelope.message_id, OrderCreated::FULL_NAME);
         let commands = self.commands(&record, &transition, &cause);
         let entry = log_entry(1, None, definition.version, &transition, &cause, &commands, None);
         store::append_log(conn, &saga_id, &entry).await?;
         notes.push(Observation::Started);
+        notes.push(Observation::Saved(Arc::new(record)));
         tracing::info!(saga_id = %saga_id, order_id = %saga_id, definition_version = definition.version, "saga started");
         Ok(commands)
     }
@@ -260,21 +276,39 @@ impl Orchestrator {
         reason: Option<&str>,
         notes: &mut Vec<Observation>,
     ) -> Result<Vec<Message>, HandleError> {
-        let envelope = message.envelope();
         let saga_id = message.order_id();
+        if let Some(saga) = cache::SagaCache::pending(notes, saga_id).or_else(|| self.cache.get(saga_id)) {
+            match self.apply_reply(conn, &saga, message, reply, reason, notes).await {
+                // Moved by someone else since it was kept: read it again. Nothing was written.
+                Err(HandleError::Conflict(_)) => self.cache.forget(saga_id),
+                done => return done,
+            }
+        }
         let Some(saga) = store::load(conn, saga_id).await? else {
             let why = "no saga with this id";
             tracing::info!(saga_id, message_type = message.short_name(), "reply for an unknown saga recorded and ignored");
-            store::record_stray(conn, &envelope.message_id, saga_id, message.full_name(), why).await?;
+            store::record_stray(conn, &message.envelope().message_id, saga_id, message.full_name(), why).await?;
             return Ok(vec![]);
         };
-        let definition = self.definition_of(&saga)?;
-        let cause = Cause::message(&envelope.message_id, message.full_name());
+        self.apply_reply(conn, &saga, message, reply, reason, notes).await
+    }
+
+    async fn apply_reply(
+        &self,
+        conn: &mut Conn<'_>,
+        saga: &SagaRecord,
+        message: &Message,
+        reply: Reply,
+        reason: Option<&str>,
+        notes: &mut Vec<Observation>,
+    ) -> Result<Vec<Message>, HandleError> {
+        let definition = self.definition_of(saga)?;
+        let cause = Cause::message(&message.envelope().message_id, message.full_name());
         match saga::on_reply(definition, &saga.state, reply, reason) {
-            Outcome::Applied(transition) => self.record(conn, &saga, &transition, &cause, reason, notes).await,
+            Outcome::Applied(transition) => self.record(conn, saga, &transition, &cause, reason, notes).await,
             Outcome::Ignored(why) => {
-                self.record_ignored(conn, &saga, &cause, &why).await?;
-                tracing::info!(saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
+                self.record_ignored(conn, saga, &cause, &why).await?;
+                tracing::info!(saga_id = %saga.saga_id, message_type = message.short_name(), reason = %why, "reply ignored");
                 Ok(vec![])
             }
         }
@@ -346,20 +380,27 @@ impl Orchestrator {
         let saga_id = saga.saga_id.as_str();
         let definition = self.definition_of(saga)?;
         let deadline = self.deadline_at(definition, saga_id, &transition.state);
-        if !store::update(conn, saga_id, saga.version, &transition.state, deadline).await? {
+        let now = saga_contracts::now_ms();
+        if !store::update(conn, saga_id, saga.version, saga.state.status, &transition.state, deadline, now).await? {
             return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
         }
         let commands = self.commands(saga, transition, cause);
         let detail = reason.or(transition.detail.as_deref());
         let entry = log_entry(saga.version + 1, Some(saga), definition.version, transition, cause, &commands, detail);
         store::append_log(conn, saga_id, &entry).await?;
-        let now = saga_contracts::now_ms();
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
         notes.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
         if transition.state.status.is_terminal() {
             let outcome = transition.state.status.as_str().to_ascii_lowercase();
             notes.push(Observation::Finished { outcome, seconds: seconds(saga.created_at_ms) });
         }
+        notes.push(Observation::Saved(Arc::new(SagaRecord {
+            state: transition.state.clone(),
+            version: saga.version + 1,
+            updated_at_ms: now,
+            deadline_at_ms: deadline,
+            ..saga.clone()
+        })));
         tracing::info!(saga_id, event = transition.event, step = transition.step, status = transition.state.status.as_str(), "saga moved");
         Ok(commands)
     }
@@ -373,7 +414,7 @@ impl Orchestrator {
     /// Logs `event` with `detail` for `saga`, which itself does not change (an input it did not
     /// act on, an operator's redrive).
     pub async fn record_note(&self, conn: &mut Conn<'_>, saga: &SagaRecord, cause: &Cause<'_>, event: &str, detail: &str) -> Result<(), HandleError> {
-        if !store::update(conn, &saga.saga_id, saga.version, &saga.state, saga.deadline_at_ms).await? {
+        if !store::update(conn, &saga.saga_id, saga.version, saga.state.status, &saga.state, saga.deadline_at_ms, saga_contracts::now_ms()).await? {
             return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
         }
         let entry = LogEntry {

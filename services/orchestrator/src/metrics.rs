@@ -27,6 +27,9 @@ pub enum Observation {
         /// Seconds since it started.
         seconds: f64,
     },
+    /// A saga as the transaction left it (kept in the orchestrator's cache once that commits;
+    /// nothing to count).
+    Saved(std::sync::Arc<crate::store::SagaRecord>),
 }
 
 /// The orchestrator's metric families.
@@ -79,6 +82,7 @@ impl SagaMetrics {
                 self.finished.with_label_values(&[saga_type, outcome]).inc();
                 self.duration.with_label_values(&[saga_type, outcome]).observe(*seconds);
             }
+            Observation::Saved(_) => {}
         }
     }
 }

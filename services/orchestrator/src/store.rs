@@ -135,13 +135,13 @@ pub async fn load(conn: &mut Conn<'_>, saga_id: &str) -> Result<Option<SagaRecor
     conn.fetch_optional(LOAD_SAGA, args![saga_id]).await?.map(to_record).transpose()
 }
 
-/// Inserts a new saga at version 1.
-pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<(), sqlx::Error> {
+/// Inserts a new saga at version 1; false (and nothing written) when a saga of that id exists.
+pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<bool, sqlx::Error> {
     let position = saga.state.position.encode();
     let data = serde_json::to_string(&saga.data).expect("saga data always serializes");
-    conn.execute(
+    let inserted = conn.execute(
         "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13, $14)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13, $14) ON CONFLICT (saga_id) DO NOTHING",
         args![
             &saga.saga_id,
             &saga.saga_type,
@@ -160,23 +160,40 @@ pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<(), sqlx::
         ],
     )
     .await?;
-    Ok(())
+    Ok(inserted == 1)
 }
 
-/// Moves a saga from `version` to `version + 1`, with the deadline of its new wait. Returns false
-/// when another writer moved it first (the caller retries with a fresh read).
-pub async fn update(conn: &mut Conn<'_>, saga_id: &str, version: i64, state: &SagaState, deadline_at_ms: Option<i64>) -> Result<bool, sqlx::Error> {
+/// Moves a saga from `version` (at status `from`) to `version + 1`, with the deadline of its new
+/// wait, changed at `now_ms`. Returns false when another writer moved it first (the caller retries
+/// with a fresh read).
+pub async fn update(
+    conn: &mut Conn<'_>,
+    saga_id: &str,
+    version: i64,
+    from: Status,
+    state: &SagaState,
+    deadline_at_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<bool, sqlx::Error> {
     let position = state.position.encode();
+    // Most steps keep the status: leaving it out of the statement spares SQLite the entries of
+    // the indexes over it that nothing else in the statement touches (`sagas_by_version`).
+    let sql = if from == state.status {
+        "UPDATE sagas SET position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
+         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9 AND status = $1"
+    } else {
+        "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
+         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9"
+    };
     let done = conn
         .execute(
-            "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
-             deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9",
+            sql,
             args![
                 state.status.as_str(),
                 &position,
                 state.attempt,
                 state.failure.as_deref(),
-                saga_contracts::now_ms(),
+                now_ms,
                 deadline_at_ms,
                 state.blocked.as_deref(),
                 saga_id,

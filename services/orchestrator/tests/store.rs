@@ -26,6 +26,8 @@ saga_sandbox::backend_tests!(
     v2_checks_risk_and_a_rejection_releases_the_stock,
     a_saga_keeps_its_version_and_an_unknown_version_is_never_guessed,
     the_view_finds_sagas_by_id_state_step_and_reason_and_pages_by_keyset,
+    one_instance_keeps_its_sagas_and_reads_again_what_others_moved,
+    two_messages_of_one_saga_in_one_transaction,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -247,6 +249,81 @@ async fn the_same_order_created_twice_starts_one_saga(test_db: TestDb) {
         vec![("place-o1-again/OrderCreated".into(), OrderCreated::FULL_NAME.into(), "a saga for this order already exists".into())]
     );
     assert_eq!(count_by_status(db).await.unwrap(), vec![("RUNNING".to_string(), 1)]);
+}
+
+/// One orchestrator for the whole saga, as a running service is: it finds the saga it moved last
+/// without reading it, and when another writer moved it since (here a second instance logging an
+/// ignored reply, then its own ignored reply) it reads the saga again instead of applying a reply
+/// to a state that is gone.
+async fn one_instance_keeps_its_sagas_and_reads_again_what_others_moved(test_db: TestDb) {
+    let db = migrated(&test_db).await;
+    let orch = on_v1();
+    let one = |m: &Message| {
+        let m = m.clone();
+        let orch = &orch;
+        async move { apply_with(db, orch, &m).await.unwrap().unwrap() }
+    };
+    let created = order_created("place-o1", "o1");
+    let reserve = one(&created).await.remove(0);
+    let reserved = stock_reserved(&reserve);
+    let pay = one(&reserved).await.remove(0);
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(1), 1, None, 2));
+
+    // Another instance logs a second answer to the reservation: the saga's version moves.
+    let mut twice = stock_reserved(&reserve);
+    twice.envelope_mut().message_id = "o1:reserve_stock:do:1/StockReserved#again".into();
+    assert!(apply_with(db, &on_v1(), &twice).await.unwrap().unwrap().is_empty());
+
+    let authorized = payment_authorized(&pay);
+    let approve = one(&authorized).await.remove(0);
+    assert_eq!(approve.envelope().message_id, "o1:approve_order:do:1");
+    // This instance logs an ignored reply itself, then the last reply completes the saga.
+    let mut late = payment_authorized(&pay);
+    late.envelope_mut().message_id = "o1:authorize_payment:do:1/PaymentAuthorized#again".into();
+    assert!(one(&late).await.is_empty());
+    let approved = order_approved(&approve);
+    assert!(one(&approved).await.is_empty());
+
+    assert_eq!(saga(db, "o1").await, (Status::Completed, Position::Done, 0, None, 6));
+    assert_eq!(
+        log(db, "o1").await,
+        vec![
+            entry(1, "started", None, "RUNNING", &created, &[&reserve]),
+            entry(2, "step-succeeded", Some("RUNNING"), "RUNNING", &reserved, &[&pay]),
+            entry(3, "ignored", Some("RUNNING"), "RUNNING", &twice, &[]),
+            entry(4, "step-succeeded", Some("RUNNING"), "RUNNING", &authorized, &[&approve]),
+            entry(5, "ignored", Some("RUNNING"), "RUNNING", &late, &[]),
+            entry(6, "completed", Some("RUNNING"), "COMPLETED", &approved, &[]),
+        ]
+    );
+}
+
+/// A batch may carry two messages of one saga: the second finds the saga as the first left it in
+/// the same transaction, not as last committed.
+async fn two_messages_of_one_saga_in_one_transaction(test_db: TestDb) {
+    use saga_runtime::{Handler, Incoming};
+    use sqlx::Acquire;
+    let db = migrated(&test_db).await;
+    let orch = on_v1();
+    let created = order_created("place-o1", "o1");
+    let reserve = apply_with(db, &orch, &created).await.unwrap().unwrap();
+    let reserved = stock_reserved(&reserve[0]);
+    let (mut conn, mut notes) = (db.pool().acquire().await.unwrap(), Vec::new());
+    let mut tx = conn.begin().await.unwrap();
+    let topics = saga_contracts::Topics::default();
+    let mut conn = saga_store::Conn::Sqlx(&mut tx);
+    let pay = orch.handle(&mut conn, &Incoming::new(&topics, reserved.clone()), &mut notes).await.unwrap();
+    let mut twice = reserved.clone();
+    twice.envelope_mut().message_id = "o1:reserve_stock:do:1/StockReserved#again".into();
+    assert!(orch.handle(&mut conn, &Incoming::new(&topics, twice.clone()), &mut notes).await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+    orch.committed(notes);
+
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(1), 1, None, 3));
+    let approve = apply_with(db, &orch, &payment_authorized(&pay[0])).await.unwrap().unwrap();
+    assert_eq!(approve.iter().map(|m| m.envelope().message_id.as_str()).collect::<Vec<_>>(), vec!["o1:approve_order:do:1"]);
+    assert_eq!(saga(db, "o1").await, (Status::Running, Position::Step(2), 1, None, 4));
+    assert_eq!(log(db, "o1").await.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), vec!["started", "step-succeeded", "ignored", "step-succeeded"]);
 }
 
 async fn v2_checks_risk_and_a_rejection_releases_the_stock(test_db: TestDb) {
