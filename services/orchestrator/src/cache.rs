@@ -1,12 +1,12 @@
 //! The running sagas this orchestrator moved last, kept in memory so that the reply that comes
 //! next finds its saga without reading it back (a statement and a JSON decode per reply).
 //!
-//! Safe because every write to a saga checks and bumps its version ([`crate::store::update`]): an
-//! entry that is stale (an operator, a deadline or another instance moved the saga since) fails
-//! that check, and the caller forgets it and reads the saga from the database. Entries go in only
-//! once the transaction that wrote them has committed ([`crate::Observation::Saved`], counted in
-//! [`saga_runtime::Handler::committed`]); within a transaction, what it wrote itself is read
-//! from its notes first ([`SagaCache::pending`]).
+//! Safe because every write to a saga checks and bumps its version
+//! ([`crate::store::update_logged`]): an entry that is stale (an operator, a deadline or another
+//! instance moved the saga since) fails that check, and the caller forgets it and reads the saga
+//! from the database. Entries go in only once the transaction that wrote them has committed
+//! ([`crate::Observation::Saved`], counted in [`saga_runtime::Handler::committed`]); within a
+//! transaction, what it wrote itself is read from its notes first ([`SagaCache::pending`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -253,15 +253,14 @@ impl Orchestrator {
             kafka_partition: Some(partition),
         };
         let record = SagaRecord { deadline_at_ms: self.deadline_at(definition, &record.saga_id, &transition.state), ..record };
-        if !store::insert(conn, &record).await? {
+        let cause = Cause::message(&created.envelope.message_id, OrderCreated::FULL_NAME);
+        let commands = self.commands(&record, &transition, &cause);
+        let entry = log_entry(1, None, definition.version, &transition, &cause, &commands, None);
+        if !store::insert_logged(conn, &record, &entry).await? {
             let why = "a saga for this order already exists";
             store::record_stray(conn, &created.envelope.message_id, &saga_id, OrderCreated::FULL_NAME, why).await?;
             return Ok(vec![]);
         }
-        let cause = Cause::message(&created.envelope.message_id, OrderCreated::FULL_NAME);
-        let commands = self.commands(&record, &transition, &cause);
-        let entry = log_entry(1, None, definition.version, &transition, &cause, &commands, None);
-        store::append_log(conn, &saga_id, &entry).await?;
         notes.push(Observation::Started);
         notes.push(Observation::Saved(Arc::new(record)));
         tracing::info!(saga_id = %saga_id, order_id = %saga_id, definition_version = definition.version, "saga started");
@@ -381,13 +380,12 @@ impl Orchestrator {
         let definition = self.definition_of(saga)?;
         let deadline = self.deadline_at(definition, saga_id, &transition.state);
         let now = saga_contracts::now_ms();
-        if !store::update(conn, saga_id, saga.version, saga.state.status, &transition.state, deadline, now).await? {
-            return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
-        }
         let commands = self.commands(saga, transition, cause);
         let detail = reason.or(transition.detail.as_deref());
         let entry = log_entry(saga.version + 1, Some(saga), definition.version, transition, cause, &commands, detail);
-        store::append_log(conn, saga_id, &entry).await?;
+        if !store::update_logged(conn, saga_id, saga.version, saga.state.status, &transition.state, deadline, now, &entry).await? {
+            return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
+        }
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
         notes.push(Observation::Step { step: transition.step.into(), outcome: transition.event.into(), seconds: seconds(saga.updated_at_ms) });
         if transition.state.status.is_terminal() {
@@ -414,12 +412,10 @@ impl Orchestrator {
     /// Logs `event` with `detail` for `saga`, which itself does not change (an input it did not
     /// act on, an operator's redrive).
     pub async fn record_note(&self, conn: &mut Conn<'_>, saga: &SagaRecord, cause: &Cause<'_>, event: &str, detail: &str) -> Result<(), HandleError> {
-        if !store::update(conn, &saga.saga_id, saga.version, saga.state.status, &saga.state, saga.deadline_at_ms, saga_contracts::now_ms()).await? {
-            return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
-        }
+        let now = saga_contracts::now_ms();
         let entry = LogEntry {
             seq: saga.version + 1,
-            at_ms: saga_contracts::now_ms(),
+            at_ms: now,
             definition_version: saga.definition_version,
             event: event.into(),
             step: None,
@@ -431,7 +427,9 @@ impl Orchestrator {
             detail: Some(detail.to_string()),
             trace_parent: saga_runtime::telemetry::current_traceparent(),
         };
-        store::append_log(conn, &saga.saga_id, &entry).await?;
+        if !store::update_logged(conn, &saga.saga_id, saga.version, saga.state.status, &saga.state, saga.deadline_at_ms, now, &entry).await? {
+            return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
+        }
         Ok(())
     }
 

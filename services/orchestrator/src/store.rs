@@ -2,7 +2,7 @@
 
 use saga_contracts::OrderLine;
 use saga_runtime::timers::Cutoffs;
-use saga_store::{args, Conn, Row};
+use saga_store::{args, Arg, Backend, Conn, Row};
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
@@ -135,32 +135,145 @@ pub async fn load(conn: &mut Conn<'_>, saga_id: &str) -> Result<Option<SagaRecor
     conn.fetch_optional(LOAD_SAGA, args![saga_id]).await?.map(to_record).transpose()
 }
 
+/// The columns of a saga's row.
+macro_rules! saga_columns {
+    () => {
+        "saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, \
+         version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition"
+    };
+}
+
+/// A new saga's values ([`new_saga_args`]): at version 1, last changed when created.
+macro_rules! new_saga_values {
+    () => {
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13, $14)"
+    };
+}
+
+/// A step's changes ([`step_args`]) but its status, which is `$1`; and the version it moves from.
+macro_rules! step_changes {
+    () => {
+        "position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, deadline_at_ms = $6, blocked_reason = $7 \
+         WHERE saga_id = $8 AND version = $9"
+    };
+}
+
+/// The columns of a log entry.
+macro_rules! log_columns {
+    () => {
+        "saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent, definition_version"
+    };
+}
+
+const INSERT_SAGA: &str = concat!("INSERT INTO sagas (", saga_columns!(), ") ", new_saga_values!(), " ON CONFLICT (saga_id) DO NOTHING");
+const UPDATE_SAGA: &str = concat!("UPDATE sagas SET status = $1, ", step_changes!());
+/// A step that keeps the status leaves it out: SQLite then spares the entries of the indexes over
+/// it that nothing else in the statement touches (`sagas_by_version`).
+const UPDATE_SAGA_SAME_STATUS: &str = concat!("UPDATE sagas SET ", step_changes!(), " AND status = $1");
+const APPEND_LOG: &str = concat!("INSERT INTO saga_log (", log_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)");
+
+// On PostgreSQL a saga's write and its log entry go in one statement: one round trip instead of
+// two. The entry is inserted only if the saga's row was written (a saga that existed already, or
+// moved since it was read, writes neither), so the statement's count says which happened.
+const INSERT_SAGA_LOGGED: &str = concat!(
+    "WITH created AS (INSERT INTO sagas (",
+    saga_columns!(),
+    ") ",
+    new_saga_values!(),
+    " ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id) INSERT INTO saga_log (",
+    log_columns!(),
+    ") SELECT saga_id, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26 FROM created"
+);
+const UPDATE_SAGA_LOGGED: &str = concat!(
+    "WITH moved AS (UPDATE sagas SET status = $1, ",
+    step_changes!(),
+    " RETURNING saga_id) INSERT INTO saga_log (",
+    log_columns!(),
+    ") SELECT saga_id, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 FROM moved"
+);
+
+/// A new saga's row but its `updated_at_ms` and version; its position and data encoded by the
+/// caller.
+fn new_saga_args<'a>(saga: &'a SagaRecord, position: &'a str, data: &'a str) -> [Arg<'a>; 14] {
+    [
+        Arg::from(&saga.saga_id),
+        Arg::from(&saga.saga_type),
+        Arg::from(saga.definition_version),
+        Arg::from(saga.state.status.as_str()),
+        Arg::from(position),
+        Arg::from(saga.state.attempt),
+        Arg::from(saga.state.failure.as_deref()),
+        Arg::from(data),
+        Arg::from(&saga.correlation_id),
+        Arg::from(saga.created_at_ms),
+        Arg::from(saga.trace_parent.as_deref()),
+        Arg::from(saga.deadline_at_ms),
+        Arg::from(saga.state.blocked.as_deref()),
+        Arg::from(saga.kafka_partition.map(i64::from)),
+    ]
+}
+
+/// A step: the saga `saga_id` at `version` takes `state` (its position encoded by the caller).
+fn step_args<'a>(saga_id: &'a str, version: i64, state: &'a SagaState, position: &'a str, deadline_at_ms: Option<i64>, now_ms: i64) -> [Arg<'a>; 9] {
+    [
+        Arg::from(state.status.as_str()),
+        Arg::from(position),
+        Arg::from(state.attempt),
+        Arg::from(state.failure.as_deref()),
+        Arg::from(now_ms),
+        Arg::from(deadline_at_ms),
+        Arg::from(state.blocked.as_deref()),
+        Arg::from(saga_id),
+        Arg::from(version),
+    ]
+}
+
+/// A log entry but its saga id; the ids it sent encoded by the caller.
+fn log_args<'a>(entry: &'a LogEntry, sent: &'a str) -> [Arg<'a>; 12] {
+    [
+        Arg::from(entry.seq),
+        Arg::from(entry.at_ms),
+        Arg::from(&entry.event),
+        Arg::from(entry.step.as_deref()),
+        Arg::from(entry.from_status.as_deref()),
+        Arg::from(&entry.to_status),
+        Arg::from(entry.cause_message_id.as_deref()),
+        Arg::from(entry.cause_message_type.as_deref()),
+        Arg::from(sent),
+        Arg::from(entry.detail.as_deref()),
+        Arg::from(entry.trace_parent.as_deref()),
+        Arg::from(entry.definition_version),
+    ]
+}
+
+fn encoded_sent(entry: &LogEntry) -> String {
+    serde_json::to_string(&entry.sent).expect("ids always serialize")
+}
+
+fn encoded_data(saga: &SagaRecord) -> String {
+    serde_json::to_string(&saga.data).expect("saga data always serializes")
+}
+
 /// Inserts a new saga at version 1; false (and nothing written) when a saga of that id exists.
 pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<bool, sqlx::Error> {
-    let position = saga.state.position.encode();
-    let data = serde_json::to_string(&saga.data).expect("saga data always serializes");
-    let inserted = conn.execute(
-        "INSERT INTO sagas (saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, 1, $11, $12, $13, $14) ON CONFLICT (saga_id) DO NOTHING",
-        args![
-            &saga.saga_id,
-            &saga.saga_type,
-            saga.definition_version,
-            saga.state.status.as_str(),
-            &position,
-            saga.state.attempt,
-            saga.state.failure.as_deref(),
-            &data,
-            &saga.correlation_id,
-            saga.created_at_ms,
-            saga.trace_parent.as_deref(),
-            saga.deadline_at_ms,
-            saga.state.blocked.as_deref(),
-            saga.kafka_partition.map(i64::from),
-        ],
-    )
-    .await?;
-    Ok(inserted == 1)
+    let (position, data) = (saga.state.position.encode(), encoded_data(saga));
+    Ok(conn.execute(INSERT_SAGA, &new_saga_args(saga, &position, &data)).await? == 1)
+}
+
+/// [`insert`] with the saga's first log entry; false (and nothing written) when a saga of that id
+/// exists. One round trip on PostgreSQL.
+pub async fn insert_logged(conn: &mut Conn<'_>, saga: &SagaRecord, entry: &LogEntry) -> Result<bool, sqlx::Error> {
+    if conn.backend() != Backend::Postgres {
+        // SQLite runs in this process: a second statement costs no round trip.
+        if !insert(conn, saga).await? {
+            return Ok(false);
+        }
+        append_log(conn, &saga.saga_id, entry).await?;
+        return Ok(true);
+    }
+    let (position, data, sent) = (saga.state.position.encode(), encoded_data(saga), encoded_sent(entry));
+    let args: Vec<Arg<'_>> = new_saga_args(saga, &position, &data).into_iter().chain(log_args(entry, &sent)).collect();
+    Ok(conn.execute(INSERT_SAGA_LOGGED, &args).await? == 1)
 }
 
 /// Moves a saga from `version` (at status `from`) to `version + 1`, with the deadline of its new
@@ -176,57 +289,40 @@ pub async fn update(
     now_ms: i64,
 ) -> Result<bool, sqlx::Error> {
     let position = state.position.encode();
-    // Most steps keep the status: leaving it out of the statement spares SQLite the entries of
-    // the indexes over it that nothing else in the statement touches (`sagas_by_version`).
-    let sql = if from == state.status {
-        "UPDATE sagas SET position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
-         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9 AND status = $1"
-    } else {
-        "UPDATE sagas SET status = $1, position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, \
-         deadline_at_ms = $6, blocked_reason = $7 WHERE saga_id = $8 AND version = $9"
-    };
-    let done = conn
-        .execute(
-            sql,
-            args![
-                state.status.as_str(),
-                &position,
-                state.attempt,
-                state.failure.as_deref(),
-                now_ms,
-                deadline_at_ms,
-                state.blocked.as_deref(),
-                saga_id,
-                version
-            ],
-        )
-        .await?;
-    Ok(done == 1)
+    let sql = if from == state.status { UPDATE_SAGA_SAME_STATUS } else { UPDATE_SAGA };
+    Ok(conn.execute(sql, &step_args(saga_id, version, state, &position, deadline_at_ms, now_ms)).await? == 1)
+}
+
+/// [`update`], and `entry` appended to the saga's log if the saga moved; false, and nothing
+/// written, when another writer moved it first. One round trip on PostgreSQL.
+#[allow(clippy::too_many_arguments)]
+pub async fn update_logged(
+    conn: &mut Conn<'_>,
+    saga_id: &str,
+    version: i64,
+    from: Status,
+    state: &SagaState,
+    deadline_at_ms: Option<i64>,
+    now_ms: i64,
+    entry: &LogEntry,
+) -> Result<bool, sqlx::Error> {
+    if conn.backend() != Backend::Postgres {
+        if !update(conn, saga_id, version, from, state, deadline_at_ms, now_ms).await? {
+            return Ok(false);
+        }
+        append_log(conn, saga_id, entry).await?;
+        return Ok(true);
+    }
+    let (position, sent) = (state.position.encode(), encoded_sent(entry));
+    let args: Vec<Arg<'_>> = step_args(saga_id, version, state, &position, deadline_at_ms, now_ms).into_iter().chain(log_args(entry, &sent)).collect();
+    Ok(conn.execute(UPDATE_SAGA_LOGGED, &args).await? == 1)
 }
 
 /// Appends a log entry.
 pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
-    let sent = serde_json::to_string(&entry.sent).expect("ids always serialize");
-    conn.execute(
-        "INSERT INTO saga_log (saga_id, seq, at_ms, event, step, from_status, to_status, cause_message_id, cause_message_type, sent, detail, trace_parent, \
-         definition_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        args![
-            saga_id,
-            entry.seq,
-            entry.at_ms,
-            &entry.event,
-            entry.step.as_deref(),
-            entry.from_status.as_deref(),
-            &entry.to_status,
-            entry.cause_message_id.as_deref(),
-            entry.cause_message_type.as_deref(),
-            &sent,
-            entry.detail.as_deref(),
-            entry.trace_parent.as_deref(),
-            entry.definition_version,
-        ],
-    )
-    .await?;
+    let sent = encoded_sent(entry);
+    let args: Vec<Arg<'_>> = std::iter::once(Arg::from(saga_id)).chain(log_args(entry, &sent)).collect();
+    conn.execute(APPEND_LOG, &args).await?;
     Ok(())
 }
 
