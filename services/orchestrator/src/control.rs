@@ -33,7 +33,7 @@ pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now
         Outcome::Ignored(why) => {
             // Nothing is awaited on a deadline: clear it, so it is not looked at again.
             tracing::debug!(saga_id = id, reason = %why, "deadline of a saga that awaits none cleared");
-            if !store::update(conn, id, saga.version, saga.state.status, &saga.state, None, saga_contracts::now_ms()).await? {
+            if !store::update(conn, &saga.move_to(&saga.state, None, saga_contracts::now_ms())).await? {
                 return Err(HandleError::Conflict(format!("saga {id} changed concurrently")));
             }
             Ok(vec![])

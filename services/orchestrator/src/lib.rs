@@ -383,7 +383,7 @@ impl Orchestrator {
         let commands = self.commands(saga, transition, cause);
         let detail = reason.or(transition.detail.as_deref());
         let entry = log_entry(saga.version + 1, Some(saga), definition.version, transition, cause, &commands, detail);
-        if !store::update_logged(conn, saga_id, saga.version, saga.state.status, &transition.state, deadline, now, &entry).await? {
+        if !store::update_logged(conn, &saga.move_to(&transition.state, deadline, now), &entry).await? {
             return Err(HandleError::Conflict(format!("saga {saga_id} changed concurrently")));
         }
         let seconds = |since_ms: i64| (now - since_ms).max(0) as f64 / 1000.0;
@@ -427,7 +427,7 @@ impl Orchestrator {
             detail: Some(detail.to_string()),
             trace_parent: saga_runtime::telemetry::current_traceparent(),
         };
-        if !store::update_logged(conn, &saga.saga_id, saga.version, saga.state.status, &saga.state, saga.deadline_at_ms, now, &entry).await? {
+        if !store::update_logged(conn, &saga.move_to(&saga.state, saga.deadline_at_ms, now), &entry).await? {
             return Err(HandleError::Conflict(format!("saga {} changed concurrently", saga.saga_id)));
         }
         Ok(())

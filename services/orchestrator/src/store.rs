@@ -55,6 +55,11 @@ pub struct SagaRecord {
 }
 
 impl SagaRecord {
+    /// This saga's move, from the version and status it has, to `state`.
+    pub fn move_to<'a>(&'a self, state: &'a SagaState, deadline_at_ms: Option<i64>, now_ms: i64) -> Move<'a> {
+        Move { saga_id: &self.saga_id, version: self.version, from: self.state.status, state, deadline_at_ms, now_ms }
+    }
+
     /// The saga's trace id (32 hex digits), from its `traceparent`.
     pub fn trace_id(&self) -> Option<&str> {
         trace_id_of(self.trace_parent.as_deref()?)
@@ -150,7 +155,7 @@ macro_rules! new_saga_values {
     };
 }
 
-/// A step's changes ([`step_args`]) but its status, which is `$1`; and the version it moves from.
+/// A step's changes ([`move_args`]) but its status, which is `$1`; and the version it moves from.
 macro_rules! step_changes {
     () => {
         "position = $2, attempt = $3, failure_reason = $4, updated_at_ms = $5, version = version + 1, deadline_at_ms = $6, blocked_reason = $7 \
@@ -213,18 +218,37 @@ fn new_saga_args<'a>(saga: &'a SagaRecord, position: &'a str, data: &'a str) -> 
     ]
 }
 
-/// A step: the saga `saga_id` at `version` takes `state` (its position encoded by the caller).
-fn step_args<'a>(saga_id: &'a str, version: i64, state: &'a SagaState, position: &'a str, deadline_at_ms: Option<i64>, now_ms: i64) -> [Arg<'a>; 9] {
+/// A saga's move from `version` (at status `from`) to `version + 1` in `state`, with the deadline
+/// of its new wait, at `now_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    /// Which saga.
+    pub saga_id: &'a str,
+    /// The version it moves from (the write fails if another writer moved it since).
+    pub version: i64,
+    /// Its status at that version.
+    pub from: Status,
+    /// Its new state.
+    pub state: &'a SagaState,
+    /// When the new wait times out; `None`: nothing awaited on a deadline.
+    pub deadline_at_ms: Option<i64>,
+    /// When, ms since epoch.
+    pub now_ms: i64,
+}
+
+/// A move's arguments (its position encoded by the caller).
+fn move_args<'a>(step: &Move<'a>, position: &'a str) -> [Arg<'a>; 9] {
+    let state = step.state;
     [
         Arg::from(state.status.as_str()),
         Arg::from(position),
         Arg::from(state.attempt),
         Arg::from(state.failure.as_deref()),
-        Arg::from(now_ms),
-        Arg::from(deadline_at_ms),
+        Arg::from(step.now_ms),
+        Arg::from(step.deadline_at_ms),
         Arg::from(state.blocked.as_deref()),
-        Arg::from(saga_id),
-        Arg::from(version),
+        Arg::from(step.saga_id),
+        Arg::from(step.version),
     ]
 }
 
@@ -276,45 +300,26 @@ pub async fn insert_logged(conn: &mut Conn<'_>, saga: &SagaRecord, entry: &LogEn
     Ok(conn.execute(INSERT_SAGA_LOGGED, &args).await? == 1)
 }
 
-/// Moves a saga from `version` (at status `from`) to `version + 1`, with the deadline of its new
-/// wait, changed at `now_ms`. Returns false when another writer moved it first (the caller retries
+/// Moves a saga one step (`step`). Returns false when another writer moved it first (the caller retries
 /// with a fresh read).
-pub async fn update(
-    conn: &mut Conn<'_>,
-    saga_id: &str,
-    version: i64,
-    from: Status,
-    state: &SagaState,
-    deadline_at_ms: Option<i64>,
-    now_ms: i64,
-) -> Result<bool, sqlx::Error> {
-    let position = state.position.encode();
-    let sql = if from == state.status { UPDATE_SAGA_SAME_STATUS } else { UPDATE_SAGA };
-    Ok(conn.execute(sql, &step_args(saga_id, version, state, &position, deadline_at_ms, now_ms)).await? == 1)
+pub async fn update(conn: &mut Conn<'_>, step: &Move<'_>) -> Result<bool, sqlx::Error> {
+    let position = step.state.position.encode();
+    let sql = if step.from == step.state.status { UPDATE_SAGA_SAME_STATUS } else { UPDATE_SAGA };
+    Ok(conn.execute(sql, &move_args(step, &position)).await? == 1)
 }
 
 /// [`update`], and `entry` appended to the saga's log if the saga moved; false, and nothing
 /// written, when another writer moved it first. One round trip on PostgreSQL.
-#[allow(clippy::too_many_arguments)]
-pub async fn update_logged(
-    conn: &mut Conn<'_>,
-    saga_id: &str,
-    version: i64,
-    from: Status,
-    state: &SagaState,
-    deadline_at_ms: Option<i64>,
-    now_ms: i64,
-    entry: &LogEntry,
-) -> Result<bool, sqlx::Error> {
+pub async fn update_logged(conn: &mut Conn<'_>, step: &Move<'_>, entry: &LogEntry) -> Result<bool, sqlx::Error> {
     if conn.backend() != Backend::Postgres {
-        if !update(conn, saga_id, version, from, state, deadline_at_ms, now_ms).await? {
+        if !update(conn, step).await? {
             return Ok(false);
         }
-        append_log(conn, saga_id, entry).await?;
+        append_log(conn, step.saga_id, entry).await?;
         return Ok(true);
     }
-    let (position, sent) = (state.position.encode(), encoded_sent(entry));
-    let args: Vec<Arg<'_>> = step_args(saga_id, version, state, &position, deadline_at_ms, now_ms).into_iter().chain(log_args(entry, &sent)).collect();
+    let (position, sent) = (step.state.position.encode(), encoded_sent(entry));
+    let args: Vec<Arg<'_>> = move_args(step, &position).into_iter().chain(log_args(entry, &sent)).collect();
     Ok(conn.execute(UPDATE_SAGA_LOGGED, &args).await? == 1)
 }
 
