@@ -101,10 +101,17 @@ pub struct LogEntry {
     pub trace_parent: Option<String>,
 }
 
+/// The columns of a saga's row.
+macro_rules! saga_columns {
+    () => {
+        "saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, \
+         version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition"
+    };
+}
+
 macro_rules! select_saga {
     () => {
-        "SELECT saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, \
-         correlation_id, created_at_ms, updated_at_ms, version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition FROM sagas"
+        concat!("SELECT ", saga_columns!(), " FROM sagas")
     };
 }
 const LOAD_SAGA: &str = concat!(select_saga!(), " WHERE saga_id = $1");
@@ -138,14 +145,6 @@ fn to_record(r: Row) -> Result<SagaRecord, sqlx::Error> {
 /// Loads a saga inside the caller's transaction.
 pub async fn load(conn: &mut Conn<'_>, saga_id: &str) -> Result<Option<SagaRecord>, sqlx::Error> {
     conn.fetch_optional(LOAD_SAGA, args![saga_id]).await?.map(to_record).transpose()
-}
-
-/// The columns of a saga's row.
-macro_rules! saga_columns {
-    () => {
-        "saga_id, saga_type, definition_version, status, position, attempt, failure_reason, data, correlation_id, created_at_ms, updated_at_ms, \
-         version, trace_parent, deadline_at_ms, blocked_reason, kafka_partition"
-    };
 }
 
 /// A new saga's values ([`new_saga_args`]): at version 1, last changed when created.
@@ -279,7 +278,7 @@ fn encoded_data(saga: &SagaRecord) -> String {
 }
 
 /// Inserts a new saga at version 1; false (and nothing written) when a saga of that id exists.
-pub async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<bool, sqlx::Error> {
+async fn insert(conn: &mut Conn<'_>, saga: &SagaRecord) -> Result<bool, sqlx::Error> {
     let (position, data) = (saga.state.position.encode(), encoded_data(saga));
     Ok(conn.execute(INSERT_SAGA, &new_saga_args(saga, &position, &data)).await? == 1)
 }
@@ -300,7 +299,7 @@ pub async fn insert_logged(conn: &mut Conn<'_>, saga: &SagaRecord, entry: &LogEn
     Ok(conn.execute(INSERT_SAGA_LOGGED, &args).await? == 1)
 }
 
-/// Moves a saga one step (`step`). Returns false when another writer moved it first (the caller retries
+/// Moves a saga one step. Returns false when another writer moved it first (the caller retries
 /// with a fresh read).
 pub async fn update(conn: &mut Conn<'_>, step: &Move<'_>) -> Result<bool, sqlx::Error> {
     let position = step.state.position.encode();
@@ -324,7 +323,7 @@ pub async fn update_logged(conn: &mut Conn<'_>, step: &Move<'_>, entry: &LogEntr
 }
 
 /// Appends a log entry.
-pub async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
+async fn append_log(conn: &mut Conn<'_>, saga_id: &str, entry: &LogEntry) -> Result<(), sqlx::Error> {
     let sent = encoded_sent(entry);
     let args: Vec<Arg<'_>> = std::iter::once(Arg::from(saga_id)).chain(log_args(entry, &sent)).collect();
     conn.execute(APPEND_LOG, &args).await?;
