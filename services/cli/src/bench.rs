@@ -10,6 +10,7 @@ use serde::Serialize;
 use saga_contracts::PlaceOrder;
 
 use crate::sample::{place_order, sample_order, Expect};
+use crate::threads::ThreadCpu;
 use crate::watch::watch_outcomes;
 use saga_sandbox::seed::Seed;
 use saga_sandbox::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
@@ -108,8 +109,16 @@ pub struct BenchReport {
     /// CPU over the run, in cores: of this process (the broker and the load, and in embedded
     /// mode every service) plus the services' processes.
     pub cpu_cores: f64,
+    /// CPU per finished saga, milliseconds: `cpu_cores` x the run's length / sagas.
+    pub cpu_ms_per_saga: f64,
+    /// The rate at which this CPU per saga would fill every core of the machine: a ceiling that
+    /// no overlap of the stages can pass without making a saga cheaper.
+    pub cpu_ceiling_sagas_per_sec: f64,
     /// Peak resident set of this process, MiB.
     pub peak_rss_mib: f64,
+    /// This process's CPU by kind of thread (in embedded mode every service's: its SQLite writer,
+    /// the Kafka clients, the broker, the runtime's workers), most first.
+    pub threads: Vec<ThreadCpu>,
     /// In processes mode, each process's CPU over the run and peak resident set; the first is
     /// `sagactl` itself.
     pub processes: Vec<ProcessFigure>,
@@ -239,13 +248,14 @@ impl BenchReport {
         let mut stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
         stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
         stages.extend(self.processes.iter().map(|p| format!(" cpu_{}={:.2} rss_mib_{}={:.0}", p.name, p.cpu_cores, p.name, p.peak_rss_mib)));
+        stages.extend(self.threads.iter().map(|t| format!(" cpu_ms_per_saga_{}={:.3}", t.kind, t.ms_per_saga)));
         if let Some(p) = &self.projection {
             let caught_up = p.caught_up_ms.map_or("never".to_string(), |ms| format!("{ms:.0}"));
             stages.push_str(&format!(" projection_lag_at_end={} projection_caught_up_ms={caught_up}", p.lag_at_end));
         }
         format!(
             "mode={} broker={} database={} saga_version={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
-             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} peak_rss_mib={:.0}{stages}",
+             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} cpu_ms_per_saga={:.3} cpu_ceiling_sagas_per_sec={:.0} peak_rss_mib={:.0}{stages}",
             self.mode,
             self.broker,
             self.database,
@@ -265,6 +275,8 @@ impl BenchReport {
             self.p99_9_ms,
             self.max_ms,
             self.cpu_cores,
+            self.cpu_ms_per_saga,
+            self.cpu_ceiling_sagas_per_sec,
             self.peak_rss_mib,
         )
     }
@@ -332,6 +344,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         std::iter::once(process_cpu_seconds("self")).chain(pids.iter().map(|(_, pid)| process_cpu_seconds(&pid.to_string()))).collect()
     };
     let cpu_before = cpu_of(&pids);
+    let threads_before = crate::threads::snapshot();
     let metrics_before = stack.metrics_text().await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (errors_tx, mut errors_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -366,6 +379,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let elapsed = driver.started.elapsed();
     let projection = if options.query { Some(projection_catch_up(&stack).await) } else { None };
     let cpu: Vec<f64> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
+    let threads = crate::threads::by_kind(&threads_before, &crate::threads::snapshot(), elapsed.as_secs_f64(), latencies.len());
     let processes: Vec<ProcessFigure> = if pids.is_empty() {
         Vec::new()
     } else {
@@ -394,7 +408,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         cpu.iter().sum::<f64>(),
         peak_rss_mib("self"),
     );
-    Ok(BenchReport { completed, compensated: report.sagas - completed, processes, stages, busy, projection, ..report })
+    Ok(BenchReport { completed, compensated: report.sagas - completed, processes, stages, busy, projection, threads, ..report })
 }
 
 /// Starts sagas as the load says: a closed loop starts `concurrency` at once and one more for each
@@ -454,8 +468,8 @@ impl<F: Fn(usize, Instant) + Clone + Send + 'static> Driver<F> {
 
 impl BenchReport {
     /// The figures of a run of `options` in `mode` on `database` whose sagas took `latencies`
-    /// (all "completed"), in `elapsed`, using `cpu_seconds` of CPU; no per-process, stage or
-    /// projection figures.
+    /// (all "completed"), in `elapsed`, using `cpu_seconds` of CPU; no per-process, per-thread,
+    /// stage or projection figures.
     pub(crate) fn new(
         options: &BenchOptions,
         mode: &'static str,
@@ -477,6 +491,8 @@ impl BenchReport {
             Load::Closed { concurrency } => ("closed", concurrency, 0.0),
             Load::Open { rate } => ("open", 0, rate),
         };
+        let cpu_ms_per_saga = cpu_seconds * 1000.0 / latencies.len().max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         BenchReport {
             load,
             concurrency,
@@ -503,7 +519,10 @@ impl BenchReport {
             partitions: options.partitions,
             instances: options.instances,
             cpu_cores: cpu_seconds / elapsed.as_secs_f64(),
+            cpu_ms_per_saga,
+            cpu_ceiling_sagas_per_sec: if cpu_ms_per_saga > 0.0 { cores * 1000.0 / cpu_ms_per_saga } else { 0.0 },
             peak_rss_mib,
+            threads: Vec::new(),
             processes: Vec::new(),
             stages: Vec::new(),
             busy: Vec::new(),

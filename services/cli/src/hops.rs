@@ -110,6 +110,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
 
     let cpu_before = process_cpu_seconds("self");
+    let threads_before = crate::threads::snapshot();
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let send = {
         let (sent_at, start_chain) = (sent_at.clone(), start_chain.clone());
@@ -132,6 +133,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let elapsed = driver.started.elapsed();
     let cpu = process_cpu_seconds("self") - cpu_before;
+    let threads = crate::threads::by_kind(&threads_before, &crate::threads::snapshot(), elapsed.as_secs_f64(), latencies.len());
     driver.stop();
     stop.cancel();
     let _ = watching.await;
@@ -141,7 +143,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     if let Some(b) = broker {
         b.stop();
     }
-    Ok(BenchReport::new(options, "hops", "none", latencies, elapsed, cpu, peak_rss_mib("self")))
+    Ok(BenchReport { threads, ..BenchReport::new(options, "hops", "none", latencies, elapsed, cpu, peak_rss_mib("self")) })
 }
 
 /// One stand-in service: reads batches from its topics, produces each record to the next topic,

@@ -8,6 +8,7 @@
 //! - [`watch`]: a consumer of order outcomes.
 //! - [`dev`], [`bench`], [`sagas`]: the commands of the same names.
 //! - [`dlt`]: list, redrive and purge dead letters.
+//! - [`threads`]: a benchmark's CPU by kind of thread.
 
 pub mod bench;
 pub mod definitions;
@@ -17,4 +18,5 @@ pub mod hops;
 pub mod orders;
 pub mod sagas;
 pub mod sample;
+pub mod threads;
 pub mod watch;
