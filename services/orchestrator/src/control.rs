@@ -31,11 +31,11 @@ pub async fn on_deadline(orch: &Orchestrator, conn: &mut Conn<'_>, id: &str, now
     match saga::on_timeout(definition, &saga.state, orch.timing()) {
         Outcome::Applied(transition) => orch.record(conn, &saga, &transition, &cause, None, notes).await,
         Outcome::Ignored(why) => {
-            // Nothing is awaited on a deadline: clear it, so it is not looked at again.
+            // Nothing is awaited on a deadline: clear it, so it is not looked at again. The log
+            // says so, as for an ignored reply: its last seq stays the saga's version.
             tracing::debug!(saga_id = id, reason = %why, "deadline of a saga that awaits none cleared");
-            if !store::update(conn, &saga.move_to(&saga.state, None, saga_contracts::now_ms())).await? {
-                return Err(HandleError::Conflict(format!("saga {id} changed concurrently")));
-            }
+            let cleared = SagaRecord { deadline_at_ms: None, ..saga };
+            orch.record_note(conn, &cleared, &cause, "deadline-cleared", &why).await?;
             Ok(vec![])
         }
     }

@@ -300,8 +300,9 @@ pub async fn insert_logged(conn: &mut Conn<'_>, saga: &SagaRecord, entry: &LogEn
 }
 
 /// Moves a saga one step. Returns false when another writer moved it first (the caller retries
-/// with a fresh read).
-pub async fn update(conn: &mut Conn<'_>, step: &Move<'_>) -> Result<bool, sqlx::Error> {
+/// with a fresh read). Private: every move is logged ([`update_logged`]), so the saga's version is
+/// the seq of its last log entry.
+async fn update(conn: &mut Conn<'_>, step: &Move<'_>) -> Result<bool, sqlx::Error> {
     let position = step.state.position.encode();
     let sql = if step.from == step.state.status { UPDATE_SAGA_SAME_STATUS } else { UPDATE_SAGA };
     Ok(conn.execute(sql, &move_args(step, &position)).await? == 1)

@@ -21,6 +21,7 @@ saga_sandbox::backend_tests!(
     a_step_past_its_deadline_is_compensated_by_a_fresh_orchestrator,
     a_deadline_read_before_the_saga_moved_does_nothing,
     a_deadline_waits_until_its_partition_was_read_past_it,
+    a_deadline_of_a_saga_that_awaits_nothing_is_cleared_and_logged,
     a_compensation_unconfirmed_after_its_attempts_leaves_the_saga_stuck_until_retried,
     a_dead_letter_parks_its_saga_and_a_later_reply_resumes_it,
     abort_sends_the_planned_compensations_and_refuses_what_it_cannot_do,
@@ -97,6 +98,25 @@ async fn a_deadline_read_before_the_saga_moved_does_nothing(test_db: TestDb) {
     tx.commit().await.unwrap();
     assert!(out.is_empty(), "a deadline that has not passed for the saga's current wait fires nothing");
     assert_eq!(saga(db, "o1").await.1, Position::Step(1));
+}
+
+async fn a_deadline_of_a_saga_that_awaits_nothing_is_cleared_and_logged(test_db: TestDb) {
+    let (db, _reserve) = started(&test_db).await;
+    // A saga that awaits nothing yet has a deadline (a row mended by hand, say).
+    sqlx::query("UPDATE sagas SET status = 'STUCK' WHERE saga_id = 'o1'").execute(db.pool()).await.unwrap();
+    assert!(fire_due(db, &fast(5)).await.is_empty(), "nothing is awaited, so nothing is timed out");
+    let saga = get_saga(db, "o1").await.unwrap().unwrap();
+    assert_eq!((saga.state.status, saga.deadline_at_ms), (Status::Stuck, None), "the deadline is cleared, the saga left as it was");
+    let log = saga_log(db, "o1").await.unwrap();
+    let last = log.last().unwrap();
+    assert_eq!((last.event.as_str(), last.cause_message_type.as_deref()), ("deadline-cleared", Some("deadline")));
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=saga.version).collect::<Vec<_>>(), "the log's seqs run to the saga's version");
+    assert!(orch_due(db).await.is_empty(), "a cleared deadline is not due again");
+}
+
+async fn orch_due(db: &Db) -> Vec<String> {
+    let due = fast(5).due(db, &read_through(saga_contracts::now_ms() + 60_000), 100).await.unwrap();
+    due.into_iter().map(|d| d.id).collect()
 }
 
 async fn a_deadline_waits_until_its_partition_was_read_past_it(test_db: TestDb) {
