@@ -559,14 +559,7 @@ fn bench_seed() -> Seed {
 /// User and system CPU time of a process (`self` or a process id) so far, in seconds (0 where
 /// /proc is not there).
 pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, after the command name in parentheses, in clock ticks
-    // of 1/100 s (USER_HZ, fixed at 100 on Linux).
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    (ticks(11) + ticks(12)) / 100.0
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| crate::threads::parse_stat(&stat)).map_or(0.0, |(_, seconds)| seconds)
 }
 
 /// Peak resident set (VmHWM) of a process (`self` or a process id), MiB (0 where /proc is not

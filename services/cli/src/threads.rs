@@ -46,7 +46,8 @@ pub fn kind_of(comm: &str) -> String {
     }
 }
 
-/// A thread's name and its user plus system CPU so far, seconds, from the text of its `stat`.
+/// A thread's (or a process's) name and its user plus system CPU so far, seconds, from the text
+/// of its `stat`.
 pub fn parse_stat(stat: &str) -> Option<(String, f64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
