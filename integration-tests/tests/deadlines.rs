@@ -1,8 +1,8 @@
 //! A deadline is judged by what was read: a reply that reached Kafka while the orchestrator was
 //! down is read before the deadline it came in time for is fired.
 //!
-//! Inventory does not run at first, so the saga waits at its first step. The orchestrator is
-//! killed; inventory starts and replies within the step's deadline; the orchestrator comes back
+//! Inventory does not run at first, so the saga waits at its first step. Once its command is on
+//! the broker, the orchestrator is killed; inventory starts and replies within the step's deadline; the orchestrator comes back
 //! only after the deadline passed, and gets its partitions back only after the group gave up on
 //! the killed member (its session timeout). Its timers find the passed deadline at once; they may
 //! fire it only once the partition's replies have been read, and then the reply moves the saga on.
@@ -14,8 +14,7 @@ use saga_orchestrator::saga::Status;
 use saga_sandbox::procs::{await_saga, saga_status, Sandbox};
 
 /// Long enough that inventory, started while the orchestrator is down, has time to start, join its
-/// group and reply on a loaded machine (8 s was once too short beside a build); the test waits this
-/// long once.
+/// group and reply on a loaded machine; the test waits this long once.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
@@ -40,6 +39,13 @@ fn a_reply_that_came_in_time_while_the_orchestrator_was_down_wins_over_the_deadl
         client.place(placed, None).await;
         await_saga(&sagas, &id, &[Status::Running], Duration::from_secs(60)).await;
         let waiting_since = Instant::now();
+        // ReserveStock is committed with the saga, but published by the relay after: killed
+        // before that, the orchestrator would take the command down with it and inventory would
+        // have nothing to answer. A row leaves the outbox only once the broker acknowledged it.
+        while saga_runtime::outbox::backlog(&sagas).await.unwrap().0 > 0 {
+            assert!(waiting_since.elapsed() < Duration::from_secs(10), "the orchestrator did not publish ReserveStock within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         orchestrator.child.kill().unwrap();
         orchestrator.child.wait().unwrap();
