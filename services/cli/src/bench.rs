@@ -116,6 +116,12 @@ pub struct BenchReport {
     pub cpu_ceiling_sagas_per_sec: f64,
     /// Peak resident set of this process, MiB.
     pub peak_rss_mib: f64,
+    /// Batch transactions committed per finished saga, over every service's consume loop. Each
+    /// pays a commit's fixed cost (on SQLite a WAL fsync and its frame writes) however many
+    /// records it holds: with one saga in flight every record is a commit of its own.
+    pub commits_per_saga: f64,
+    /// Records consumed per batch transaction committed: how many share one commit's cost.
+    pub records_per_commit: f64,
     /// This process's CPU by kind of thread (in embedded mode every service's: its SQLite writer,
     /// the Kafka clients, the broker, the runtime's workers), most first.
     pub threads: Vec<ThreadCpu>,
@@ -238,6 +244,16 @@ fn stage_figures(before: &str, after: &str) -> Vec<StageFigure> {
         .collect()
 }
 
+/// Commits per saga and records per commit, from the stages' counts (`commit` is observed once
+/// per batch transaction, `deliver` once per record); 0 where there is nothing to divide by.
+fn commit_shares(stages: &[StageFigure], sagas: usize) -> (f64, f64) {
+    let count = |stage: &str| stages.iter().find(|s| s.stage == stage).map_or(0, |s| s.count) as f64;
+    let (commits, records) = (count("commit"), count("deliver"));
+    let per_saga = if sagas > 0 { commits / sagas as f64 } else { 0.0 };
+    let per_commit = if commits > 0.0 { records / commits } else { 0.0 };
+    (per_saga, per_commit)
+}
+
 impl BenchReport {
     /// One line of `key=value` pairs.
     pub fn render_text(&self) -> String {
@@ -255,7 +271,8 @@ impl BenchReport {
         }
         format!(
             "mode={} broker={} database={} saga_version={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
-             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} cpu_ms_per_saga={:.3} cpu_ceiling_sagas_per_sec={:.0} peak_rss_mib={:.0}{stages}",
+             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} cpu_ms_per_saga={:.3} cpu_ceiling_sagas_per_sec={:.0} peak_rss_mib={:.0} \
+             commits_per_saga={:.2} records_per_commit={:.2}{stages}",
             self.mode,
             self.broker,
             self.database,
@@ -278,6 +295,8 @@ impl BenchReport {
             self.cpu_ms_per_saga,
             self.cpu_ceiling_sagas_per_sec,
             self.peak_rss_mib,
+            self.commits_per_saga,
+            self.records_per_commit,
         )
     }
 }
@@ -392,6 +411,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let metrics_after = stack.metrics_text().await?;
     let stages = stage_figures(&metrics_before, &metrics_after);
+    let (commits_per_saga, records_per_commit) = commit_shares(&stages, latencies.len());
     let busy = loop_busy(&metrics_before, &metrics_after, elapsed.as_secs_f64());
     driver.stop();
     watch.close().await;
@@ -408,7 +428,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         cpu.iter().sum::<f64>(),
         peak_rss_mib("self"),
     );
-    Ok(BenchReport { completed, compensated: report.sagas - completed, processes, stages, busy, projection, threads, ..report })
+    Ok(BenchReport {
+        completed,
+        compensated: report.sagas - completed,
+        processes,
+        stages,
+        busy,
+        projection,
+        threads,
+        commits_per_saga,
+        records_per_commit,
+        ..report
+    })
 }
 
 /// Starts sagas as the load says: a closed loop starts `concurrency` at once and one more for each
@@ -522,6 +553,8 @@ impl BenchReport {
             cpu_ms_per_saga,
             cpu_ceiling_sagas_per_sec: if cpu_ms_per_saga > 0.0 { cores * 1000.0 / cpu_ms_per_saga } else { 0.0 },
             peak_rss_mib,
+            commits_per_saga: 0.0,
+            records_per_commit: 0.0,
             threads: Vec::new(),
             processes: Vec::new(),
             stages: Vec::new(),
@@ -594,5 +627,15 @@ mod tests {
         let busy = loop_busy(before, after, 2.0);
         let fractions: Vec<(&str, f64)> = busy.iter().map(|b| (b.service.as_str(), b.fraction)).collect();
         assert_eq!(fractions, vec![("order", 0.25), ("payment", 0.25)]);
+    }
+
+    #[test]
+    fn commits_are_shared_out_per_saga_and_records_per_commit() {
+        let figure = |stage: &str, count: u64| StageFigure { stage: stage.to_string(), count, mean_ms: 1.0 };
+        let stages = vec![figure("deliver", 800), figure("apply", 260), figure("commit", 250)];
+        // 250 commits over 100 sagas; 800 records over 250 commits.
+        assert_eq!(commit_shares(&stages, 100), (2.5, 3.2));
+        assert_eq!(commit_shares(&stages, 0), (0.0, 3.2));
+        assert_eq!(commit_shares(&[figure("deliver", 8)], 1), (0.0, 0.0));
     }
 }

@@ -494,3 +494,34 @@ async fn a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order(test_db: Te
     assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
     assert!(records.iter().all(|r| header(r, "tracestate").is_some_and(|v| v.len() == 307)), "headers travel whole");
 }
+
+/// SQLite's outbox lost AUTOINCREMENT in migration 1003 (one WAL page less per commit): the rows
+/// of a database written before it keep their ids and owners, and a row written after it comes
+/// after them.
+#[tokio::test]
+async fn sqlite_outbox_rows_keep_their_ids_and_order_through_the_rowid_migration() {
+    let test_db = TestDb::sqlite().await;
+    let db = &test_db.db;
+    let earlier = saga_runtime::outbox::MIGRATIONS.sqlite.migrations.iter().filter(|m| m.version < 1003).cloned().collect();
+    let mut old = sqlx::migrate::Migrator { migrations: std::borrow::Cow::Owned(earlier), ..sqlx::migrate::Migrator::DEFAULT };
+    old.set_ignore_missing(true);
+    old.run(db.pool()).await.expect("migrate to 1002");
+    let insert = "INSERT INTO outbox (id, message_id, message_type, topic, msg_key, payload, headers, created_at_ms, owner) \
+                  VALUES ($1, $2, 'T', 'topic', 'k', x'00', '[]', 1, $3)";
+    for (id, owner) in [(7_i64, Some("a")), (9, None)] {
+        sqlx::query(insert).bind(id).bind(format!("m{id}")).bind(owner).execute(db.pool()).await.expect("an outbox row, before 1003");
+    }
+
+    migrated(&test_db).await;
+    let schema: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'outbox'").fetch_one(db.pool()).await.unwrap();
+    assert!(!schema.contains("AUTOINCREMENT"), "{schema}");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (message_id, message_type, topic, msg_key, payload, headers, created_at_ms) VALUES ('m10', 'T', 'topic', 'k', x'00', '[]', 2) RETURNING id",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("an outbox row, after 1003");
+    assert_eq!(id, 10, "a new row's id is above every row present");
+    let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as("SELECT id, message_id, owner FROM outbox ORDER BY id").fetch_all(db.pool()).await.unwrap();
+    assert_eq!(rows, vec![(7, "m7".to_string(), Some("a".to_string())), (9, "m9".to_string(), None), (10, "m10".to_string(), None)]);
+}
