@@ -10,7 +10,7 @@ use serde::Serialize;
 use saga_contracts::PlaceOrder;
 
 use crate::sample::{place_order, sample_order, Expect};
-use crate::threads::ThreadCpu;
+use crate::threads::{CpuTime, ThreadCpu};
 use crate::watch::watch_outcomes;
 use saga_sandbox::seed::Seed;
 use saga_sandbox::stack::{BrokerChoice, DatabaseChoice, Stack, StackOptions};
@@ -111,6 +111,10 @@ pub struct BenchReport {
     pub cpu_cores: f64,
     /// CPU per finished saga, milliseconds: `cpu_cores` x the run's length / sagas.
     pub cpu_ms_per_saga: f64,
+    /// The part of that CPU spent in the kernel (system time: the loopback sockets between the
+    /// Kafka clients and the broker, futex wake-ups between threads, the commits' writes and
+    /// fsyncs), from 0 to 1; the rest is user space.
+    pub cpu_kernel_share: f64,
     /// The rate at which this CPU per saga would fill every core of the machine: a ceiling that
     /// no overlap of the stages can pass without making a saga cheaper.
     pub cpu_ceiling_sagas_per_sec: f64,
@@ -264,14 +268,14 @@ impl BenchReport {
         let mut stages: String = self.stages.iter().map(|s| format!(" {}_ms={:.3}", s.stage, s.mean_ms)).collect();
         stages.extend(self.busy.iter().map(|b| format!(" busy_{}={:.2}", b.service, b.fraction)));
         stages.extend(self.processes.iter().map(|p| format!(" cpu_{}={:.2} rss_mib_{}={:.0}", p.name, p.cpu_cores, p.name, p.peak_rss_mib)));
-        stages.extend(self.threads.iter().map(|t| format!(" cpu_ms_per_saga_{}={:.3}", t.kind, t.ms_per_saga)));
+        stages.extend(self.threads.iter().map(|t| format!(" cpu_ms_per_saga_{}={:.3} kernel_share_{}={:.2}", t.kind, t.ms_per_saga, t.kind, t.kernel_share)));
         if let Some(p) = &self.projection {
             let caught_up = p.caught_up_ms.map_or("never".to_string(), |ms| format!("{ms:.0}"));
             stages.push_str(&format!(" projection_lag_at_end={} projection_caught_up_ms={caught_up}", p.lag_at_end));
         }
         format!(
             "mode={} broker={} database={} saga_version={} partitions={} instances={} load={} {load} sagas={} completed={} compensated={} unfinished={} elapsed_s={:.2} sagas_per_sec={:.0} \
-             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} cpu_ms_per_saga={:.3} cpu_ceiling_sagas_per_sec={:.0} peak_rss_mib={:.0} \
+             p50_ms={:.1} p90_ms={:.1} p99_ms={:.1} p99.9_ms={:.1} max_ms={:.1} cpu_cores={:.2} cpu_ms_per_saga={:.3} cpu_kernel_share={:.2} cpu_ceiling_sagas_per_sec={:.0} peak_rss_mib={:.0} \
              commits_per_saga={:.2} records_per_commit={:.2}{stages}",
             self.mode,
             self.broker,
@@ -293,6 +297,7 @@ impl BenchReport {
             self.max_ms,
             self.cpu_cores,
             self.cpu_ms_per_saga,
+            self.cpu_kernel_share,
             self.cpu_ceiling_sagas_per_sec,
             self.peak_rss_mib,
             self.commits_per_saga,
@@ -359,8 +364,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
 
     let pids = stack.process_ids();
-    let cpu_of = |pids: &[(String, u32)]| -> Vec<f64> {
-        std::iter::once(process_cpu_seconds("self")).chain(pids.iter().map(|(_, pid)| process_cpu_seconds(&pid.to_string()))).collect()
+    let cpu_of = |pids: &[(String, u32)]| -> Vec<CpuTime> {
+        std::iter::once(process_cpu("self")).chain(pids.iter().map(|(_, pid)| process_cpu(&pid.to_string()))).collect()
     };
     let cpu_before = cpu_of(&pids);
     let threads_before = crate::threads::snapshot();
@@ -397,7 +402,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     }
     let elapsed = driver.started.elapsed();
     let projection = if options.query { Some(projection_catch_up(&stack).await) } else { None };
-    let cpu: Vec<f64> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after - before).collect();
+    let spent: Vec<CpuTime> = cpu_of(&pids).iter().zip(&cpu_before).map(|(after, before)| after.since(*before)).collect();
+    let cpu: Vec<f64> = spent.iter().map(|c| c.total()).collect();
     let threads = crate::threads::by_kind(&threads_before, &crate::threads::snapshot(), elapsed.as_secs_f64(), latencies.len());
     let processes: Vec<ProcessFigure> = if pids.is_empty() {
         Vec::new()
@@ -425,7 +431,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         if options.postgres { "postgres" } else { "sqlite" },
         latencies,
         elapsed,
-        cpu.iter().sum::<f64>(),
+        &spent,
         peak_rss_mib("self"),
     );
     Ok(BenchReport {
@@ -507,9 +513,10 @@ impl BenchReport {
         database: &'static str,
         mut latencies: Vec<Duration>,
         elapsed: Duration,
-        cpu_seconds: f64,
+        cpu: &[CpuTime],
         peak_rss_mib: f64,
     ) -> BenchReport {
+        let cpu_seconds: f64 = cpu.iter().map(|c| c.total()).sum();
         latencies.sort();
         let pct = |p: f64| -> f64 {
             if latencies.is_empty() {
@@ -551,6 +558,7 @@ impl BenchReport {
             instances: options.instances,
             cpu_cores: cpu_seconds / elapsed.as_secs_f64(),
             cpu_ms_per_saga,
+            cpu_kernel_share: kernel_share(cpu),
             cpu_ceiling_sagas_per_sec: if cpu_ms_per_saga > 0.0 { cores * 1000.0 / cpu_ms_per_saga } else { 0.0 },
             peak_rss_mib,
             commits_per_saga: 0.0,
@@ -589,10 +597,20 @@ fn bench_seed() -> Seed {
     seed
 }
 
-/// User and system CPU time of a process (`self` or a process id) so far, in seconds (0 where
-/// /proc is not there).
-pub(crate) fn process_cpu_seconds(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| crate::threads::parse_stat(&stat)).map_or(0.0, |(_, seconds)| seconds)
+/// User and system CPU time of a process (`self` or a process id) so far (0 where /proc is not
+/// there).
+pub(crate) fn process_cpu(pid: &str) -> CpuTime {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| crate::threads::parse_stat(&stat)).map_or(CpuTime::default(), |(_, cpu)| cpu)
+}
+
+/// The share of `spent` that was system time (0 when nothing was spent).
+fn kernel_share(spent: &[CpuTime]) -> f64 {
+    let total: f64 = spent.iter().map(|c| c.total()).sum();
+    if total > 0.0 {
+        spent.iter().map(|c| c.system_s).sum::<f64>() / total
+    } else {
+        0.0
+    }
 }
 
 /// Peak resident set (VmHWM) of a process (`self` or a process id), MiB (0 where /proc is not
@@ -637,5 +655,15 @@ mod tests {
         assert_eq!(commit_shares(&stages, 100), (2.5, 3.2));
         assert_eq!(commit_shares(&stages, 0), (0.0, 3.2));
         assert_eq!(commit_shares(&[figure("deliver", 8)], 1), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_kernel_share_is_system_time_over_all_time_of_every_process() {
+        let spent = [CpuTime { user_s: 1.0, system_s: 1.0 }, CpuTime { user_s: 1.5, system_s: 0.5 }];
+        assert_eq!(kernel_share(&spent), 0.375);
+        assert_eq!(kernel_share(&[]), 0.0);
+        assert_eq!(kernel_share(&[CpuTime::default()]), 0.0);
+        let later = CpuTime { user_s: 3.0, system_s: 2.0 };
+        assert_eq!(later.since(spent[0]), CpuTime { user_s: 2.0, system_s: 1.0 });
     }
 }

@@ -21,7 +21,7 @@ use rdkafka::Message as _;
 use saga_runtime::config::ServiceSettings;
 use saga_runtime::CancellationToken;
 
-use crate::bench::{peak_rss_mib, process_cpu_seconds, BenchOptions, BenchReport, Driver};
+use crate::bench::{peak_rss_mib, process_cpu, BenchOptions, BenchReport, Driver};
 use saga_sandbox::stack::{BrokerChoice, EmbeddedBroker};
 
 /// Records per saga, as in the benchmark's saga (PlaceOrder .. OrderApproved).
@@ -109,7 +109,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         }
     }
 
-    let cpu_before = process_cpu_seconds("self");
+    let cpu_before = process_cpu("self");
     let threads_before = crate::threads::snapshot();
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let send = {
@@ -132,7 +132,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         driver.finished();
     }
     let elapsed = driver.started.elapsed();
-    let cpu = process_cpu_seconds("self") - cpu_before;
+    let cpu = process_cpu("self").since(cpu_before);
     let threads = crate::threads::by_kind(&threads_before, &crate::threads::snapshot(), elapsed.as_secs_f64(), latencies.len());
     driver.stop();
     stop.cancel();
@@ -143,7 +143,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     if let Some(b) = broker {
         b.stop();
     }
-    Ok(BenchReport { threads, ..BenchReport::new(options, "hops", "none", latencies, elapsed, cpu, peak_rss_mib("self")) })
+    Ok(BenchReport { threads, ..BenchReport::new(options, "hops", "none", latencies, elapsed, &[cpu], peak_rss_mib("self")) })
 }
 
 /// One stand-in service: reads batches from its topics, produces each record to the next topic,

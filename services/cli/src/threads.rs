@@ -20,6 +20,8 @@ pub struct ThreadCpu {
     pub cpu_cores: f64,
     /// CPU per finished saga, milliseconds.
     pub ms_per_saga: f64,
+    /// The part of it spent in the kernel, from 0 to 1.
+    pub kernel_share: f64,
 }
 
 /// The services whose SQLite writer threads are named `sqlite-<service>` (cut to 15 bytes by the
@@ -46,9 +48,30 @@ pub fn kind_of(comm: &str) -> String {
     }
 }
 
-/// A thread's (or a process's) name and its user plus system CPU so far, seconds, from the text
-/// of its `stat`.
-pub fn parse_stat(stat: &str) -> Option<(String, f64)> {
+/// CPU time so far, seconds: in user space, and in the kernel on the thread's behalf (system
+/// calls: sockets, futexes, fsync; and the page faults and interrupts charged to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// User time.
+    pub user_s: f64,
+    /// System time.
+    pub system_s: f64,
+}
+
+impl CpuTime {
+    /// User plus system time.
+    pub fn total(self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    /// What was spent between `earlier` and this reading.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime { user_s: self.user_s - earlier.user_s, system_s: self.system_s - earlier.system_s }
+    }
+}
+
+/// A thread's (or a process's) name and its CPU time so far, from the text of its `stat`.
+pub fn parse_stat(stat: &str) -> Option<(String, CpuTime)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_string();
@@ -56,11 +79,11 @@ pub fn parse_stat(stat: &str) -> Option<(String, f64)> {
     // After ")" the state is field 3, so utime (14) and stime (15) are at 11 and 12; in clock
     // ticks of 1/100 s (USER_HZ, fixed at 100 on Linux).
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    Some((comm, (ticks(11)? + ticks(12)?) / 100.0))
+    Some((comm, CpuTime { user_s: ticks(11)? / 100.0, system_s: ticks(12)? / 100.0 }))
 }
 
-/// Every thread of this process now: id -> (name, CPU seconds). Empty where /proc is not there.
-pub fn snapshot() -> HashMap<String, (String, f64)> {
+/// Every thread of this process now: id -> (name, CPU time). Empty where /proc is not there.
+pub fn snapshot() -> HashMap<String, (String, CpuTime)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return HashMap::new() };
     tasks
         .filter_map(Result::ok)
@@ -73,16 +96,24 @@ pub fn snapshot() -> HashMap<String, (String, f64)> {
 
 /// The CPU each kind of thread used between two snapshots, most first; a thread born in between
 /// counts from 0.
-pub fn by_kind(before: &HashMap<String, (String, f64)>, after: &HashMap<String, (String, f64)>, elapsed_s: f64, sagas: usize) -> Vec<ThreadCpu> {
-    let mut seconds: BTreeMap<String, f64> = BTreeMap::new();
+pub fn by_kind(before: &HashMap<String, (String, CpuTime)>, after: &HashMap<String, (String, CpuTime)>, elapsed_s: f64, sagas: usize) -> Vec<ThreadCpu> {
+    let mut spent: BTreeMap<String, CpuTime> = BTreeMap::new();
     for (tid, (comm, cpu)) in after {
-        let earlier = before.get(tid).filter(|(c, _)| c == comm).map_or(0.0, |(_, cpu)| *cpu);
-        *seconds.entry(kind_of(comm)).or_default() += (cpu - earlier).max(0.0);
+        let earlier = before.get(tid).filter(|(c, _)| c == comm).map_or(CpuTime::default(), |(_, cpu)| *cpu);
+        let used = cpu.since(earlier);
+        let kind = spent.entry(kind_of(comm)).or_default();
+        kind.user_s += used.user_s.max(0.0);
+        kind.system_s += used.system_s.max(0.0);
     }
-    let mut kinds: Vec<ThreadCpu> = seconds
+    let mut kinds: Vec<ThreadCpu> = spent
         .into_iter()
-        .filter(|(_, s)| *s > 0.0)
-        .map(|(kind, s)| ThreadCpu { kind, cpu_cores: s / elapsed_s.max(f64::EPSILON), ms_per_saga: s * 1000.0 / sagas.max(1) as f64 })
+        .filter(|(_, cpu)| cpu.total() > 0.0)
+        .map(|(kind, cpu)| ThreadCpu {
+            kind,
+            cpu_cores: cpu.total() / elapsed_s.max(f64::EPSILON),
+            ms_per_saga: cpu.total() * 1000.0 / sagas.max(1) as f64,
+            kernel_share: cpu.system_s / cpu.total(),
+        })
         .collect();
     kinds.sort_by(|a, b| b.cpu_cores.total_cmp(&a.cpu_cores).then_with(|| a.kind.cmp(&b.kind)));
     kinds
@@ -93,10 +124,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stat_line_gives_the_name_and_user_plus_system_time() {
+    fn a_stat_line_gives_the_name_and_user_and_system_time() {
         // A name with a space, as librdkafka's producers' polling threads have.
         let stat = "4242 (producer pollin) S 1 4242 4242 0 -1 4194368 10 0 0 0 250 75 0 0 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(stat), Some(("producer pollin".to_string(), 3.25)));
+        let (comm, cpu) = parse_stat(stat).expect("a whole line");
+        assert_eq!((comm.as_str(), cpu.user_s, cpu.system_s, cpu.total()), ("producer pollin", 2.5, 0.75, 3.25));
         assert_eq!(parse_stat("4242 (cut"), None);
     }
 
@@ -117,8 +149,9 @@ mod tests {
 
     #[test]
     fn each_kind_gets_what_its_threads_used_between_the_snapshots() {
-        let snap = |threads: &[(&str, &str, f64)]| -> HashMap<String, (String, f64)> {
-            threads.iter().map(|(tid, comm, cpu)| (tid.to_string(), (comm.to_string(), *cpu))).collect()
+        // Each thread's user time as given, and a quarter of that again in the kernel.
+        let snap = |threads: &[(&str, &str, f64)]| -> HashMap<String, (String, CpuTime)> {
+            threads.iter().map(|(tid, comm, user)| (tid.to_string(), (comm.to_string(), CpuTime { user_s: *user, system_s: user / 4.0 }))).collect()
         };
         let before = snap(&[("1", "sagactl", 1.0), ("2", "rdk:broker0", 2.0), ("3", "rdk:main", 0.5), ("4", "sqlite-orchestr", 3.0)]);
         // Thread 5 was born during the run; thread 4 did nothing; a reused id with another name
@@ -136,10 +169,12 @@ mod tests {
         let kinds = by_kind(&before, &after, 2.0, 100);
         let expected = [("kafka-clients", 1.5), ("broker", 0.5), ("sagactl", 0.5)];
         assert_eq!(kinds.len(), expected.len(), "{kinds:?}");
-        for (k, (kind, seconds)) in kinds.iter().zip(expected) {
+        for (k, (kind, user)) in kinds.iter().zip(expected) {
+            let seconds = user * 1.25;
             assert_eq!(k.kind, kind);
             assert!((k.cpu_cores - seconds / 2.0).abs() < 1e-9, "{k:?}");
             assert!((k.ms_per_saga - seconds * 10.0).abs() < 1e-9, "{k:?}");
+            assert!((k.kernel_share - 0.2).abs() < 1e-9, "{k:?}");
         }
     }
 }
