@@ -453,24 +453,49 @@ async fn the_inbox_forgets_ids_past_the_retention_window(test_db: TestDb) {
 }
 
 /// What a consumer's batch does (PostgreSQL: a few statements for the whole batch, cut where the
-/// text would pass about 12 KiB; SQLite: one each): the inbox says which entries are new, a
-/// repeat within the batch included; the outbox rows keep the batch's order, bytes and headers.
+/// text would pass about 12 KiB; SQLite: one prepared statement each): the inbox says which
+/// entries are new, a repeat within the batch included; the outbox rows keep the batch's order,
+/// bytes and headers.
 async fn a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order(test_db: TestDb) {
     let kit = Kit::start(test_db).await;
+    let mut conn = kit.db().pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let messages = a_batch_into_inbox_and_outbox(&kit, &mut Conn::Sqlx(&mut tx)).await;
+    tx.commit().await.unwrap();
+    drop(conn);
+    published_in_the_batch_order(&kit, &messages).await;
+}
+
+/// The same batch on a SQLite writer's own connection, the path every batch of the embedded
+/// stack takes (the scenarios above run SQLite through sqlx).
+#[tokio::test]
+async fn a_batch_on_the_sqlite_writers_connection_goes_in_whole_and_in_order() {
+    let kit = Kit::start(TestDb::sqlite().await).await;
+    let mut raw = saga_store::writer::connect(kit.db().direct_sqlite_file().expect("a SQLite file")).expect("open the writer's connection");
+    raw.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let messages = a_batch_into_inbox_and_outbox(&kit, &mut Conn::Sqlite(&mut raw)).await;
+    raw.execute_batch("COMMIT").unwrap();
+    drop(raw);
+    published_in_the_batch_order(&kit, &messages).await;
+}
+
+/// Records 302 inbox entries (one held before, one repeated 295 entries later, one repeated in
+/// the same statement) and writes 120 outbox rows on `conn`, checking what each returns; returns
+/// the messages written.
+async fn a_batch_into_inbox_and_outbox(kit: &Kit, conn: &mut Conn<'_>) -> Vec<Message> {
     let inbox_ids: Vec<String> = (0..300).map(|i| format!("order-{i:04}:reserve_stock:do:1/reply")).collect();
     fn entry(id: &str) -> InboxEntry<'_> {
         InboxEntry { message_id: id, message_type: StockReserved::FULL_NAME, topic: "t.inventory.events", kafka_partition: 3, kafka_offset: 41 }
     }
-    let mut conn = kit.db().pool().acquire().await.unwrap();
-    assert_eq!(record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &[entry(&inbox_ids[7])]).await.unwrap(), vec![true]);
+    assert_eq!(record_all_in_inbox(conn, &[entry(&inbox_ids[7])]).await.unwrap(), vec![true]);
     let mut batch: Vec<InboxEntry<'_>> = inbox_ids.iter().map(|id| entry(id)).collect();
     batch.push(entry(&inbox_ids[5]));
-    let fresh = record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &batch).await.unwrap();
+    let fresh = record_all_in_inbox(conn, &batch).await.unwrap();
     let expected: Vec<bool> = (0..301).map(|i| i != 7 && i != 300).collect();
     assert_eq!(fresh, expected, "new ids are new once; the earlier one and the repeat are not");
     // A repeat within one statement.
     let small = [entry("x-1"), entry("x-2"), entry("x-1")];
-    assert_eq!(record_all_in_inbox(&mut Conn::Sqlx(&mut conn), &small).await.unwrap(), vec![true, true, false]);
+    assert_eq!(record_all_in_inbox(conn, &small).await.unwrap(), vec![true, true, false]);
 
     let messages = inventory_events(120);
     // Long trace headers, so the batch needs several statements on PostgreSQL.
@@ -479,19 +504,20 @@ async fn a_batch_goes_into_the_inbox_and_the_outbox_at_once_in_order(test_db: Te
     for m in &messages {
         all.push(outgoing(&kit.codec, &kit.topics, m, &trace).await.unwrap());
     }
-    let mut tx = conn.begin().await.unwrap();
-    let rows = write_all_to_outbox(&mut Conn::Sqlx(&mut tx), all, None).await.unwrap();
-    tx.commit().await.unwrap();
-    drop(conn);
+    let rows = write_all_to_outbox(conn, all, None).await.unwrap();
     assert_eq!(rows.len(), 120);
     assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids ascend in the batch's order");
+    messages
+}
 
+/// The relay publishes the batch's outbox rows in their order, whole.
+async fn published_in_the_batch_order(kit: &Kit, messages: &[Message]) {
     let relay = kit.relay(1000);
     assert_eq!(relay.publish_burst().await.expect("publish"), 120);
     let records = kit.read(TopicKind::InventoryEvents, 120).await;
     let published: Vec<String> = records.iter().filter_map(|r| header(r, "message_id")).collect();
-    assert_eq!(published, ids(&messages), "published in the batch's order");
-    assert_published(&kit, TopicKind::InventoryEvents, &records, &messages).await;
+    assert_eq!(published, ids(messages), "published in the batch's order");
+    assert_published(kit, TopicKind::InventoryEvents, &records, messages).await;
     assert!(records.iter().all(|r| header(r, "tracestate").is_some_and(|v| v.len() == 307)), "headers travel whole");
 }
 
