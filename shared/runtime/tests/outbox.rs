@@ -479,9 +479,9 @@ async fn a_batch_on_the_sqlite_writers_connection_goes_in_whole_and_in_order() {
     published_in_the_batch_order(&kit, &messages).await;
 }
 
-/// Records 302 inbox entries (one held before, one repeated 295 entries later, one repeated in
-/// the same statement) and writes 120 outbox rows on `conn`, checking what each returns; returns
-/// the messages written.
+/// Records 301 inbox entries (one held before, one repeated 295 entries later) and a batch of
+/// three that repeats its first, then writes 120 outbox rows, all on `conn`, checking what each
+/// call returns; returns the messages written.
 async fn a_batch_into_inbox_and_outbox(kit: &Kit, conn: &mut Conn<'_>) -> Vec<Message> {
     let inbox_ids: Vec<String> = (0..300).map(|i| format!("order-{i:04}:reserve_stock:do:1/reply")).collect();
     fn entry(id: &str) -> InboxEntry<'_> {
